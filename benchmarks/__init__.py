@@ -1,0 +1,1 @@
+"""Benchmarks: prompt sets, suites, the evaluation runner and leaderboard reports."""

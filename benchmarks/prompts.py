@@ -1,0 +1,67 @@
+"""Prompt files: GenEval metadata JSONL and plain text (one prompt per line).
+
+A malformed line is reported with its file and line number, and what a good
+line looks like. The records keep any metadata the line carries (``tag``,
+``include``, ``exclude``...) and a task tag when the file says it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+from typing import Any
+
+from flowopd.errors import InputError
+
+
+@dataclasses.dataclass(frozen=True)
+class Prompt:
+    """One prompt with its metadata and task tag (``None`` when the file does not say)."""
+
+    text: str
+    metadata: dict[str, Any]
+    task: str | None = None
+
+
+def _jsonl(path: Path, lines: list[str]) -> list[Prompt]:
+    from flowopd.reward_models.geneval_rules import validate_metadata
+
+    out = []
+    for n, line in enumerate(lines, 1):
+        if not line.strip():
+            continue
+        try:
+            rec = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise InputError(f'{path}:{n}: not valid JSON ({exc.msg}); each line must be one object like {{"prompt": "..."}}') from None
+        if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str) or not rec["prompt"].strip():
+            raise InputError(f'{path}:{n}: each line needs a non-empty string "prompt" field')
+        if "include" in rec:
+            try:
+                validate_metadata(rec)
+            except ValueError as exc:
+                raise InputError(f"{path}:{n}: {exc}") from None
+        meta = {k: v for k, v in rec.items() if k not in ("prompt", "task")}
+        out.append(Prompt(rec["prompt"], meta, rec.get("task")))
+    return out
+
+
+def load_prompt_file(path: str | Path, task: str | None = None) -> list[Prompt]:
+    """Read a ``.jsonl`` (GenEval metadata format) or ``.txt`` prompt file."""
+    path = Path(path)
+    if not path.is_file():
+        raise InputError(f"prompt file {path} does not exist; pass a .txt (one prompt per line) or .jsonl file")
+    try:
+        lines = path.read_text(encoding="utf-8").splitlines()
+    except UnicodeDecodeError as exc:
+        raise InputError(f"{path}: not UTF-8 text (byte {exc.start}); save the prompt file as UTF-8") from None
+    if path.suffix == ".jsonl":
+        prompts = _jsonl(path, lines)
+    elif path.suffix == ".txt":
+        prompts = [Prompt(line.strip(), {}, task) for line in lines if line.strip()]
+    else:
+        raise InputError(f"{path}: unknown prompt file type {path.suffix!r}; use .txt (one prompt per line) or .jsonl (GenEval metadata)")
+    if not prompts:
+        raise InputError(f"{path}: no prompts in the file")
+    return [p if p.task or not task else dataclasses.replace(p, task=task) for p in prompts]

@@ -1,0 +1,1 @@
+"""The flowopd command line (Typer + rich)."""

@@ -1,0 +1,466 @@
+"""``flowopd``: the command line. Heavy imports (torch, diffusers) happen inside the commands, so help is instant."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from enum import Enum
+from pathlib import Path
+
+import typer
+
+from flowopd.cli.ui import console, err_console, one_line, progress_bar
+
+app = typer.Typer(
+    name="flowopd",
+    help="Align text-to-image flow-matching models to many rewards: GRPO teachers, then multi-teacher on-policy distillation.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+train_app = typer.Typer(
+    help="Train models: GRPO teachers, GRPO-Mix, cold start, OPD. (The mini base: `flowopd mini pretrain`.)", no_args_is_help=True
+)
+rewards_app = typer.Typer(help="Reward models: list them, score images.", no_args_is_help=True)
+weights_app = typer.Typer(help="Model weights: what is present and where.", no_args_is_help=True)
+mini_app = typer.Typer(help="The mini world: pre-train its base model, list its prompts, render ground truth.", no_args_is_help=True)
+app.add_typer(train_app, name="train")
+app.add_typer(rewards_app, name="rewards")
+app.add_typer(weights_app, name="weights")
+app.add_typer(mini_app, name="mini")
+
+
+class Format(str, Enum):
+    table = "table"
+    json = "json"
+
+
+@app.callback()
+def _root(
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+) -> None:
+    if version:
+        from importlib.metadata import version as v
+
+        console.print(f"flowopd {v('flowopd')}")
+        raise typer.Exit()
+    if debug:
+        os.environ["FLOWOPD_DEBUG"] = "1"
+
+
+# ------------------------------------------------------------------ helpers
+
+
+def _fail(msg: str) -> None:
+    from flowopd.errors import FlowOPDError
+
+    raise FlowOPDError(msg)
+
+
+def _save_png(array, path: Path, scale: int = 1) -> None:
+    """uint8 HWC -> PNG, nearest-neighbour upscaled by ``scale``, written atomically."""
+    from PIL import Image
+
+    from flowopd.runinfo import atomic_file
+
+    img = Image.fromarray(array)
+    if scale > 1:
+        img = img.resize((img.width * scale, img.height * scale), Image.NEAREST)
+    with atomic_file(path) as f:
+        img.save(f, format="PNG")
+
+
+def _to_uint8(images):
+    import torch
+
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+
+
+def _grid(arrays, cols: int):
+    import numpy as np
+
+    n, h, w, c = arrays.shape
+    rows = (n + cols - 1) // cols
+    pad = 1
+    grid = np.full((rows * (h + pad) + pad, cols * (w + pad) + pad, c), 255, dtype=np.uint8)
+    for k, a in enumerate(arrays):
+        r, q = divmod(k, cols)
+        grid[pad + r * (h + pad) : pad + r * (h + pad) + h, pad + q * (w + pad) : pad + q * (w + pad) + w] = a
+    return grid
+
+
+def _print_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
+    from rich.table import Table
+
+    table = Table(title=title)
+    for col in columns:
+        table.add_column(col)
+    for row in rows:
+        table.add_row(*row)
+    console.print(table)
+
+
+def _yes_no(flag: bool, why: str | None = None) -> str:
+    return "[green]yes[/]" if flag else "[red]no[/]" + (f": {why}" if why else "")
+
+
+def _load_image(path: Path):
+    from PIL import Image, UnidentifiedImageError
+
+    from flowopd.errors import InputError
+
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")
+    except FileNotFoundError:
+        raise InputError(f"image {path} does not exist; pass paths to PNG or JPEG files") from None
+    except (UnidentifiedImageError, OSError) as exc:
+        raise InputError(f"cannot read image {path} ({type(exc).__name__}); pass a PNG or JPEG file") from None
+
+
+# ------------------------------------------------------------------ sample
+
+
+@app.command()
+def sample(
+    prompt: list[str] | None = typer.Option(None, "--prompt", "-p", help="Prompt (repeatable)."),
+    prompts_file: Path | None = typer.Option(None, "--prompts", help="A .txt or .jsonl prompt file (then --out is a folder)."),
+    out: Path = typer.Option(..., "--out", "-o", help="PNG file (one prompt) or folder (several prompts)."),
+    model: str = typer.Option("mini-base", "--model", "-m", help="mini-base or a model folder."),
+    seed: int = typer.Option(0, "--seed", help="Seed of the first image; image k uses seed + k."),
+    steps: int | None = typer.Option(None, "--steps", min=1, help="ODE steps (mini default 20)."),
+    cfg: float | None = typer.Option(None, "--cfg", min=1.0, help="Guidance scale (mini default 2.0)."),
+    n: int = typer.Option(1, "--n", min=1, help="Images per prompt (several make a grid)."),
+    scale: int = typer.Option(8, "--scale", min=1, max=64, help="Nearest-neighbour upscale of the saved PNG."),
+) -> None:
+    """Generate images with the deterministic ODE sampler and save them as PNG."""
+    from flowopd.models import MINI_SAMPLING
+
+    texts: list[str] = list(prompt or [])
+    if prompts_file is not None:
+        from flowopd.benchmarks.prompts import load_prompt_file
+
+        texts += [p.text for p in load_prompt_file(prompts_file)]
+    if not texts:
+        _fail("give a prompt with --prompt TEXT or a prompt file with --prompts FILE")
+    single = len(texts) == 1
+    if single and out.suffix.lower() != ".png":
+        _fail(f"--out {out} must end in .png for one prompt (or pass several prompts and a folder)")
+    if not single and out.suffix:
+        _fail(f"--out {out} must be a folder when sampling {len(texts)} prompts")
+    steps = steps or MINI_SAMPLING["steps"]
+    cfg = cfg if cfg is not None else MINI_SAMPLING["cfg"]
+
+    from flowopd.models import load_backbone
+    from flowopd.sampling import sample_ode
+
+    backbone = load_backbone(model)
+    for t in texts:
+        unknown = backbone.unknown_words(t)
+        if unknown:
+            err_console.print(f"[yellow]warning:[/] words outside the mini vocabulary (read as unknown): {', '.join(unknown)}")
+    jobs = [(t, seed + k) for t in texts for k in range(n)]
+    with progress_bar("sampling", len(jobs)) as advance:
+        images = sample_ode(backbone, [t for t, _ in jobs], [s for _, s in jobs], steps=steps, cfg=cfg, batch_size=64, progress=advance)
+    arrays = _to_uint8(images)
+    if single:
+        _save_png(arrays[0] if n == 1 else _grid(arrays, min(n, 8)), out, scale)
+        console.print(f"wrote {out}  ({n} image{'s' * (n > 1)}, seed {seed}, {steps} steps, cfg {cfg})")
+        return
+    from flowopd.runinfo import atomic_dir
+
+    with atomic_dir(out) as tmp:
+        with open(tmp / "metadata.jsonl", "w") as f:
+            for k, ((t, s), a) in enumerate(zip(jobs, arrays)):
+                name = f"{k:05d}.png"
+                _save_png(a, tmp / name, scale)
+                f.write(json.dumps({"file": name, "prompt": t, "seed": s, "steps": steps, "cfg": cfg, "model": model}) + "\n")
+    console.print(f"wrote {len(jobs)} images and metadata.jsonl to {out}/")
+
+
+# ------------------------------------------------------------------ rewards
+
+
+@rewards_app.command("list")
+def rewards_list(fmt: Format = typer.Option(Format.table, "--format", help="table or json.")) -> None:
+    """Every reward model: name, version, where it comes from, and whether its weights are present."""
+    import dataclasses
+
+    from flowopd.reward_models import list_rewards
+    from flowopd.reward_models.registry import plugin_errors
+
+    infos = list_rewards()
+    for msg in plugin_errors:
+        err_console.print(f"[yellow]warning:[/] {msg}")
+    if fmt is Format.json:
+        print(json.dumps([dataclasses.asdict(i) for i in infos], indent=2))
+        return
+    rows = [(i.name, i.version or "?", i.source, _yes_no(i.available, i.reason), i.description) for i in infos]
+    _print_table("reward models", ("name", "version", "source", "available", "description"), rows)
+
+
+@rewards_app.command("score")
+def rewards_score(
+    name: str = typer.Argument(..., help="Reward model name (see `flowopd rewards list`)."),
+    images: list[Path] = typer.Argument(..., help="Image files."),
+    prompt: list[str] = typer.Option(..., "--prompt", "-p", help="One prompt for all images, or one per image (repeat)."),
+    metadata: str | None = typer.Option(
+        None, "--metadata", help="JSON object (or a .json/.jsonl file) of per-prompt metadata, e.g. GenEval clauses."
+    ),
+    fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
+) -> None:
+    """Score images with one reward model."""
+    from flowopd.errors import InputError
+    from flowopd.reward_models import get_reward_class
+
+    cls = get_reward_class(name)  # unknown names fail here, before any image is read
+    if len(prompt) not in (1, len(images)):
+        raise InputError(f"got {len(images)} images and {len(prompt)} prompts; pass one --prompt for all images or one per image")
+    prompts = prompt * len(images) if len(prompt) == 1 else list(prompt)
+    metas = None
+    if metadata:
+        metas = _parse_metadata(metadata, len(images))
+    pil = [_load_image(p) for p in images]
+    reward = cls()
+    scores = reward.score(pil, prompts, metas)
+    records = scores.to_records()
+    if fmt is Format.json:
+        print(json.dumps([{"image": str(p), "prompt": t, **r} for p, t, r in zip(images, prompts, records)], indent=2))
+        return
+    rows = [(str(p), f"{r['raw']:.4f}", f"{r['normalized']:.4f}", json.dumps(r["details"])[:120]) for p, r in zip(images, records)]
+    _print_table(f"{name} (version {cls.version})", ("image", "raw", "normalized", "details"), rows)
+
+
+def _parse_metadata(text: str, n: int) -> list[dict]:
+    from flowopd.errors import InputError
+
+    path = Path(text)
+    try:
+        if path.suffix in (".json", ".jsonl") and path.is_file():
+            raw = path.read_text()
+            items = [json.loads(line) for line in raw.splitlines() if line.strip()] if path.suffix == ".jsonl" else json.loads(raw)
+        else:
+            items = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"--metadata is not valid JSON ({exc.msg}); pass a JSON object or a .json/.jsonl file") from None
+    if isinstance(items, dict):
+        items = [items] * n
+    if not isinstance(items, list) or len(items) != n or not all(isinstance(i, dict) for i in items):
+        raise InputError(f"--metadata must be one JSON object or a list of {n} objects (one per image)")
+    return items
+
+
+# ------------------------------------------------------------------ weights
+
+
+@weights_app.command("list")
+def weights_list(fmt: Format = typer.Option(Format.table, "--format", help="table or json.")) -> None:
+    """Known weight sets, whether they are present, and how to get them."""
+    from flowopd.models import KNOWN_WEIGHTS
+
+    rows = [
+        {
+            "name": w.name,
+            "kind": w.kind,
+            "present": w.present,
+            "path": str(w.path),
+            "size_mb": round(w.size_bytes() / 1e6, 2),
+            "sha256": w.digest(),
+            "how_to_get": w.how_to_get,
+            "description": w.description,
+        }
+        for w in KNOWN_WEIGHTS.values()
+    ]
+    if fmt is Format.json:
+        print(json.dumps(rows, indent=2))
+        return
+    table_rows = [(r["name"], _yes_no(r["present"]), str(r["size_mb"]), (r["sha256"] or "-")[:12], r["path"]) for r in rows]
+    _print_table("weights", ("name", "present", "size MB", "sha256", "path"), table_rows)
+
+
+# ------------------------------------------------------------------ eval / report
+
+
+@app.command("eval")
+def eval_cmd(
+    suite: str = typer.Option("all", "--suite", "-s", help="Suite name, or all."),
+    model: str = typer.Option("mini-base", "--model", "-m", help="mini-base or a model folder."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (default runs/eval-<suite>-<model>)."),
+    limit: int | None = typer.Option(None, "--limit", min=1, help="Prompts per task (compose: per tag)."),
+    steps: int | None = typer.Option(None, "--steps", min=1, help="ODE steps."),
+    cfg: float | None = typer.Option(None, "--cfg", min=1.0, help="Guidance scale."),
+    seed: int | None = typer.Option(None, "--seed", help="Suite seed."),
+    split: str | None = typer.Option(None, "--split", help="test (held-out prompts, default), train or all."),
+) -> None:
+    """Evaluate a model on benchmark suites; writes summary.json, samples.jsonl and images/."""
+    from flowopd.config import build_config
+
+    suites = {"mini": "the mini world's four tasks (held-out prompts)"}
+    names = list(suites) if suite == "all" else [suite]
+    for s in names:
+        if s not in suites:
+            import difflib
+
+            close = difflib.get_close_matches(s, list(suites) + ["all"], n=2)
+            hint = f"did you mean {', '.join(close)}?" if close else f"available: {', '.join(suites)}, all"
+            _fail(f"unknown suite {s!r}; {hint}")
+    from flowopd.benchmarks.mini_suite import MiniSuiteConfig, run_mini_suite
+    from flowopd.models import MINI_SAMPLING
+
+    overrides = {
+        "model": model,
+        "prompts_per_task": limit,
+        "steps": steps or MINI_SAMPLING["steps"],
+        "cfg": cfg if cfg is not None else MINI_SAMPLING["cfg"],
+        "seed": seed,
+        "split": split,
+    }
+    cfg_obj = build_config(MiniSuiteConfig, {k: v for k, v in overrides.items() if v is not None}, "command-line options")
+    out = out or Path("runs") / f"eval-mini-{Path(model).name}"
+    t0 = time.time()
+    with progress_bar("eval mini", None) as advance:
+
+        def show(stage: str, done: int, total: int) -> None:
+            advance(description=f"eval mini: {stage}", completed=done, total=total)
+
+        summary = run_mini_suite(cfg_obj, out, progress=show)
+    rows = []
+    for task, key in summary["headline"].items():
+        m = summary["metrics"][key]
+        rows.append((task, key, f"{m['mean']:.3f}", f"[{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]", str(m["n"])))
+    _print_table(f"mini suite: {model}", ("task", "metric", "mean", "95% CI", "n"), rows)
+    console.print(f"wrote {out}/summary.json, samples.jsonl and images/ in {time.time() - t0:.0f} s")
+
+
+@app.command()
+def report(
+    summaries: list[Path] = typer.Argument(..., help="summary.json files or run folders."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write the Markdown here (default: print)."),
+) -> None:
+    """A Markdown leaderboard from evaluation summaries (one row per run)."""
+    from flowopd.benchmarks.report import load_summary, to_markdown
+    from flowopd.runinfo import atomic_file
+
+    loaded = {}
+    for p in summaries:
+        s = load_summary(p)
+        name = s.get("run", {}).get("config", {}).get("model") or p.stem
+        loaded[name if name not in loaded else f"{name} ({p})"] = s
+    md = to_markdown(loaded)
+    if out is None:
+        print(md, end="")
+        return
+    with atomic_file(out, "w") as f:
+        f.write(md)
+    console.print(f"wrote {out}")
+
+
+# ------------------------------------------------------------------ mini
+
+
+@mini_app.command("pretrain")
+def mini_pretrain(
+    config: Path | None = typer.Option(None, "--config", "-c", help="YAML file of PretrainConfig values."),
+    out: Path = typer.Option(Path("runs/mini-base"), "--out", "-o", help="Model folder to write."),
+    steps: int | None = typer.Option(None, "--steps", help="Optimizer steps (default 4000, the shipped base)."),
+    batch_size: int | None = typer.Option(None, "--batch-size", help="Images per step (default 64)."),
+    lr: float | None = typer.Option(None, "--lr", help="Peak learning rate."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed (default 0)."),
+    threads: int | None = typer.Option(None, "--threads", help="CPU threads (0 = all)."),
+) -> None:
+    """Pre-train the mini base by flow matching (eq. 1) on rendered data; reproduces the shipped base."""
+    from flowopd.config import load_config, save_config
+    from flowopd.mini.pretrain import PretrainConfig
+
+    cfg = load_config(PretrainConfig, config, {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "threads": threads})
+    from flowopd.mini.pretrain import pretrain
+
+    t0 = time.time()
+    with progress_bar("pretrain", cfg.steps) as advance:
+        pretrain(cfg, out, progress=lambda step, loss: advance(loss=loss))
+    save_config(cfg, out / "config.yaml")
+    console.print(f"wrote the EMA model to {out}/ after {cfg.steps} steps in {(time.time() - t0) / 60:.1f} min")
+
+
+@mini_app.command("prompts")
+def mini_prompts(
+    task: str = typer.Option("all", "--task", help="compose, text, preference, quality or all."),
+    n: int = typer.Option(10, "--n", min=1, help="Prompts per task."),
+    seed: int = typer.Option(0, "--seed"),
+    split: str = typer.Option("test", "--split", help="test (held-out), train or all."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write JSONL here (GenEval metadata format plus 'task')."),
+) -> None:
+    """List mini-world prompts with their metadata (JSONL)."""
+    from flowopd.mini import world
+
+    tasks = list(world.TASKS) if task == "all" else [task]
+    try:
+        recs = [r for t in tasks for r in world.make_prompts(t, n, seed, split=split)]
+    except ValueError as exc:
+        _fail(str(exc))
+    lines = [json.dumps(r.to_json()) for r in recs]
+    if out is None:
+        print("\n".join(lines))
+        return
+    from flowopd.runinfo import atomic_file
+
+    with atomic_file(out, "w") as f:
+        f.write("\n".join(lines) + "\n")
+    console.print(f"wrote {len(lines)} prompts to {out}")
+
+
+@mini_app.command("render")
+def mini_render(
+    prompt: str = typer.Option(..., "--prompt", "-p", help="A mini-world prompt."),
+    out: Path = typer.Option(..., "--out", "-o", help="PNG file."),
+    seed: int = typer.Option(0, "--seed"),
+    scale: int = typer.Option(8, "--scale", min=1, max=64),
+) -> None:
+    """Render the ground truth of a prompt (what the base is trained on)."""
+    import numpy as np
+
+    from flowopd.mini import world
+
+    if out.suffix.lower() != ".png":
+        _fail(f"--out {out} must end in .png")
+    try:
+        rec = world.parse_prompt(prompt)
+    except ValueError as exc:
+        _fail(str(exc))
+    _save_png(world.render(rec, np.random.default_rng(seed)), out, scale)
+    console.print(f"wrote {out}  (task {rec.task}, {json.dumps(rec.metadata)})")
+
+
+# ------------------------------------------------------------------ entry point
+
+
+def main(argv: list[str] | None = None) -> int:
+    """Run the CLI; errors print as one line (traceback with --debug) and exit non-zero."""
+    import click
+
+    args = list(sys.argv[1:] if argv is None else argv)
+    debug = "--debug" in args or os.environ.get("FLOWOPD_DEBUG") == "1"
+    try:
+        rv = app(args=args, prog_name="flowopd", standalone_mode=False)
+    except click.exceptions.Exit as exc:
+        return exc.exit_code
+    except click.ClickException as exc:
+        exc.show()
+        return exc.exit_code
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        err_console.print("aborted")
+        return 130
+    except Exception as exc:
+        if debug:
+            raise
+        err_console.print(f"[red]error:[/] {one_line(exc)}", highlight=False, soft_wrap=True)
+        return 1
+    return rv if isinstance(rv, int) else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

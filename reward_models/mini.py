@@ -1,0 +1,108 @@
+"""The mini world's four reward models: real, deterministic scorers behind the one interface.
+
+- ``mini_geneval``: the mini detector feeding the GenEval rules engine; raw = partial credit,
+  ``details["correct"]`` = the official strict rule (what evaluation aggregates).
+- ``mini_ocr``: the template OCR with the OCR reward's formula.
+- ``mini_preference``: the preference judge in [0, 1] (PickScore analogue).
+- ``mini_quality``: the prompt-free quality judge in [1, 5] (DeQA analogue), trained at /5.
+
+A prompt of the mini world is enough: metadata is parsed from it when not given.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+
+from flowopd.mini import world
+from flowopd.mini.judges import preference_score, quality_score
+from flowopd.mini.perception import detect, read_text
+from flowopd.reward_models import geneval_rules
+from flowopd.reward_models.base import RewardModel
+from flowopd.reward_models.ocr_formula import ocr_reward, target_text
+from flowopd.reward_models.registry import register_reward
+
+
+def _meta(prompt: str, meta: dict[str, Any] | None) -> dict[str, Any]:
+    return dict(meta) if meta else world.parse_prompt(prompt).metadata
+
+
+@register_reward("mini_geneval")
+class MiniGenEval(RewardModel):
+    version = "1"
+    description = "mini world: connected-component detector + GenEval rules (partial credit; details.correct = strict)"
+    needs_metadata = True
+
+    def _score(self, images, prompts, metadata):
+        raws, details = [], []
+        for img, prompt, meta in zip(images, prompts, metadata):
+            meta = _meta(prompt, meta)
+            dets = detect(img)
+            by_class: dict[str, list[geneval_rules.DetectedObject]] = {}
+            for d in dets:
+                by_class.setdefault(d.cls, []).append(geneval_rules.DetectedObject(d.box, d.score, d.color))
+            res = geneval_rules.evaluate(by_class, meta, lambda objs, _cls: [o.color for o in objs])
+            raws.append(res.score)
+            details.append(
+                {
+                    "correct": res.correct,
+                    "tag": meta.get("tag"),
+                    "reasons": res.reasons,
+                    "detections": [{"class": d.cls, "box": list(d.box), "score": round(d.score, 4), "color": d.color} for d in dets],
+                }
+            )
+        return raws, details
+
+
+@register_reward("mini_ocr")
+class MiniOCR(RewardModel):
+    version = "1"
+    description = "mini world: template OCR of 3x5-font digits; 1 - edit_distance/len of the quoted text"
+
+    def _score(self, images, prompts, metadata):
+        raws, details = [], []
+        for img, prompt, meta in zip(images, prompts, metadata):
+            target = (meta or {}).get("text") or target_text(prompt)
+            read = read_text(img)
+            score, dist = ocr_reward(target, read.text)
+            raws.append(score)
+            details.append({"target": target, "read": read.text, "distance": dist, "chars": [[c, round(p, 3)] for c, p in read.chars]})
+        return raws, details
+
+
+@register_reward("mini_preference")
+class MiniPreference(RewardModel):
+    version = "1"
+    description = "mini world: preference judge in [0,1] (request match + composition; PickScore analogue)"
+
+    def _score(self, images, prompts, metadata):
+        raws, details = [], []
+        for img, prompt, meta in zip(images, prompts, metadata):
+            if not meta:
+                try:
+                    meta = world.parse_prompt(prompt).metadata
+                except ValueError:
+                    meta = {}
+            score, terms = preference_score(img, meta)
+            raws.append(score)
+            details.append({"terms": {k: round(v, 4) for k, v in terms.items()}})
+        return raws, details
+
+
+@register_reward("mini_quality")
+class MiniQuality(RewardModel):
+    version = "1"
+    description = "mini world: prompt-free image quality in [1,5] (noise, structure, specks, sharpness; DeQA analogue)"
+
+    def normalize(self, raw: torch.Tensor) -> torch.Tensor:
+        return raw.float() / 5.0
+
+    def _score(self, images, prompts, metadata):
+        raws, details = [], []
+        for img in images:
+            score, terms = quality_score(np.asarray(img))
+            raws.append(score)
+            details.append({"terms": {k: round(v, 4) for k, v in terms.items()}})
+        return raws, details

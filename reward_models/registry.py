@@ -1,0 +1,158 @@
+"""The reward-model registry: built-ins as lazy ``"module:Class"`` entries, decorators, and plugins.
+
+Third-party packages add reward models through the ``flowopd.reward_models``
+entry-point group; the entry's value is ``"module:Class"`` and the class is
+imported only when the reward is used or listed. Name collisions are errors
+for built-ins and decorated classes; a plugin that reuses a taken name is
+skipped and reported by ``flowopd rewards list``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import importlib
+from importlib import metadata as importlib_metadata
+from typing import Any
+
+from flowopd.errors import FlowOPDError
+from flowopd.reward_models.base import RewardModel
+
+ENTRY_POINT_GROUP = "flowopd.reward_models"
+
+# name -> "module:Class"; imported on first use.
+BUILTIN: dict[str, str] = {
+    "mini_geneval": "flowopd.reward_models.mini:MiniGenEval",
+    "mini_ocr": "flowopd.reward_models.mini:MiniOCR",
+    "mini_preference": "flowopd.reward_models.mini:MiniPreference",
+    "mini_quality": "flowopd.reward_models.mini:MiniQuality",
+}
+
+
+class UnknownRewardError(FlowOPDError, KeyError):
+    """An unknown reward name (the message carries the close matches)."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
+
+
+@dataclasses.dataclass
+class Entry:
+    name: str
+    target: str | type[RewardModel]  # "module:Class" until resolved
+    source: str  # "builtin" or the plugin's distribution name
+
+    def resolve(self) -> type[RewardModel]:
+        if isinstance(self.target, str):
+            module_name, _, attr = self.target.partition(":")
+            if not attr:
+                raise FlowOPDError(f"reward {self.name!r}: entry {self.target!r} is not 'module:Class'")
+            obj: Any = importlib.import_module(module_name)
+            for part in attr.split("."):
+                obj = getattr(obj, part)
+            _check_class(self.name, obj)
+            self.target = obj
+        return self.target
+
+
+@dataclasses.dataclass
+class RewardInfo:
+    """What ``flowopd rewards list`` shows for one reward."""
+
+    name: str
+    version: str | None
+    source: str
+    available: bool
+    reason: str | None
+    higher_is_better: bool | None
+    description: str
+
+
+_entries: dict[str, Entry] = {name: Entry(name, target, "builtin") for name, target in BUILTIN.items()}
+_plugins_loaded = False
+plugin_errors: list[str] = []
+
+
+def _check_class(name: str, cls: Any) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, RewardModel)):
+        raise FlowOPDError(f"reward {name!r} must be a subclass of flowopd.reward_models.RewardModel, got {cls!r}")
+    if cls.name and cls.name != name:
+        raise FlowOPDError(f"reward class {cls.__qualname__} is named {cls.name!r} but registered as {name!r}")
+
+
+def register_reward(name: str, source: str = "builtin"):
+    """Class decorator: ``@register_reward("my_reward")`` registers a RewardModel subclass under ``name``."""
+
+    def wrap(cls: type[RewardModel]) -> type[RewardModel]:
+        _check_class(name, cls)
+        if not cls.name:
+            cls.name = name
+        existing = _entries.get(name)
+        if existing is not None:
+            same = existing.target is cls or existing.target == f"{cls.__module__}:{cls.__qualname__}"
+            if not same:
+                raise FlowOPDError(f"reward name {name!r} is already registered (by {existing.source}); choose another name")
+        _entries[name] = Entry(name, cls, existing.source if existing else source)
+        return cls
+
+    return wrap
+
+
+def load_plugins(force: bool = False) -> None:
+    """Register the reward models that installed distributions declare in the entry-point group."""
+    global _plugins_loaded
+    if _plugins_loaded and not force:
+        return
+    _plugins_loaded = True
+    for ep in importlib_metadata.entry_points(group=ENTRY_POINT_GROUP):
+        dist = ep.dist.name if ep.dist is not None else "unknown distribution"
+        existing = _entries.get(ep.name)
+        if existing is not None:
+            if existing.source != dist:
+                msg = f"plugin {dist} declares reward {ep.name!r}, already registered by {existing.source}; skipped"
+                if msg not in plugin_errors:
+                    plugin_errors.append(msg)
+            continue
+        _entries[ep.name] = Entry(ep.name, ep.value, dist)
+
+
+def names() -> list[str]:
+    """Every registered reward name, sorted."""
+    load_plugins()
+    return sorted(_entries)
+
+
+def get_reward_class(name: str) -> type[RewardModel]:
+    """The class registered under ``name``; an unknown name is answered with close matches."""
+    load_plugins()
+    entry = _entries.get(name)
+    if entry is None:
+        close = difflib.get_close_matches(name, list(_entries), n=3, cutoff=0.5)
+        hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else "see `flowopd rewards list`"
+        raise UnknownRewardError(f"unknown reward {name!r}; {hint}")
+    return entry.resolve()
+
+
+def load_reward(name: str, **kwargs: Any) -> RewardModel:
+    """An instance of the reward ``name`` (weights still load lazily, on the first score)."""
+    return get_reward_class(name)(**kwargs)
+
+
+def source_of(name: str) -> str:
+    load_plugins()
+    return _entries[name].source
+
+
+def list_rewards() -> list[RewardInfo]:
+    """Every reward with its source and whether its weights are present; nothing is loaded."""
+    load_plugins()
+    out = []
+    for name in sorted(_entries):
+        entry = _entries[name]
+        try:
+            cls = entry.resolve()
+            available, reason = cls.weights_status()
+            out.append(RewardInfo(name, cls.version, entry.source, available, reason, cls.higher_is_better, cls.description))
+        except Exception as exc:  # a broken plugin must not hide the others
+            out.append(RewardInfo(name, None, entry.source, False, f"cannot import {entry.target}: {exc}", None, ""))
+    return out

@@ -1,0 +1,43 @@
+import os
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+torch.set_num_threads(min(2, os.cpu_count() or 1))
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED_DATA = REPO.parent / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    """The read-only reference prompt files (../shared/data); skipped where a checkout has none beside it."""
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"reference data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A random-weight mini model saved with save_pretrained, to be loaded back through the real code."""
+    from flowopd.mini.model import MiniBackbone
+
+    path = tmp_path_factory.mktemp("tiny-mini")
+    MiniBackbone.random(seed=1).save_pretrained(path, extra={"note": "random weights for tests"})
+    return path
+
+
+@pytest.fixture()
+def run_cli():
+    """Run the installed CLI in a subprocess; returns CompletedProcess (stdout, stderr, returncode)."""
+    import subprocess
+
+    def run(*args: str, env: dict | None = None, cwd: Path | None = None):
+        full_env = {**os.environ, "COLUMNS": "200", **(env or {})}
+        return subprocess.run(
+            [sys.executable, "-m", "flowopd.cli.main", *args], capture_output=True, text=True, env=full_env, cwd=cwd, timeout=600
+        )
+
+    return run

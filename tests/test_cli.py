@@ -1,0 +1,189 @@
+"""The CLI end to end in subprocesses: outputs, one-line errors, non-zero exits, nothing half-written."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+
+def one_line_error(res, *needles):
+    assert res.returncode != 0
+    lines = [ln for ln in res.stderr.strip().splitlines() if ln.strip()]
+    assert len(lines) == 1, res.stderr
+    assert lines[0].startswith("error:"), lines[0]
+    assert "Traceback" not in res.stderr
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+def test_help_imports_no_heavy_modules():
+    code = (
+        "import sys\n"
+        "from flowopd.cli.main import main\n"
+        "try:\n    main(['--help'])\nexcept SystemExit:\n    pass\n"
+        "heavy = [m for m in ('torch', 'diffusers', 'transformers', 'peft', 'numpy') if m in sys.modules]\n"
+        "print('HEAVY', heavy)\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert "HEAVY []" in out
+    for group in ("train", "eval", "report", "rewards", "weights", "sample", "mini"):
+        assert group in out
+
+
+def test_sample_writes_an_upscaled_png(tiny_model_dir, tmp_path, run_cli):
+    from PIL import Image
+
+    out = tmp_path / "img.png"
+    res = run_cli("sample", "--prompt", "two red squares", "--model", str(tiny_model_dir), "--out", str(out), "--steps", "2", "--seed", "3")
+    assert res.returncode == 0, res.stderr
+    assert Image.open(out).size == (256, 256)
+    res = run_cli(
+        "sample",
+        "-p",
+        "a photo of a zebra",
+        "-m",
+        str(tiny_model_dir),
+        "-o",
+        str(tmp_path / "grid.png"),
+        "--steps",
+        "1",
+        "--n",
+        "4",
+        "--scale",
+        "2",
+    )
+    assert res.returncode == 0 and "zebra" in res.stderr  # unknown words are warned about
+    assert Image.open(tmp_path / "grid.png").size == ((4 * 33 + 1) * 2, 34 * 2)
+
+
+def test_sample_from_a_prompt_file(tiny_model_dir, tmp_path, run_cli):
+    prompts = tmp_path / "p.txt"
+    prompts.write_text('a photo of a circle\nthe text "5"\n')
+    res = run_cli("sample", "--prompts", str(prompts), "-m", str(tiny_model_dir), "-o", str(tmp_path / "out"), "--steps", "1")
+    assert res.returncode == 0, res.stderr
+    meta = [json.loads(line) for line in (tmp_path / "out" / "metadata.jsonl").read_text().splitlines()]
+    assert [m["prompt"] for m in meta] == ["a photo of a circle", 'the text "5"']
+    assert all((tmp_path / "out" / m["file"]).is_file() for m in meta)
+
+
+def test_malformed_prompt_file_is_one_line_and_writes_nothing(tiny_model_dir, tmp_path, run_cli):
+    bad = tmp_path / "bad.jsonl"
+    bad.write_text('{"prompt": "a photo of a circle"}\n{"prompt": \n')
+    res = run_cli("sample", "--prompts", str(bad), "-m", str(tiny_model_dir), "-o", str(tmp_path / "out"))
+    one_line_error(res, "bad.jsonl:2", "not valid JSON")
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_output_name_is_rejected_before_any_work(tmp_path, run_cli):
+    res = run_cli("sample", "--prompt", "a photo of a circle", "--out", str(tmp_path / "img.jpg"))
+    one_line_error(res, "must end in .png")
+    assert not (tmp_path / "img.jpg").exists()
+
+
+def test_rewards_score_on_a_ground_truth_render(tmp_path, run_cli):
+    img = tmp_path / "gt.png"
+    assert run_cli("mini", "render", "--prompt", "a photo of three blue triangles", "--out", str(img), "--scale", "1").returncode == 0
+    res = run_cli("rewards", "score", "mini_geneval", str(img), "--prompt", "a photo of three blue triangles", "--format", "json")
+    assert res.returncode == 0, res.stderr
+    (rec,) = json.loads(res.stdout)
+    assert rec["raw"] == 1.0 and rec["normalized"] == 1.0 and rec["details"]["correct"] is True
+    assert len(rec["details"]["detections"]) == 3
+    text = tmp_path / "t.png"
+    run_cli("mini", "render", "--prompt", 'the text "907"', "--out", str(text), "--scale", "1")
+    res = run_cli("rewards", "score", "mini_ocr", str(text), "--prompt", 'the text "901"', "--format", "json")
+    (rec,) = json.loads(res.stdout)
+    assert rec["raw"] == pytest.approx(2 / 3) and rec["details"]["read"] == "907"
+    res = run_cli("rewards", "score", "mini_quality", str(text), "--prompt", "x")
+    assert res.returncode == 0 and "mini_quality" in res.stdout
+
+
+def test_rewards_score_bad_inputs(tmp_path, run_cli):
+    one_line_error(run_cli("rewards", "score", "pickscor", "x.png", "--prompt", "a"), "unknown reward 'pickscor'")
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not an image at all")
+    one_line_error(run_cli("rewards", "score", "mini_quality", str(junk), "--prompt", "a"), "cannot read image", "PNG or JPEG")
+    one_line_error(run_cli("rewards", "score", "mini_quality", str(tmp_path / "nope.png"), "--prompt", "a"), "does not exist")
+    one_line_error(
+        run_cli("rewards", "score", "mini_quality", str(junk), str(junk), "--prompt", "a", "--prompt", "b", "--prompt", "c"), "one --prompt"
+    )
+    from PIL import Image
+
+    Image.new("RGB", (32, 32)).save(tmp_path / "ok.png")
+    one_line_error(
+        run_cli("rewards", "score", "mini_geneval", str(tmp_path / "ok.png"), "--prompt", "an astronaut on a horse"),
+        "not a mini-world prompt",
+    )
+    one_line_error(
+        run_cli("rewards", "score", "mini_geneval", str(tmp_path / "ok.png"), "--prompt", "a", "--metadata", "{bad"),
+        "--metadata is not valid JSON",
+    )
+
+
+def test_debug_shows_the_traceback(tmp_path, run_cli):
+    res = run_cli("--debug", "rewards", "score", "nope_reward", "x.png", "--prompt", "a")
+    assert res.returncode != 0 and "Traceback" in res.stderr
+
+
+def test_bad_config_values_name_the_key_and_leave_nothing(tmp_path, run_cli):
+    cfg = tmp_path / "bad.yaml"
+    out = tmp_path / "model"
+    cfg.write_text("steps: 0\n")
+    line = one_line_error(
+        run_cli("mini", "pretrain", "--config", str(cfg), "--out", str(out)), "bad config value steps=0", "greater than or equal to 1"
+    )
+    assert "bad.yaml" in line
+    cfg.write_text("stepz: 10\n")
+    one_line_error(
+        run_cli("mini", "pretrain", "--config", str(cfg), "--out", str(out)), "unknown config key 'stepz'", "allowed keys: steps"
+    )
+    cfg.write_text("steps: [1\n")
+    one_line_error(run_cli("mini", "pretrain", "--config", str(cfg), "--out", str(out)), "not valid YAML")
+    one_line_error(run_cli("mini", "pretrain", "--lr", "-1", "--out", str(out)), "bad config value lr=-1")
+    assert not out.exists()
+
+
+def test_mini_pretrain_cli_writes_model_and_config(tmp_path, run_cli):
+    cfg = tmp_path / "tiny.yaml"
+    cfg.write_text("steps: 2\nbatch_size: 4\nwarmup: 1\n")
+    res = run_cli("mini", "pretrain", "--config", str(cfg), "--out", str(tmp_path / "m"), "--seed", "5")
+    assert res.returncode == 0, res.stderr
+    import yaml
+
+    saved = yaml.safe_load((tmp_path / "m" / "config.yaml").read_text())
+    assert saved["steps"] == 2 and saved["seed"] == 5 and saved["batch_size"] == 4
+    assert (tmp_path / "m" / "transformer" / "diffusion_pytorch_model.safetensors").is_file()
+
+
+def test_eval_and_report(tiny_model_dir, tmp_path, run_cli):
+    out = tmp_path / "eval"
+    res = run_cli("eval", "--suite", "mini", "--model", str(tiny_model_dir), "--out", str(out), "--limit", "1", "--steps", "1")
+    assert res.returncode == 0, res.stderr
+    summary = json.loads((out / "summary.json").read_text())
+    assert set(summary["headline"]) == {"compose", "text", "preference", "quality"}
+    m = summary["metrics"]["compose/geneval_overall"]
+    assert m["n"] == 6 and m["ci95"][0] <= m["mean"] <= m["ci95"][1]
+    assert summary["run"]["config"]["steps"] == 1 and summary["run"]["versions"]["diffusers"]
+    lines = (out / "samples.jsonl").read_text().splitlines()
+    assert len(lines) == summary["n_images"] == 9
+    assert all((out / json.loads(ln)["image"]).is_file() for ln in lines)
+    rep = run_cli("report", str(out))
+    assert rep.returncode == 0 and "compose/geneval_overall" in rep.stdout and str(tiny_model_dir) in rep.stdout
+    one_line_error(run_cli("eval", "--suite", "minii"), "unknown suite 'minii'", "did you mean mini")
+    one_line_error(run_cli("report", str(tmp_path / "none.json")), "does not exist")
+
+
+def test_weights_and_prompts(tmp_path, run_cli):
+    res = run_cli("weights", "list", "--format", "json")
+    assert res.returncode == 0
+    (row,) = [r for r in json.loads(res.stdout) if r["name"] == "mini-base"]
+    assert {"present", "path", "sha256", "how_to_get"} <= set(row)
+    res = run_cli("mini", "prompts", "--task", "compose", "--n", "5", "--out", str(tmp_path / "p.jsonl"))
+    assert res.returncode == 0
+    recs = [json.loads(line) for line in (tmp_path / "p.jsonl").read_text().splitlines()]
+    assert len(recs) == 5 and all(r["task"] == "compose" and "include" in r for r in recs)
+    from flowopd.benchmarks.prompts import load_prompt_file
+
+    assert len(load_prompt_file(tmp_path / "p.jsonl")) == 5  # our own format loads back
+    one_line_error(run_cli("mini", "prompts", "--task", "painting"), "unknown mini task 'painting'")

@@ -1,0 +1,185 @@
+"""Ground truth scores 1.0, and controlled corruptions lower exactly the scores they should."""
+
+import numpy as np
+import pytest
+
+from flowopd.mini import world
+from flowopd.mini.world import COLORS, PromptRecord, Scene, render_scene, scene_for
+from flowopd.reward_models import load_reward
+
+GENEVAL = load_reward("mini_geneval")
+OCR = load_reward("mini_ocr")
+PREF = load_reward("mini_preference")
+QUALITY = load_reward("mini_quality")
+
+
+def pil(arr):
+    from PIL import Image
+
+    return Image.fromarray(arr)
+
+
+def score(reward, arr, rec: PromptRecord):
+    s = reward.score([pil(arr)], [rec.prompt], [rec.metadata])
+    return float(s.raw[0]), s.details[0]
+
+
+@pytest.mark.parametrize("tag", world.COMPOSE_TAGS)
+def test_ground_truth_compose_scores_one(tag):
+    rng = np.random.default_rng(0)
+    for rec in world.make_prompts("compose", 30, seed=3, split="all", tag=tag):
+        raw, details = score(GENEVAL, world.render(rec, rng), rec)
+        assert details["correct"], (rec.prompt, details["reasons"])
+        assert raw == 1.0, rec.prompt
+
+
+def test_ground_truth_text_scores_one():
+    rng = np.random.default_rng(0)
+    recs = world.make_prompts("text", 200, seed=4, split="all")
+    s = OCR.score([pil(world.render(r, rng)) for r in recs], [r.prompt for r in recs])
+    assert s.raw.min().item() == 1.0
+    assert [d["read"] for d in s.details] == [r.metadata["text"] for r in recs]
+
+
+def test_ground_truth_preference_and_quality_are_high():
+    rng = np.random.default_rng(0)
+    for task in ("preference", "quality"):
+        recs = world.make_prompts(task, 40, seed=5, split="all")
+        imgs = [pil(world.render(r, rng)) for r in recs]
+        pref = PREF.score(imgs, [r.prompt for r in recs], [r.metadata for r in recs]).raw
+        qual = QUALITY.score(imgs, [r.prompt for r in recs]).raw
+        assert pref.min() > 0.8, task
+        assert qual.min() > 4.85, task
+
+
+def _two_object_scene():
+    rec = world.parse_prompt("a photo of a red square and a blue circle")
+    scene = Scene("black", [("square", "red", (3, 10, 11, 11)), ("circle", "blue", (18, 10, 11, 11))])
+    return rec, scene
+
+
+def test_missing_object_lowers_geneval_only():
+    rec, scene = _two_object_scene()
+    full = render_scene(scene)
+    missing = render_scene(Scene("black", scene.objects[:1]))
+    raw_full, d_full = score(GENEVAL, full, rec)
+    raw_miss, d_miss = score(GENEVAL, missing, rec)
+    assert d_full["correct"] and raw_full == 1.0
+    assert not d_miss["correct"] and raw_miss == pytest.approx(0.5)  # square clause 1+1, circle clause 0+0
+    assert any("circle" in r for r in d_miss["reasons"])
+    assert score(QUALITY, missing, rec)[0] > 4.9  # still a clean image
+
+
+def test_wrong_colour_lowers_only_the_colour_credit():
+    rec = world.parse_prompt("a photo of a red triangle")
+    right = render_scene(Scene("black", [("triangle", "red", (8, 8, 16, 16))]))
+    wrong = render_scene(Scene("black", [("triangle", "green", (8, 8, 16, 16))]))
+    assert score(GENEVAL, right, rec)[0] == 1.0
+    raw, details = score(GENEVAL, wrong, rec)
+    assert not details["correct"] and raw == pytest.approx(0.5)  # count credit 1, colour credit 0
+    assert details["detections"][0]["class"] == "triangle"
+    assert score(PREF, wrong, rec)[0] < score(PREF, right, rec)[0] - 0.2
+
+
+def test_swapped_position_fails_the_relation():
+    rec = world.parse_prompt("a photo of a circle left of a square")
+    good = Scene("black", [("circle", "yellow", (2, 10, 11, 11)), ("square", "purple", (19, 10, 11, 11))])
+    swapped = Scene("black", [("circle", "yellow", (19, 10, 11, 11)), ("square", "purple", (2, 10, 11, 11))])
+    assert score(GENEVAL, render_scene(good), rec)[0] == 1.0
+    raw, details = score(GENEVAL, render_scene(swapped), rec)
+    assert not details["correct"]
+    assert raw == pytest.approx(2 / 3)  # square count 1, circle count 1, position 0
+    assert "right of" in details["reasons"][0]
+
+
+def test_counting_needs_the_exact_count():
+    rec = world.parse_prompt("a photo of three squares")
+    boxes = [(2, 2, 9, 9), (20, 2, 9, 9), (2, 20, 9, 9), (20, 20, 9, 9)]
+    three = render_scene(Scene("black", [("square", "red", b) for b in boxes[:3]]))
+    four = render_scene(Scene("black", [("square", "red", b) for b in boxes]))
+    assert score(GENEVAL, three, rec)[1]["correct"]
+    raw, details = score(GENEVAL, four, rec)
+    assert not details["correct"] and raw == pytest.approx(2 / 3)
+
+
+def test_wrong_digit_lowers_ocr_only():
+    rec = world.parse_prompt('the text "4821"')
+    img = render_scene(Scene("text", [], text="4821"))
+    bad = render_scene(Scene("text", [], text="4871"))
+    assert score(OCR, img, rec)[0] == 1.0
+    raw, details = score(OCR, bad, rec)
+    assert raw == pytest.approx(0.75) and details["read"] == "4871"
+    assert score(QUALITY, bad, rec)[0] == pytest.approx(score(QUALITY, img, rec)[0], abs=0.05)
+
+
+def test_substring_counts_as_exact():
+    rec = world.parse_prompt('the text "82"')
+    assert score(OCR, render_scene(Scene("text", [], text="4821")), rec)[0] == 1.0
+
+
+def test_noise_lowers_quality_not_composition():
+    rec = world.parse_prompt("a photo of a blue circle")
+    clean = render_scene(Scene("black", [("circle", "blue", (8, 8, 16, 16))]))
+    rng = np.random.default_rng(0)
+    noisy = np.clip(clean.astype(float) + rng.normal(0, 12, clean.shape), 0, 255).astype(np.uint8)
+    q_clean, q_noisy = score(QUALITY, clean, rec)[0], score(QUALITY, noisy, rec)[0]
+    assert q_clean > 4.9 and q_noisy < q_clean - 1.0
+    assert score(GENEVAL, noisy, rec)[1]["correct"]
+
+
+def test_blank_image_is_not_a_maximiser():
+    rec = world.parse_prompt("a big red circle on a black background")
+    blank = np.zeros((32, 32, 3), dtype=np.uint8)
+    good = render(rec)
+    assert score(PREF, blank, rec)[0] < 0.3 < 0.8 < score(PREF, good, rec)[0]
+    assert score(QUALITY, blank, rec)[0] < 3.0
+    assert score(GENEVAL, blank, world.parse_prompt("a photo of a circle"))[0] == 0.0
+
+
+def render(rec):
+    return world.render(rec, np.random.default_rng(0))
+
+
+def test_preference_wants_the_requested_background_and_size():
+    rec = world.parse_prompt("a big red circle on a gray background")
+    good = render_scene(Scene("gray", [("circle", "red", (6, 6, 20, 20))]))
+    wrong_bg = render_scene(Scene("white", [("circle", "red", (6, 6, 20, 20))]))
+    too_small = render_scene(Scene("gray", [("circle", "red", (12, 12, 8, 8))]))
+    s_good = score(PREF, good, rec)[0]
+    assert score(PREF, wrong_bg, rec)[0] < s_good - 0.1
+    assert score(PREF, too_small, rec)[0] < s_good - 0.1
+
+
+def test_scene_sampler_satisfies_every_position_relation():
+    rng = np.random.default_rng(1)
+    for rel in world.RELATIONS:
+        rec = world.parse_prompt(f"a photo of a square {rel} a triangle")
+        for _ in range(10):
+            scene = scene_for(rec, rng)
+            assert score(GENEVAL, render_scene(scene), rec)[1]["correct"]
+
+
+def test_palette_is_far_apart():
+    pal = np.array(list(COLORS.values()), dtype=float)
+    d = np.sqrt(((pal[:, None] - pal[None]) ** 2).sum(-1))
+    assert d[np.triu_indices(len(pal), 1)].min() > 100
+
+
+def test_parse_prompt_round_trips_every_family():
+    for task in world.TASKS:
+        for rec in world.make_prompts(task, 50, seed=7, split="all"):
+            parsed = world.parse_prompt(rec.prompt)
+            assert parsed.task == rec.task
+            assert parsed.metadata == rec.metadata, rec.prompt
+
+
+def test_parse_prompt_rejects_outside_prompts():
+    with pytest.raises(ValueError, match="not a mini-world prompt"):
+        world.parse_prompt("a photograph of an astronaut riding a horse")
+
+
+def test_splits_are_disjoint_and_deterministic():
+    train = {r.prompt for r in world.make_prompts("text", 300, seed=1, split="train") if len(r.metadata["text"]) > 1}
+    test = {r.prompt for r in world.make_prompts("text", 300, seed=2, split="test") if len(r.metadata["text"]) > 1}
+    assert train and test and not train & test
+    assert world.make_prompts("compose", 20, seed=9) == world.make_prompts("compose", 20, seed=9)
