@@ -24,6 +24,7 @@ from typing import Any
 from pydantic import BaseModel, ConfigDict, Field
 
 from flowopd.benchmarks.stats import mean_ci, mean_of_means_ci
+from flowopd.models import MINI_SAMPLING
 from flowopd.teachers import MINI_TASK_REWARDS
 
 SECONDARY = {
@@ -43,9 +44,9 @@ class MiniSuiteConfig(BaseModel):
     prompts_per_task: int = Field(48, ge=1, description="prompts per task (compose: per tag)")
     images_per_prompt: int = Field(1, ge=1)
     split: str = Field("test", pattern="^(test|train|all)$", description="held-out (test) or training prompts")
-    steps: int = Field(20, ge=1, description="ODE sampling steps")
-    cfg: float = Field(2.0, ge=1.0, description="classifier-free guidance scale")
-    shift: float = Field(1.0, gt=0, description="flow-match schedule shift")
+    steps: int = Field(MINI_SAMPLING["steps"], ge=1, description="ODE sampling steps")
+    cfg: float = Field(MINI_SAMPLING["cfg"], ge=1.0, description="classifier-free guidance scale")
+    shift: float = Field(MINI_SAMPLING["shift"], gt=0, description="flow-match schedule shift")
     seed: int = 0
     batch_size: int = Field(64, ge=1)
 

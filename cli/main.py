@@ -38,16 +38,19 @@ class Format(str, Enum):
     json = "json"
 
 
+def _print_version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        console.print(f"flowopd {version('flowopd')}")
+        raise typer.Exit()
+
+
 @app.callback()
 def _root(
     debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
-    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True),
+    version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True, callback=_print_version),
 ) -> None:
-    if version:
-        from importlib.metadata import version as v
-
-        console.print(f"flowopd {v('flowopd')}")
-        raise typer.Exit()
     if debug:
         os.environ["FLOWOPD_DEBUG"] = "1"
 
@@ -309,16 +312,8 @@ def eval_cmd(
             hint = f"did you mean {', '.join(close)}?" if close else f"available: {', '.join(suites)}, all"
             _fail(f"unknown suite {s!r}; {hint}")
     from flowopd.benchmarks.mini_suite import MiniSuiteConfig, run_mini_suite
-    from flowopd.models import MINI_SAMPLING
 
-    overrides = {
-        "model": model,
-        "prompts_per_task": limit,
-        "steps": steps or MINI_SAMPLING["steps"],
-        "cfg": cfg if cfg is not None else MINI_SAMPLING["cfg"],
-        "seed": seed,
-        "split": split,
-    }
+    overrides = {"model": model, "prompts_per_task": limit, "steps": steps, "cfg": cfg, "seed": seed, "split": split}
     cfg_obj = build_config(MiniSuiteConfig, {k: v for k, v in overrides.items() if v is not None}, "command-line options")
     out = out or Path("runs") / f"eval-mini-{Path(model).name}"
     t0 = time.time()
@@ -371,6 +366,7 @@ def mini_pretrain(
     lr: float | None = typer.Option(None, "--lr", help="Peak learning rate."),
     seed: int | None = typer.Option(None, "--seed", help="Seed (default 0)."),
     threads: int | None = typer.Option(None, "--threads", help="CPU threads (0 = all)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
 ) -> None:
     """Pre-train the mini base by flow matching (eq. 1) on rendered data; reproduces the shipped base."""
     from flowopd.config import load_config, save_config
@@ -381,9 +377,16 @@ def mini_pretrain(
 
     t0 = time.time()
     with progress_bar("pretrain", cfg.steps) as advance:
-        pretrain(cfg, out, progress=lambda step, loss: advance(loss=loss))
+        if resume:
+            advance(0, completed=_checkpoint_step(out))
+        pretrain(cfg, out, progress=lambda step, loss: advance(loss=loss), resume=resume)
     save_config(cfg, out / "config.yaml")
     console.print(f"wrote the EMA model to {out}/ after {cfg.steps} steps in {(time.time() - t0) / 60:.1f} min")
+
+
+def _checkpoint_step(out: Path) -> int:
+    info = out / "run.json"
+    return int(json.loads(info.read_text())["pretrain"]["step"]) if info.is_file() else 0
 
 
 @mini_app.command("prompts")
@@ -440,20 +443,20 @@ def mini_render(
 
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; errors print as one line (traceback with --debug) and exit non-zero."""
-    import click
-
     args = list(sys.argv[1:] if argv is None else argv)
     debug = "--debug" in args or os.environ.get("FLOWOPD_DEBUG") == "1"
     try:
         rv = app(args=args, prog_name="flowopd", standalone_mode=False)
-    except click.exceptions.Exit as exc:
+    except typer.Exit as exc:
         return exc.exit_code
-    except click.ClickException as exc:
-        exc.show()
-        return exc.exit_code
-    except (click.exceptions.Abort, KeyboardInterrupt):
+    except (typer.Abort, KeyboardInterrupt):
         err_console.print("aborted")
         return 130
+    except typer.TyperException as exc:  # option-parser errors (Typer's vendored click): bad option, bad value
+        if type(exc).__name__ != "NoArgsIsHelpError":  # that one has already printed the help
+            where = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "flowopd"
+            err_console.print(f"[red]error:[/] {exc.format_message()} (see `{where} --help`)", highlight=False, soft_wrap=True)
+        return getattr(exc, "exit_code", 2)
     except Exception as exc:
         if debug:
             raise

@@ -187,3 +187,12 @@ def test_weights_and_prompts(tmp_path, run_cli):
 
     assert len(load_prompt_file(tmp_path / "p.jsonl")) == 5  # our own format loads back
     one_line_error(run_cli("mini", "prompts", "--task", "painting"), "unknown mini task 'painting'")
+
+
+def test_option_errors_are_one_line_with_a_pointer_to_help(run_cli):
+    line = one_line_error(run_cli("eval", "--limit", "0"), "--limit", "flowopd eval --help")
+    assert "greater than or equal to 1" in line
+    one_line_error(run_cli("sample", "--bogus"), "No such option: --bogus")
+    one_line_error(run_cli("rewards", "score", "mini_ocr"), "Missing argument")
+    res = run_cli("--version")
+    assert res.returncode == 0 and res.stdout.startswith("flowopd ")

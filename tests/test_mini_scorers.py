@@ -183,3 +183,12 @@ def test_splits_are_disjoint_and_deterministic():
     test = {r.prompt for r in world.make_prompts("text", 300, seed=2, split="test") if len(r.metadata["text"]) > 1}
     assert train and test and not train & test
     assert world.make_prompts("compose", 20, seed=9) == world.make_prompts("compose", 20, seed=9)
+
+
+def test_patch_sized_fragments_are_not_objects():
+    """4x4 blocks (the patch size) must not count: otherwise RL could draw 'three squares' as three specks."""
+    rec = world.parse_prompt("a photo of three squares")
+    specks = render_scene(Scene("black", [("square", "red", b) for b in [(2, 2, 4, 4), (12, 2, 4, 4), (22, 2, 4, 4)]]))
+    raw, details = score(GENEVAL, specks, rec)
+    assert raw == 0.0 and details["detections"] == []
+    assert score(QUALITY, specks, rec)[1]["terms"]["clean"] == 1.0  # 16 px components are not specks for quality

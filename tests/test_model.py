@@ -165,3 +165,33 @@ def test_short_pretraining_learns_and_saves(tmp_path):
     assert trained < untrained
     assert not list(tmp_path.glob(".m.*"))  # no temp folders left behind
     assert model is not None
+
+
+class _Killed(Exception):
+    pass
+
+
+def _kill_at(step_to_die: int):
+    def progress(step, loss):
+        if step == step_to_die:
+            raise _Killed
+
+    return progress
+
+
+def test_resumed_pretraining_equals_an_uninterrupted_run(tmp_path):
+    from flowopd.errors import ConfigError
+    from flowopd.mini.pretrain import PretrainConfig, pretrain
+
+    cfg = dict(steps=4, batch_size=4, warmup=1, seed=2, save_every=2)
+    straight = pretrain(PretrainConfig(**cfg), tmp_path / "a")
+    with pytest.raises(_Killed):  # dies during step 3, after step 2's checkpoint
+        pretrain(PretrainConfig(**cfg), tmp_path / "b", progress=_kill_at(3))
+    assert json.loads((tmp_path / "b" / "run.json").read_text())["pretrain"]["step"] == 2
+    resumed = pretrain(PretrainConfig(**cfg), tmp_path / "b", resume=True)
+    for (name, p), q in zip(straight.state_dict().items(), resumed.state_dict().values()):
+        assert torch.equal(p, q), name
+    with pytest.raises(ConfigError, match="lr: 0.0005 in the checkpoint vs 0.01"):
+        pretrain(PretrainConfig(**{**cfg, "lr": 1e-2}), tmp_path / "b", resume=True)
+    with pytest.raises(ConfigError, match="nothing to resume"):
+        pretrain(PretrainConfig(**cfg), tmp_path / "c", resume=True)

@@ -1,6 +1,7 @@
 """Deterministic perception for the mini world: an object detector and a template OCR.
 
-The detector finds connected components that differ from the background,
+The detector finds connected components that differ from the background
+(at least 5 px on each side, so patch-sized fragments are not objects),
 classifies each one's shape by the IoU of its mask with the ideal square,
 circle and triangle fitted to its box, and its colour by the nearest palette
 colour. Its output has the shape of a real detector's (class, box, score,
@@ -17,6 +18,7 @@ from flowopd.mini.world import COLORS, GLYPH_GAP, SHAPES, SIZE, glyph_array, sha
 
 FG_THRESHOLD = 0.25  # colour distance (RGB in [0,1], max-abs) from the background that counts as an object
 MIN_AREA = 6  # components smaller than this are specks, not objects
+MIN_SIDE = 5  # world objects are >= 7 px wide; patch-sized (4x4) fragments are not objects
 
 
 @dataclasses.dataclass
@@ -108,6 +110,8 @@ def detect(image: np.ndarray) -> list[Detection]:
         ys, xs = np.nonzero(comp)
         x0, y0, x1, y1 = xs.min(), ys.min(), xs.max() + 1, ys.max() + 1
         w, h = int(x1 - x0), int(y1 - y0)
+        if min(w, h) < MIN_SIDE:
+            continue
         ious = {s: _iou(comp, shape_mask(s, int(x0), int(y0), w, h, size=comp.shape[0])) for s in SHAPES}
         ranked = sorted(ious.items(), key=lambda kv: -kv[1])
         (best, best_iou), (_, second_iou) = ranked[0], ranked[1]

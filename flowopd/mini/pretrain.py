@@ -62,10 +62,20 @@ def flow_matching_loss(model: MiniBackbone, images: torch.Tensor, prompts: list[
     return torch.nn.functional.mse_loss(v, eps - x0)
 
 
-def pretrain(cfg: PretrainConfig, out: Path, progress=None) -> MiniBackbone:
-    """Train from scratch and write the EMA model to ``out`` (atomically, every ``save_every`` steps)."""
+STATE_FILE = "trainer_state.pt"
+RESUME_FREE_KEYS = ("threads", "save_every")  # may differ between a run and its resumption
+
+
+def pretrain(cfg: PretrainConfig, out: Path, progress=None, resume: bool = False) -> MiniBackbone:
+    """Train and write the EMA model to ``out`` every ``save_every`` steps (atomically).
+
+    Each save also writes ``trainer_state.pt`` (weights, optimizer, schedule,
+    EMA, both random generators); ``resume=True`` continues from it exactly as
+    if the run had not stopped.
+    """
     from diffusers.training_utils import EMAModel
 
+    from flowopd.errors import ConfigError
     from flowopd.runinfo import atomic_dir, run_info, write_json_atomic
 
     if cfg.threads:
@@ -86,18 +96,49 @@ def pretrain(cfg: PretrainConfig, out: Path, progress=None) -> MiniBackbone:
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
     ema = EMAModel(params, decay=cfg.ema_decay)
     info = run_info(cfg.model_dump(), cfg.seed)
-    t0 = time.time()
+    start, wall_before = 0, 0.0
+    if resume:
+        state_path = Path(out) / STATE_FILE
+        if not state_path.is_file():
+            raise ConfigError(f"nothing to resume: {state_path} does not exist; drop --resume to start a new run")
+        state = torch.load(state_path, weights_only=True)
+        saved = {k: v for k, v in state["config"].items() if k not in RESUME_FREE_KEYS}
+        now = {k: v for k, v in cfg.model_dump().items() if k not in RESUME_FREE_KEYS}
+        if saved != now:
+            diff = ", ".join(f"{k}: {saved.get(k)!r} in the checkpoint vs {now.get(k)!r}" for k in now if saved.get(k) != now.get(k))
+            raise ConfigError(f"cannot resume {out} with a different config ({diff}); use the checkpoint's values")
+        model.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        sched.load_state_dict(state["scheduler"])
+        ema.load_state_dict(state["ema"])
+        rng.bit_generator.state = state["numpy_rng"]
+        gen.set_state(state["torch_rng"])
+        start, wall_before = int(state["step"]), float(state["wall_seconds"])
+    t0 = time.time() - wall_before
 
     def save(step: int) -> None:
         snapshot = MiniBackbone.random(cfg.seed)
         snapshot.load_state_dict(model.state_dict())
         ema.copy_to([p for p in snapshot.parameters() if p.requires_grad])
-        extra = {"pretrain": {"step": step, "wall_seconds": round(time.time() - t0, 1), "threads": torch.get_num_threads()}}
+        wall = round(time.time() - t0, 1)
+        extra = {"pretrain": {"step": step, "wall_seconds": wall, "threads": torch.get_num_threads()}}
         with atomic_dir(out) as tmp:
             snapshot.save_pretrained(tmp, dtype=torch.float16, extra=extra)
             write_json_atomic(tmp / "run.json", {**info, **extra})
+            state = {
+                "step": step,
+                "wall_seconds": wall,
+                "config": cfg.model_dump(),
+                "model": model.state_dict(),
+                "optimizer": opt.state_dict(),
+                "scheduler": sched.state_dict(),
+                "ema": ema.state_dict(),
+                "numpy_rng": rng.bit_generator.state,
+                "torch_rng": gen.get_state(),
+            }
+            torch.save(state, tmp / STATE_FILE)
 
-    for step in range(cfg.steps):
+    for step in range(start, cfg.steps):
         images, prompts = render_batch(rng, cfg.batch_size, cfg.prompt_dropout)
         loss = flow_matching_loss(model, images, prompts, gen)
         opt.zero_grad(set_to_none=True)
