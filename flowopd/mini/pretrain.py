@@ -30,7 +30,7 @@ class PretrainConfig(BaseModel):
 
     steps: int = Field(4000, ge=1, description="optimizer steps")
     batch_size: int = Field(64, ge=1, description="images per step")
-    lr: float = Field(5e-4, gt=0, description="AdamW peak learning rate (linear warm-up, cosine decay to 10%)")
+    lr: float = Field(7e-4, gt=0, description="AdamW peak learning rate (linear warm-up, cosine decay to 10%)")
     warmup: int = Field(200, ge=0, description="warm-up steps")
     weight_decay: float = Field(0.01, ge=0)
     ema_decay: float = Field(0.999, ge=0, lt=1, description="EMA of the weights; the EMA model is saved")
