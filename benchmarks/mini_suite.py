@@ -118,7 +118,7 @@ def run_mini_suite(cfg: MiniSuiteConfig, out: Path, progress: Callable[[str, int
                 records[k]["scores"][name] = rec
     summary = summarise(records)
     summary["run"] = run_info(cfg.model_dump(), cfg.seed)
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, marker="summary.json") as tmp:
         for k, rec in enumerate(records):
             rel = Path("images") / rec["task"] / f"{k:05d}.png"
             (tmp / rel.parent).mkdir(parents=True, exist_ok=True)

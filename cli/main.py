@@ -12,6 +12,7 @@ from pathlib import Path
 import typer
 
 from flowopd.cli.ui import console, err_console, one_line, progress_bar
+from flowopd.models import MINI_SAMPLING  # stdlib-only module: keeps --help fast
 
 app = typer.Typer(
     name="flowopd",
@@ -135,14 +136,12 @@ def sample(
     out: Path = typer.Option(..., "--out", "-o", help="PNG file (one prompt) or folder (several prompts)."),
     model: str = typer.Option("mini-base", "--model", "-m", help="mini-base or a model folder."),
     seed: int = typer.Option(0, "--seed", help="Seed of the first image; image k uses seed + k."),
-    steps: int | None = typer.Option(None, "--steps", min=1, help="ODE steps (mini default 20)."),
-    cfg: float | None = typer.Option(None, "--cfg", min=1.0, help="Guidance scale (mini default 2.0)."),
+    steps: int | None = typer.Option(None, "--steps", min=1, help=f"ODE steps (mini default {MINI_SAMPLING['steps']})."),
+    cfg: float | None = typer.Option(None, "--cfg", min=1.0, help=f"Guidance scale (mini default {MINI_SAMPLING['cfg']})."),
     n: int = typer.Option(1, "--n", min=1, help="Images per prompt (several make a grid)."),
     scale: int = typer.Option(8, "--scale", min=1, max=64, help="Nearest-neighbour upscale of the saved PNG."),
 ) -> None:
     """Generate images with the deterministic ODE sampler and save them as PNG."""
-    from flowopd.models import MINI_SAMPLING
-
     texts: list[str] = list(prompt or [])
     if prompts_file is not None:
         from flowopd.benchmarks.prompts import load_prompt_file
@@ -155,6 +154,10 @@ def sample(
         _fail(f"--out {out} must end in .png for one prompt (or pass several prompts and a folder)")
     if not single and out.suffix:
         _fail(f"--out {out} must be a folder when sampling {len(texts)} prompts")
+    if not single:
+        from flowopd.runinfo import check_output_dir
+
+        check_output_dir(out, "metadata.jsonl")
     steps = steps or MINI_SAMPLING["steps"]
     cfg = cfg if cfg is not None else MINI_SAMPLING["cfg"]
 
@@ -176,7 +179,7 @@ def sample(
         return
     from flowopd.runinfo import atomic_dir
 
-    with atomic_dir(out) as tmp:
+    with atomic_dir(out, marker="metadata.jsonl") as tmp:
         with open(tmp / "metadata.jsonl", "w") as f:
             for k, ((t, s), a) in enumerate(zip(jobs, arrays)):
                 name = f"{k:05d}.png"
@@ -316,6 +319,9 @@ def eval_cmd(
     overrides = {"model": model, "prompts_per_task": limit, "steps": steps, "cfg": cfg, "seed": seed, "split": split}
     cfg_obj = build_config(MiniSuiteConfig, {k: v for k, v in overrides.items() if v is not None}, "command-line options")
     out = out or Path("runs") / f"eval-mini-{Path(model).name}"
+    from flowopd.runinfo import check_output_dir
+
+    check_output_dir(out, "summary.json")
     t0 = time.time()
     with progress_bar("eval mini", None) as advance:
 
@@ -373,6 +379,9 @@ def mini_pretrain(
     from flowopd.mini.pretrain import PretrainConfig
 
     cfg = load_config(PretrainConfig, config, {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "threads": threads})
+    from flowopd.runinfo import check_output_dir
+
+    check_output_dir(out, "model_info.json")
     from flowopd.mini.pretrain import pretrain
 
     t0 = time.time()

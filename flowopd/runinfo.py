@@ -68,10 +68,27 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
         raise
 
 
-@contextlib.contextmanager
-def atomic_dir(path: str | Path) -> Iterator[Path]:
-    """Yield a temp folder beside ``path``; on success it replaces ``path`` whole, on error it vanishes."""
+def check_output_dir(path: str | Path, marker: str) -> None:
+    """Refuse an existing, non-empty folder that is not one of ours (it lacks ``marker``): we replace output folders whole."""
+    from flowopd.errors import FlowOPDError
+
     path = Path(path)
+    if path.exists() and not path.is_dir():
+        raise FlowOPDError(f"output {path} exists and is a file; pass a folder path")
+    if path.is_dir() and any(path.iterdir()) and not (path / marker).exists():
+        raise FlowOPDError(f"output folder {path} exists and holds other files (no {marker}); pass a new or empty folder")
+
+
+@contextlib.contextmanager
+def atomic_dir(path: str | Path, marker: str | None = None) -> Iterator[Path]:
+    """Yield a temp folder beside ``path``; on success it replaces ``path`` whole, on error it vanishes.
+
+    With ``marker``, an existing non-empty ``path`` is replaced only if it contains
+    that file (it is an earlier output of the same kind), never a user's folder.
+    """
+    path = Path(path)
+    if marker is not None:
+        check_output_dir(path, marker)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:

@@ -196,3 +196,22 @@ def test_option_errors_are_one_line_with_a_pointer_to_help(run_cli):
     one_line_error(run_cli("rewards", "score", "mini_ocr"), "Missing argument")
     res = run_cli("--version")
     assert res.returncode == 0 and res.stdout.startswith("flowopd ")
+
+
+def test_outputs_never_replace_a_users_folder(tiny_model_dir, tmp_path, run_cli):
+    """Output folders are replaced whole, so a folder that is not an earlier output of the same command is refused."""
+    precious = tmp_path / "photos"
+    precious.mkdir()
+    (precious / "holiday.jpg").write_bytes(b"irreplaceable")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text("a photo of a circle\na photo of a square\n")
+    for args in (
+        ("sample", "--prompts", str(prompts), "-m", str(tiny_model_dir), "-o", str(precious), "--steps", "1"),
+        ("eval", "--suite", "mini", "-m", str(tiny_model_dir), "-o", str(precious), "--limit", "1", "--steps", "1"),
+        ("mini", "pretrain", "--steps", "1", "--batch-size", "2", "-o", str(precious)),
+    ):
+        one_line_error(run_cli(*args), "holds other files")
+        assert [p.name for p in precious.iterdir()] == ["holiday.jpg"]
+    out = tmp_path / "samples"  # an earlier output of the same command is fine to replace
+    assert run_cli("sample", "--prompts", str(prompts), "-m", str(tiny_model_dir), "-o", str(out), "--steps", "1").returncode == 0
+    assert run_cli("sample", "--prompts", str(prompts), "-m", str(tiny_model_dir), "-o", str(out), "--steps", "1").returncode == 0

@@ -76,8 +76,9 @@ def pretrain(cfg: PretrainConfig, out: Path, progress=None, resume: bool = False
     from diffusers.training_utils import EMAModel
 
     from flowopd.errors import ConfigError
-    from flowopd.runinfo import atomic_dir, run_info, write_json_atomic
+    from flowopd.runinfo import atomic_dir, check_output_dir, run_info, write_json_atomic
 
+    check_output_dir(out, "model_info.json")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     rng = np.random.default_rng(cfg.seed)
@@ -122,7 +123,7 @@ def pretrain(cfg: PretrainConfig, out: Path, progress=None, resume: bool = False
         ema.copy_to([p for p in snapshot.parameters() if p.requires_grad])
         wall = round(time.time() - t0, 1)
         extra = {"pretrain": {"step": step, "wall_seconds": wall, "threads": torch.get_num_threads()}}
-        with atomic_dir(out) as tmp:
+        with atomic_dir(out, marker="model_info.json") as tmp:
             snapshot.save_pretrained(tmp, dtype=torch.float16, extra=extra)
             write_json_atomic(tmp / "run.json", {**info, **extra})
             state = {
