@@ -9,7 +9,7 @@ from pathlib import Path
 from flowopd.errors import FlowOPDError
 
 MINI_BASE_DIR = Path(__file__).resolve().parent / "mini" / "assets" / "mini-base"
-MINI_SAMPLING = {"steps": 20, "cfg": 2.0, "shift": 1.0}  # measured defaults for the mini base (docs/mini-world.md)
+MINI_SAMPLING = {"steps": 20, "cfg": 3.0, "shift": 1.0}  # chosen by tests/bench/mini_base_scores.py (docs/mini-world.md)
 
 
 @dataclasses.dataclass

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from flowopd.mini import world
 from flowopd.mini.model import MiniBackbone
@@ -38,13 +38,27 @@ class PretrainConfig(BaseModel):
     seed: int = 0
     threads: int = Field(0, ge=0, description="torch CPU threads (0: all cores)")
     save_every: int = Field(1000, ge=1, description="write the EMA model every N steps")
+    task_mix: dict[str, float] = Field(
+        default_factory=lambda: dict(world.DEFAULT_TASK_MIX), description="sampling weight of each task: compose, text, preference, quality"
+    )
+    init_from: str | None = Field(None, description="start from this model (mini-base or a folder) instead of random weights")
+
+    @field_validator("task_mix")
+    @classmethod
+    def _valid_mix(cls, mix: dict[str, float]) -> dict[str, float]:
+        unknown = set(mix) - set(world.TASKS)
+        if unknown:
+            raise ValueError(f"unknown tasks {sorted(unknown)}; use {', '.join(world.TASKS)}")
+        if any(v < 0 for v in mix.values()) or sum(mix.values()) <= 0:
+            raise ValueError("weights must be >= 0 with a positive sum")
+        return mix
 
 
-def render_batch(rng: np.random.Generator, n: int, dropout: float) -> tuple[torch.Tensor, list[str]]:
+def render_batch(rng: np.random.Generator, n: int, dropout: float, mix: dict[str, float] | None = None) -> tuple[torch.Tensor, list[str]]:
     """``n`` ground-truth images in [0, 1] and their prompts (some replaced by ``""``)."""
     images, prompts = [], []
     for _ in range(n):
-        rec = world.training_record(rng)
+        rec = world.training_record(rng, mix)
         images.append(world.render(rec, rng))
         prompts.append("" if rng.random() < dropout else rec.prompt)
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
@@ -84,6 +98,10 @@ def pretrain(cfg: PretrainConfig, out: Path, progress=None, resume: bool = False
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     model = MiniBackbone.random(cfg.seed)
+    if cfg.init_from:
+        from flowopd.models import load_backbone
+
+        model.load_state_dict(load_backbone(cfg.init_from).state_dict())
     model.train()
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=cfg.lr, weight_decay=cfg.weight_decay)
@@ -140,7 +158,7 @@ def pretrain(cfg: PretrainConfig, out: Path, progress=None, resume: bool = False
             torch.save(state, tmp / STATE_FILE)
 
     for step in range(start, cfg.steps):
-        images, prompts = render_batch(rng, cfg.batch_size, cfg.prompt_dropout)
+        images, prompts = render_batch(rng, cfg.batch_size, cfg.prompt_dropout, cfg.task_mix)
         loss = flow_matching_loss(model, images, prompts, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -405,10 +405,17 @@ def render(record: PromptRecord, rng: np.random.Generator) -> np.ndarray:
     return render_scene(scene_for(record, rng), rng)
 
 
-def training_record(rng: np.random.Generator) -> PromptRecord:
-    """One pre-training prompt from the train split: the four families mixed, with phrasing variety."""
+DEFAULT_TASK_MIX = {"compose": 0.45, "text": 0.30, "preference": 0.15, "quality": 0.10}
+
+
+def training_record(rng: np.random.Generator, mix: dict[str, float] | None = None) -> PromptRecord:
+    """One pre-training prompt from the train split: the four families mixed by ``mix``, with phrasing variety."""
+    mix = mix or DEFAULT_TASK_MIX
+    tasks = list(TASKS)
+    p = np.array([mix.get(t, 0.0) for t in tasks], dtype=float)
+    p = (p / p.sum()).tolist()
     while True:
-        task = rng.choice(["compose", "text", "preference", "quality"], p=[0.45, 0.30, 0.15, 0.10]).item()
+        task = rng.choice(tasks, p=p).item()
         rec = compose_prompt(rng, colour_counts=True) if task == "compose" else PROMPT_MAKERS[task](rng)
         if is_heldout(rec):
             continue
