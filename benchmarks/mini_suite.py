@@ -116,6 +116,8 @@ def run_mini_suite(cfg: MiniSuiteConfig, out: Path, progress: Callable[[str, int
             scores = rewards[name].score(images[idx], [records[k]["prompt"] for k in idx], [records[k]["metadata"] for k in idx])
             for k, rec in zip(idx, scores.to_records()):
                 records[k]["scores"][name] = rec
+    if progress:
+        progress("scored", len(MINI_TASK_REWARDS), len(MINI_TASK_REWARDS))
     summary = summarise(records)
     summary["run"] = run_info(cfg.model_dump(), cfg.seed)
     with atomic_dir(out, marker="summary.json") as tmp:
