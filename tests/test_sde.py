@@ -1,0 +1,151 @@
+"""The sampler step and per-step KL (SPEC sections 2-3), each against an independent derivation."""
+
+import math
+
+import pytest
+import torch
+
+from flowopd.sampling import sigma_schedule
+from flowopd.sde import kl_weight, per_step_kl, sde_step
+
+SIGMAS = sigma_schedule(10)
+STEPS = [(float(SIGMAS[i]), float(SIGMAS[i + 1])) for i in range(10)]  # includes sigma = 1 and sigma_next = 0
+
+
+def rand(*shape, seed=0):
+    return torch.randn(*shape, generator=torch.Generator().manual_seed(seed))
+
+
+@pytest.mark.parametrize("kind", ["sde", "cps"])
+@pytest.mark.parametrize("step", range(10))
+def test_log_prob_equals_torch_normal_density(kind, step):
+    sigma, sigma_next = STEPS[step]
+    x, v = rand(3, 3, 4, 4, seed=1), rand(3, 3, 4, 4, seed=2)
+    out = sde_step(x, v, sigma, sigma_next, 0.7, noise=rand(3, 3, 4, 4, seed=3), kind=kind)
+    if out.std == 0:  # cps at the last step is deterministic
+        assert kind == "cps" and sigma_next == 0.0
+        torch.testing.assert_close(out.x_next, x - sigma * v)
+        return
+    ref = torch.distributions.Normal(out.mean, out.std).log_prob(out.x_next).flatten(1).mean(1)
+    torch.testing.assert_close(out.log_prob, ref, rtol=1e-5, atol=1e-5)
+    assert torch.isfinite(out.x_next).all() and torch.isfinite(out.log_prob).all()
+
+
+def test_sde_mean_and_std_follow_eq_5_6_written_out():
+    sigma, sigma_next, a = 0.6, 0.45, 0.7
+    x, v, eps = rand(2, 3, 2, 2, seed=4), rand(2, 3, 2, 2, seed=5), rand(2, 3, 2, 2, seed=6)
+    out = sde_step(x, v, sigma, sigma_next, a, noise=eps)
+    dt = sigma_next - sigma
+    s = a * math.sqrt(sigma / (1 - sigma))
+    mean = x * (1 + s**2 / (2 * sigma) * dt) + v * (1 + s**2 * (1 - sigma) / (2 * sigma)) * dt
+    torch.testing.assert_close(out.mean, mean)
+    assert out.std.item() == pytest.approx(s * math.sqrt(-dt))
+    torch.testing.assert_close(out.x_next, mean + s * math.sqrt(-dt) * eps)
+
+
+def test_sigma_one_uses_the_first_sigma_below_one():
+    sigma, sigma_next = STEPS[0]
+    assert sigma == 1.0
+    out = sde_step(rand(1, 3, 2, 2), rand(1, 3, 2, 2, seed=1), sigma, sigma_next, 0.7)
+    expected_std_dev = 0.7 * math.sqrt(1.0 / (1.0 - sigma_next))
+    assert out.std.item() == pytest.approx(expected_std_dev * math.sqrt(sigma - sigma_next))
+    assert math.isfinite(kl_weight(sigma, sigma_next, 0.7))
+
+
+@pytest.mark.parametrize("kind", ["sde", "cps"])
+def test_zero_noise_is_the_euler_step(kind):
+    x, v = rand(2, 3, 4, 4), rand(2, 3, 4, 4, seed=1)
+    for sigma, sigma_next in STEPS:
+        out = sde_step(x, v, sigma, sigma_next, 0.0, kind=kind)
+        torch.testing.assert_close(out.x_next, x + (sigma_next - sigma) * v, rtol=1e-5, atol=1e-6)
+        assert out.std.item() == 0.0 and out.log_prob.abs().sum() == 0
+
+
+def test_gradient_flows_through_the_mean_not_the_sample():
+    x, v = rand(2, 3, 4, 4), rand(2, 3, 4, 4, seed=1).requires_grad_(True)
+    out = sde_step(x, v, 0.5, 0.4, 0.7)
+    assert not out.x_next.requires_grad
+    out.log_prob.sum().backward()
+    assert v.grad is not None and v.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("kind", ["sde", "cps"])
+def test_closed_form_kl_equals_mean_gap_over_twice_the_variance(kind):
+    x, v_a, v_b = rand(4, 3, 4, 4), rand(4, 3, 4, 4, seed=1), rand(4, 3, 4, 4, seed=2)
+    for sigma, sigma_next in STEPS:
+        if kind == "cps" and sigma_next == 0.0:
+            with pytest.raises(ValueError, match="deterministic"):
+                per_step_kl(v_a, v_b, sigma, sigma_next, 0.7, kind=kind)
+            continue
+        a = sde_step(x, v_a, sigma, sigma_next, 0.7, kind=kind)
+        b = sde_step(x, v_b, sigma, sigma_next, 0.7, kind=kind)
+        direct = ((a.mean - b.mean) ** 2).flatten(1).mean(1) / (2 * a.std**2)
+        torch.testing.assert_close(per_step_kl(v_a, v_b, sigma, sigma_next, 0.7, kind=kind), direct, rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kind", ["sde", "cps"])
+def test_kl_matches_a_monte_carlo_estimate(kind):
+    """E_{x ~ P_a}[log p_a(x) - log p_b(x)], estimated from samples, against the closed form."""
+    sigma, sigma_next = 0.7, 0.55
+    x, v_a = rand(1, 3, 4, 4), rand(1, 3, 4, 4, seed=1)
+    v_b = v_a + rand(1, 3, 4, 4, seed=2)  # a large gap: relative precision grows with it (KL ~ gap^2, noise ~ gap)
+    n = 40000
+    xs, va, vb = x.expand(n, -1, -1, -1), v_a.expand(n, -1, -1, -1), v_b.expand(n, -1, -1, -1)
+    gen = torch.Generator().manual_seed(7)
+    a = sde_step(xs, va, sigma, sigma_next, 0.7, kind=kind, generator=gen)
+    b_mean = sde_step(xs, vb, sigma, sigma_next, 0.7, kind=kind, noise=torch.zeros_like(xs)).mean
+    log_pa = torch.distributions.Normal(a.mean, a.std).log_prob(a.x_next)
+    log_pb = torch.distributions.Normal(b_mean, a.std).log_prob(a.x_next)
+    mc = (log_pa - log_pb).flatten(1).mean(1)
+    closed = per_step_kl(v_a, v_b, sigma, sigma_next, 0.7, kind=kind)
+    stderr = mc.std() / math.sqrt(n)
+    assert 4 * stderr < 0.05 * closed.item()  # the check can tell a 5% error apart
+    assert abs(mc.mean() - closed.item()) < 4 * stderr
+
+
+def test_flow_grpo_weighting_is_exact_times_dt():
+    v_a, v_b = rand(3, 3, 4, 4), rand(3, 3, 4, 4, seed=1)
+    for kind in ("sde", "cps"):
+        for sigma, sigma_next in STEPS[:-1]:
+            exact = per_step_kl(v_a, v_b, sigma, sigma_next, 0.7, kind=kind)
+            fg = per_step_kl(v_a, v_b, sigma, sigma_next, 0.7, kind=kind, weighting="flow_grpo")
+            torch.testing.assert_close(fg, exact * (sigma - sigma_next))
+
+
+def test_kl_is_zero_for_equal_policies_and_grows_quadratically():
+    v = rand(2, 3, 4, 4)
+    d = rand(2, 3, 4, 4, seed=1)
+    assert per_step_kl(v, v, 0.5, 0.4, 0.7).abs().max() == 0
+    k1, k2 = per_step_kl(v + d, v, 0.5, 0.4, 0.7), per_step_kl(v + 2 * d, v, 0.5, 0.4, 0.7)
+    torch.testing.assert_close(k2, 4 * k1)
+
+
+def test_last_sde_step_is_finite():
+    sigma, sigma_next = STEPS[-1]
+    assert sigma_next == 0.0
+    out = sde_step(rand(2, 3, 4, 4), rand(2, 3, 4, 4, seed=1), sigma, sigma_next, 0.7)
+    assert torch.isfinite(out.log_prob).all() and out.std > 0
+
+
+def test_cps_preserves_the_noise_coefficient():
+    """With the exact velocity of one clean image, x_next = (1 - sigma_next) x0 + sigma_next * (unit noise)."""
+    sigma, sigma_next = 0.8, 0.6
+    n = 20000
+    x0 = rand(1, 3, 4, 4).expand(n, -1, -1, -1)
+    eps = rand(n, 3, 4, 4, seed=1)
+    x = (1 - sigma) * x0 + sigma * eps
+    out = sde_step(x, eps - x0, sigma, sigma_next, 0.8, kind="cps", generator=torch.Generator().manual_seed(2))
+    noise_part = (out.x_next - (1 - sigma_next) * x0) / sigma_next
+    assert abs(noise_part.std().item() - 1.0) < 0.01
+
+
+def test_bad_arguments():
+    x = rand(1, 3, 2, 2)
+    with pytest.raises(ValueError, match="sampler kind"):
+        sde_step(x, x, 0.5, 0.4, 0.7, kind="ddim")
+    with pytest.raises(ValueError, match="sigma_next < sigma"):
+        sde_step(x, x, 0.4, 0.5, 0.7)
+    with pytest.raises(ValueError, match="KL weighting"):
+        per_step_kl(x, x, 0.5, 0.4, 0.7, weighting="paper")
+    with pytest.raises(ValueError, match="deterministic"):
+        per_step_kl(x, x, 0.5, 0.4, 0.0)
