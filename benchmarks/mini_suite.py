@@ -79,9 +79,10 @@ def run_mini_suite(cfg: MiniSuiteConfig, out: Path, progress: Callable[[str, int
 
     from flowopd.models import load_backbone
     from flowopd.reward_models import load_reward
-    from flowopd.runinfo import atomic_dir, run_info, write_json_atomic
+    from flowopd.runinfo import atomic_dir, check_output_dir, run_info, write_json_atomic
     from flowopd.sampling import sample_ode
 
+    check_output_dir(out, "summary.json")  # refuse a user's folder before any sampling
     backbone = load_backbone(cfg.model)
     jobs = [(task, rec, i) for task, rec in suite_prompts(cfg) for i in range(cfg.images_per_prompt)]
     seeds = [image_seed(rec.prompt, i, cfg.seed) for _, rec, i in jobs]

@@ -319,9 +319,6 @@ def eval_cmd(
     overrides = {"model": model, "prompts_per_task": limit, "steps": steps, "cfg": cfg, "seed": seed, "split": split}
     cfg_obj = build_config(MiniSuiteConfig, {k: v for k, v in overrides.items() if v is not None}, "command-line options")
     out = out or Path("runs") / f"eval-mini-{Path(model).name}"
-    from flowopd.runinfo import check_output_dir
-
-    check_output_dir(out, "summary.json")
     t0 = time.time()
     with progress_bar("eval mini", None) as advance:
 
@@ -379,9 +376,6 @@ def mini_pretrain(
     from flowopd.mini.pretrain import PretrainConfig
 
     cfg = load_config(PretrainConfig, config, {"steps": steps, "batch_size": batch_size, "lr": lr, "seed": seed, "threads": threads})
-    from flowopd.runinfo import check_output_dir
-
-    check_output_dir(out, "model_info.json")
     from flowopd.mini.pretrain import pretrain
 
     t0 = time.time()

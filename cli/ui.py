@@ -13,10 +13,14 @@ err_console = Console(stderr=True)
 
 @contextlib.contextmanager
 def progress_bar(description: str, total: int | None) -> Iterator:
-    """A rich progress bar; yields ``advance(n=1, **fields)``; fields show after the bar (loss, reward...)."""
+    """A rich progress bar; yields ``advance(n=1, **fields)``; fields show after the bar (loss, reward...).
+
+    The bar appears on the first ``advance``, so a command that fails before any
+    work prints its one-line error and no empty bar.
+    """
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
-    with Progress(
+    progress = Progress(
         TextColumn("[bold]{task.description}"),
         BarColumn(),
         MofNCompleteColumn(),
@@ -25,24 +29,30 @@ def progress_bar(description: str, total: int | None) -> Iterator:
         TextColumn("{task.fields[info]}"),
         console=err_console,
         transient=False,
-    ) as progress:
-        task = progress.add_task(description, total=total, info="")
+    )
+    task = progress.add_task(description, total=total, info="")
 
-        def advance(
-            n: int = 1, description: str | None = None, completed: int | None = None, total: int | None = None, **fields: float
-        ) -> None:
-            info = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items())
-            kwargs: dict = {"info": info} if fields else {}
-            if description:
-                kwargs["description"] = description
-            if total is not None:
-                kwargs["total"] = total
-            if completed is not None:
-                progress.update(task, completed=completed, **kwargs)
-            else:
-                progress.update(task, advance=n, **kwargs)
+    def advance(
+        n: int = 1, description: str | None = None, completed: int | None = None, total: int | None = None, **fields: float
+    ) -> None:
+        if not progress.live.is_started:
+            progress.start()
+        info = "  ".join(f"{k}={v:.4g}" if isinstance(v, float) else f"{k}={v}" for k, v in fields.items())
+        kwargs: dict = {"info": info} if fields else {}
+        if description:
+            kwargs["description"] = description
+        if total is not None:
+            kwargs["total"] = total
+        if completed is not None:
+            progress.update(task, completed=completed, **kwargs)
+        else:
+            progress.update(task, advance=n, **kwargs)
 
+    try:
         yield advance
+    finally:
+        if progress.live.is_started:
+            progress.stop()
 
 
 def one_line(exc: BaseException) -> str:

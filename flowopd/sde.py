@@ -140,10 +140,9 @@ def per_step_kl(
     dv = (v_a.float() - v_b.float()).flatten(1)
     if kind == "sde":
         return kl_weight(sigma, sigma_next, noise_level, weighting) * (dv**2).mean(1)  # eq. 9
-    std = sigma_next * math.sin(noise_level * math.pi / 2.0)
+    # the step's mean is linear in v at a fixed state, so mean_a - mean_b is the mean of (x = 0, v = dv)
+    dmean, std = _mean_and_std(torch.zeros_like(dv), dv, sigma, sigma_next, noise_level, kind)
     if std == 0.0:
         raise ValueError("the step is deterministic (noise_level 0 or sigma_next 0): the KL between two policies is undefined")
-    # mean_a - mean_b = dv * (-sigma (1 - sigma_next) + (1 - sigma) sqrt(sigma_next^2 - std^2))
-    coef = -sigma * (1.0 - sigma_next) + (1.0 - sigma) * math.sqrt(max(sigma_next**2 - std**2, 0.0))
-    kl = (coef**2) * (dv**2).mean(1) / (2.0 * std**2)
+    kl = (dmean**2).mean(1) / (2.0 * std**2)  # eq. 8
     return kl * abs(sigma_next - sigma) if weighting == "flow_grpo" else kl

@@ -11,6 +11,7 @@ EMA weights are what ship.
 
 from __future__ import annotations
 
+import copy
 import math
 import time
 from pathlib import Path
@@ -136,8 +137,7 @@ def pretrain(cfg: PretrainConfig, out: Path, progress=None, resume: bool = False
     t0 = time.time() - wall_before
 
     def save(step: int) -> None:
-        snapshot = MiniBackbone.random(cfg.seed)
-        snapshot.load_state_dict(model.state_dict())
+        snapshot = copy.deepcopy(model)
         ema.copy_to([p for p in snapshot.parameters() if p.requires_grad])
         wall = round(time.time() - t0, 1)
         extra = {"pretrain": {"step": step, "wall_seconds": wall, "threads": torch.get_num_threads()}}
