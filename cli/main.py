@@ -288,6 +288,86 @@ def weights_list(fmt: Format = typer.Option(Format.table, "--format", help="tabl
     _print_table("weights", ("name", "present", "size MB", "sha256", "path"), table_rows)
 
 
+# ------------------------------------------------------------------ train
+
+
+def _train(cfg, out: Path, resume: bool) -> None:
+    """Run the one trainer with a progress bar (reward, KL, clip fraction) and say where the LoRA is."""
+    from flowopd.trainer import Trainer
+
+    t0 = time.time()
+    trainer = Trainer(cfg, out, resume=resume)  # checks the plan and the output folder before any compute
+    show = trainer.accelerator.is_main_process
+    with progress_bar(f"train {cfg.name}", cfg.steps) as advance:
+
+        def tick(step: int, m: dict[str, float]) -> None:
+            if show:
+                fields = {k: m[k] for k in ("reward", "kl", "clip_frac") if k in m}
+                advance(completed=step, **fields)
+
+        lora = trainer.train(tick)
+    if show:
+        console.print(f"LoRA: {lora}  (diffusers format; {trainer.step} steps in {(time.time() - t0) / 60:.1f} min; log: {out}/log.jsonl)")
+
+
+def _load_train_config(config: str, overrides: dict):
+    from flowopd.config import load_config
+    from flowopd.train_config import TrainConfig, recipe_path
+
+    return load_config(TrainConfig, recipe_path(config), overrides)
+
+
+@train_app.command("teacher")
+def train_teacher(
+    reward: str | None = typer.Option(None, "--reward", "-r", help="Reward to train on (see `flowopd rewards list`)."),
+    config: str | None = typer.Option(None, "--config", "-c", help="YAML file or shipped recipe (e.g. mini/teacher-text)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (default runs/teacher-<reward>)."),
+    steps: int | None = typer.Option(None, "--steps", min=1, help="Training steps."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed."),
+    threads: int | None = typer.Option(None, "--threads", min=0, help="CPU threads (0: torch's default)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+) -> None:
+    """Train a GRPO teacher on one reward (SPEC section 4); writes the LoRA in the diffusers format."""
+    from flowopd.teachers import MINI_TASK_REWARDS
+
+    if reward is None and config is None:
+        _fail("pass --reward NAME (see `flowopd rewards list`) or --config RECIPE (e.g. mini/teacher-text)")
+    overrides: dict = {"steps": steps, "seed": seed, "threads": threads}
+    if config is None:
+        task = {r: t for t, r in MINI_TASK_REWARDS.items()}.get(reward)
+        config = f"mini/teacher-{task or 'preference'}"
+        if task is None:  # a reward without its own mini task (a plugin): prompts from every task
+            from flowopd.mini.world import DEFAULT_TASK_MIX
+
+            overrides["tasks"] = dict(DEFAULT_TASK_MIX)
+    if reward is not None:
+        overrides.update(rewards={reward: 1.0}, task_rewards={}, name=f"teacher-{reward}")
+    cfg = _load_train_config(config, overrides)
+    _train(cfg, out or Path("runs") / cfg.name, resume)
+
+
+class MixVariant(str, Enum):
+    weighted = "weighted"
+    alternate = "alternate"
+
+
+@train_app.command("mix")
+def train_mix(
+    variant: MixVariant = typer.Option(
+        MixVariant.weighted, "--variant", help="weighted (one 3:1:1 reward) or alternate (datasets by epoch ratio)."
+    ),
+    config: str | None = typer.Option(None, "--config", "-c", help="YAML file or shipped recipe (default mini/mix-<variant>)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (default runs/mix-<variant>)."),
+    steps: int | None = typer.Option(None, "--steps", min=1, help="Training steps."),
+    seed: int | None = typer.Option(None, "--seed", help="Seed."),
+    threads: int | None = typer.Option(None, "--threads", min=0, help="CPU threads (0: torch's default)."),
+    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+) -> None:
+    """Train a GRPO-Mix baseline: several rewards in one GRPO run (SPEC section 4, the paper's seesaw)."""
+    cfg = _load_train_config(config or f"mini/mix-{variant.value}", {"steps": steps, "seed": seed, "threads": threads})
+    _train(cfg, out or Path("runs") / cfg.name, resume)
+
+
 # ------------------------------------------------------------------ eval / report
 
 

@@ -35,8 +35,11 @@ class Backbone(Protocol):
     def encode_prompts(self, prompts: list[str]) -> PromptEmbeds:
         """Encode prompts (the empty string is the unconditional branch for CFG)."""
 
-    def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: PromptEmbeds) -> torch.Tensor:
-        """The predicted velocity ``v = eps - x0`` at noise level ``sigma`` (SPEC section 1)."""
+    def velocity(
+        self, x: torch.Tensor, sigma: torch.Tensor, cond: PromptEmbeds, transformer: torch.nn.Module | None = None
+    ) -> torch.Tensor:
+        """The predicted velocity ``v = eps - x0`` at noise level ``sigma`` (SPEC section 1); ``transformer`` overrides
+        the backbone's own module (the trainer's distributed wrapper); its active LoRA adapter applies."""
 
     def decode(self, x: torch.Tensor) -> torch.Tensor:
         """Latents (or pixels) -> images ``[B, 3, H, W]`` in [0, 1]."""

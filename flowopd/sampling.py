@@ -25,12 +25,22 @@ def sigma_schedule(num_steps: int, shift: float = 1.0) -> torch.Tensor:
 
 
 def guided_velocity(
-    backbone: Backbone, x: torch.Tensor, sigma: torch.Tensor, cond: PromptEmbeds, uncond: PromptEmbeds | None, cfg: float
+    backbone: Backbone,
+    x: torch.Tensor,
+    sigma: torch.Tensor,
+    cond: PromptEmbeds,
+    uncond: PromptEmbeds | None,
+    cfg: float,
+    transformer: torch.nn.Module | None = None,
 ) -> torch.Tensor:
-    """``v = v_uncond + s * (v_cond - v_uncond)``; one batched forward for both branches."""
+    """``v = v_uncond + s * (v_cond - v_uncond)``; one batched forward for both branches.
+
+    ``transformer`` runs instead of the backbone's own (the trainer passes its
+    distributed wrapper so gradients synchronise).
+    """
     if uncond is None or cfg == 1.0:
-        return backbone.velocity(x, sigma, cond)
-    v = backbone.velocity(torch.cat([x, x]), sigma, PromptEmbeds.cat([uncond, cond]))
+        return backbone.velocity(x, sigma, cond, transformer=transformer)
+    v = backbone.velocity(torch.cat([x, x]), sigma, PromptEmbeds.cat([uncond, cond]), transformer=transformer)
     v_uncond, v_cond = v.chunk(2)
     return v_uncond + cfg * (v_cond - v_uncond)
 

@@ -86,15 +86,22 @@ def sde_step(
     noise: torch.Tensor | None = None,
     kind: str = "sde",
     generator: torch.Generator | None = None,
+    x_next: torch.Tensor | None = None,
 ) -> StepOutput:
-    """One step from ``sigma`` to ``sigma_next`` (eq. 5-6); ``x_next`` is detached, ``log_prob`` differentiates through ``mean``."""
+    """One step from ``sigma`` to ``sigma_next`` (eq. 5-6); ``x_next`` is detached, ``log_prob`` differentiates through ``mean``.
+
+    Pass ``x_next`` (a sample drawn earlier) to evaluate its log-probability
+    under this velocity instead of drawing a new one: the GRPO ratio's numerator.
+    """
     sigma, sigma_next = float(sigma), float(sigma_next)
     _check(kind, sigma, sigma_next, noise_level)
     x, v = x.float(), v.float()
     mean, std = _mean_and_std(x, v, sigma, sigma_next, noise_level, kind)
     if std == 0.0:  # deterministic (a = 0, or cps at sigma_next = 0): there is no density
-        x_next = mean.detach()
-        return StepOutput(x_next, mean, torch.tensor(0.0), torch.zeros(x.shape[0], device=x.device))
+        return StepOutput(mean.detach(), mean, torch.tensor(0.0), torch.zeros(x.shape[0], device=x.device))
+    if x_next is not None:
+        x_next = x_next.float().detach()
+        return StepOutput(x_next, mean, torch.tensor(std), gaussian_log_prob(x_next, mean, std))
     if noise is None:
         device = generator.device if generator is not None else x.device
         noise = torch.randn(x.shape, generator=generator, device=device).to(x.device)

@@ -70,6 +70,10 @@ class RewardModel:
 
     # ----------------------------------------------------------- scoring
 
+    def applies_to(self, prompt: str, metadata: dict[str, Any] | None) -> bool:
+        """Whether this reward can score an image of ``prompt`` (a weighted mix of rewards skips it where it cannot)."""
+        return True
+
     def normalize(self, raw: torch.Tensor) -> torch.Tensor:
         """Raw scores -> the training scale (identity unless the reward says otherwise)."""
         return raw.float()

@@ -35,6 +35,12 @@ class MiniGenEval(RewardModel):
     description = "mini world: connected-component detector + GenEval rules (partial credit; details.correct = strict)"
     needs_metadata = True
 
+    def applies_to(self, prompt, metadata):
+        try:
+            return "include" in _meta(prompt, metadata)
+        except ValueError:
+            return False
+
     def _score(self, images, prompts, metadata):
         raws, details = [], []
         for img, prompt, meta in zip(images, prompts, metadata):
@@ -60,6 +66,9 @@ class MiniGenEval(RewardModel):
 class MiniOCR(RewardModel):
     version = "1"
     description = "mini world: template OCR of 3x5-font digits; 1 - edit_distance/len of the quoted text"
+
+    def applies_to(self, prompt, metadata):
+        return bool((metadata or {}).get("text") or prompt.count('"') >= 2)
 
     def _score(self, images, prompts, metadata):
         raws, details = [], []

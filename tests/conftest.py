@@ -29,6 +29,19 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     return path
 
 
+@pytest.fixture(scope="session")
+def tiny_policy_dir(tmp_path_factory) -> Path:
+    """Like ``tiny_model_dir`` but with a non-zero output layer, so gradients reach a LoRA (training tests)."""
+    from flowopd.mini.model import MiniBackbone
+
+    path = tmp_path_factory.mktemp("tiny-policy")
+    model = MiniBackbone.random(seed=2)
+    torch.manual_seed(3)
+    torch.nn.init.normal_(model.transformer.proj_out.weight, std=0.05)
+    model.save_pretrained(path, extra={"note": "random weights for training tests"})
+    return path
+
+
 @pytest.fixture()
 def run_cli():
     """Run the installed CLI in a subprocess; returns CompletedProcess (stdout, stderr, returncode)."""

@@ -160,10 +160,12 @@ class MiniBackbone(torch.nn.Module):
         pieces = self.tokenizer.backend_tokenizer.pre_tokenizer.pre_tokenize_str(prompt.lower())
         return [w for (w, _), i in zip(pieces, ids) if i == unk]
 
-    def velocity(self, x: torch.Tensor, sigma: torch.Tensor, cond: PromptEmbeds) -> torch.Tensor:
-        """v(x, sigma, c); the transformer's timestep input is ``sigma * 1000``."""
+    def velocity(
+        self, x: torch.Tensor, sigma: torch.Tensor, cond: PromptEmbeds, transformer: torch.nn.Module | None = None
+    ) -> torch.Tensor:
+        """v(x, sigma, c); the transformer's timestep input is ``sigma * 1000``; ``transformer`` overrides ours (a DDP wrapper)."""
         sigma = sigma.to(x.dtype).expand(x.shape[0]) if sigma.ndim == 0 else sigma.to(x.dtype)
-        return self.transformer(
+        return (transformer or self.transformer)(
             hidden_states=x,
             encoder_hidden_states=cond.tokens.to(x.dtype),
             pooled_projections=cond.pooled.to(x.dtype),

@@ -1,0 +1,97 @@
+"""LoRA adapters on the backbone's transformer through peft, saved in the diffusers LoRA format.
+
+A saved LoRA is a folder with ``pytorch_lora_weights.safetensors`` (keys
+``transformer.<module>.lora_A/B.weight`` and the peft config in the file's
+metadata, exactly what ``StableDiffusion3Pipeline.save_lora_weights`` writes, so
+``pipe.load_lora_weights(folder)`` loads it) and ``lora_info.json`` naming the
+base model it was trained on, so a LoRA is never applied to the wrong base.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from flowopd.errors import FlowOPDError
+
+if TYPE_CHECKING:
+    import torch
+
+LORA_FILE = "pytorch_lora_weights.safetensors"
+INFO_FILE = "lora_info.json"
+# SPEC section 4: the attention projections of both streams of the joint-attention blocks
+SD3_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+
+
+def add_lora(
+    transformer: torch.nn.Module, rank: int, alpha: float, targets: tuple[str, ...] = SD3_LORA_TARGETS, name: str = "default"
+) -> None:
+    """Add a trainable adapter ``name`` (peft, Gaussian A and zero B, so it starts as the identity)."""
+    from peft import LoraConfig
+
+    cfg = LoraConfig(r=rank, lora_alpha=alpha, target_modules=list(targets), init_lora_weights="gaussian", lora_dropout=0.0)
+    transformer.add_adapter(cfg, adapter_name=name)
+
+
+def lora_state_dict(transformer: torch.nn.Module, name: str = "default") -> dict[str, torch.Tensor]:
+    """The adapter's weights, keyed as peft saves them (no adapter name inside the keys)."""
+    from peft.utils import get_peft_model_state_dict
+
+    return {k: v.detach().clone() for k, v in get_peft_model_state_dict(transformer, adapter_name=name).items()}
+
+
+def set_lora_state_dict(transformer: torch.nn.Module, state: dict[str, torch.Tensor], name: str = "default") -> None:
+    """Load weights from :func:`lora_state_dict` back into adapter ``name``; every key must match."""
+    from peft.utils import set_peft_model_state_dict
+
+    result = set_peft_model_state_dict(transformer, state, adapter_name=name)
+    unexpected = getattr(result, "unexpected_keys", None) or []
+    if unexpected:
+        raise FlowOPDError(f"LoRA weights do not fit this model ({len(unexpected)} unexpected keys, e.g. {unexpected[0]})")
+
+
+def save_lora(transformer: torch.nn.Module, folder: str | Path, info: dict[str, Any], name: str = "default", state=None) -> None:
+    """Write ``folder`` in the diffusers LoRA format plus ``lora_info.json`` (``state`` overrides the live weights, e.g. EMA)."""
+    from diffusers.loaders import SD3LoraLoaderMixin
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    weights = {k: v.detach().cpu().contiguous() for k, v in (state if state is not None else lora_state_dict(transformer, name)).items()}
+    SD3LoraLoaderMixin.save_lora_weights(
+        folder, transformer_lora_layers=weights, transformer_lora_adapter_metadata=transformer.peft_config[name].to_dict()
+    )
+    (folder / INFO_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
+
+
+def read_lora_info(folder: str | Path) -> dict[str, Any]:
+    """``lora_info.json`` of a saved LoRA, with a clear error when the folder is not one."""
+    folder = Path(folder)
+    if not (folder / LORA_FILE).is_file():
+        raise FlowOPDError(f"{folder} is not a LoRA folder (no {LORA_FILE}); pass a folder written by `flowopd train`")
+    info = folder / INFO_FILE
+    return json.loads(info.read_text()) if info.is_file() else {}
+
+
+def check_lora_base(folder: str | Path, base_digest: str | None, base_name: str) -> dict[str, Any]:
+    """Refuse a LoRA trained on another base model (its recorded base digest differs from ours)."""
+    info = read_lora_info(folder)
+    theirs = info.get("base_digest")
+    if theirs and base_digest and theirs != base_digest:
+        raise FlowOPDError(
+            f"LoRA {folder} was trained on another base model ({info.get('base', '?')}, digest {theirs[:12]}), "
+            f"not on {base_name} (digest {base_digest[:12]}); pass a LoRA trained on {base_name}"
+        )
+    return info
+
+
+def load_lora(transformer: torch.nn.Module, folder: str | Path, name: str) -> None:
+    """Load a saved LoRA (ours or any diffusers-format SD3 LoRA) as adapter ``name``, frozen."""
+    folder = Path(folder)
+    try:
+        transformer.load_lora_adapter(folder, weight_name=LORA_FILE, prefix="transformer", adapter_name=name)
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise FlowOPDError(f"LoRA {folder} does not fit this model: {str(exc).splitlines()[0]}") from None
+    for n, p in transformer.named_parameters():
+        if f".{name}." in n:
+            p.requires_grad_(False)

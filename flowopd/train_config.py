@@ -1,0 +1,146 @@
+"""The training config: one pydantic model per section, validated (and the plan checked) before any model loads.
+
+Sections: data (prompts and rewards), ``sampler`` (rollouts, SPEC section 2),
+``grpo`` (the objective, SPEC section 4), ``lora`` and ``optim``. Defaults are
+Flow-GRPO's / the paper's unless a field says otherwise; the mini recipes in
+``configs/mini/`` override what the 32x32 world needs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import ClassVar, Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+
+from flowopd.lora import SD3_LORA_TARGETS
+
+
+class SamplerConfig(BaseModel):
+    """Rollout sampling (SPEC section 2)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    steps: int = Field(10, ge=1, description="sampling steps in training (the paper: 10; evaluation uses 40, the mini 20)")
+    cfg: float = Field(4.5, ge=1.0, description="classifier-free guidance scale during training (SD3.5-M: 4.5; the mini: 3)")
+    shift: float = Field(3.0, gt=0, description="flow-match schedule shift (SD3: 3; the mini: 1)")
+    noise_level: float = Field(0.7, ge=0, description="the SDE noise level a (0.7 for sde, 0.8 for cps in Flow-GRPO-Fast)")
+    kind: Literal["sde", "cps"] = Field("sde", description="sde (eq. 5-6) or cps (coefficient-preserving)")
+    window_size: int = Field(0, ge=0, description="stochastic steps per rollout, consecutive (0: every step is SDE)")
+    window_start_max: int = Field(0, ge=0, description="each rollout's window starts at a step drawn from [0, this]")
+    timestep_fraction: float = Field(0.99, gt=0, le=1, description="train on the first fraction of the stochastic steps")
+
+
+class GRPOConfig(BaseModel):
+    """The GRPO objective (eq. 3, SPEC section 4)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    adv_std: Literal["global", "group"] = Field("global", description="advantage std over the whole batch (Flow-GRPO) or per group")
+    adv_clip: float = Field(5.0, gt=0, description="advantages are clipped to +-this")
+    clip_range: float = Field(1e-4, gt=0, description="ratio clip eps (Flow-GRPO: 1e-4)")
+    beta: float = Field(0.04, ge=0, description="KL-to-reference coefficient (0.04 GenEval/OCR, 0.01 PickScore)")
+    kl_weighting: Literal["exact", "flow_grpo"] = Field("exact", description="eq. 9 exact, or Flow-GRPO's (exact x |dt|)")
+    updates_per_rollout: int = Field(1, ge=1, description="optimizer updates per rollout (the batch splits into this many parts)")
+
+
+class LoraConfig(BaseModel):
+    """LoRA on the transformer's attention projections (SPEC section 4)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    rank: int = Field(32, ge=1)
+    alpha: float = Field(64.0, gt=0)
+    targets: list[str] = Field(default_factory=lambda: list(SD3_LORA_TARGETS), description="module names to adapt")
+
+
+class OptimConfig(BaseModel):
+    """AdamW with grad-norm clipping and an EMA of the LoRA (the EMA weights are what is saved)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    lr: float = Field(3e-4, gt=0)
+    weight_decay: float = Field(1e-4, ge=0)
+    betas: tuple[float, float] = (0.9, 0.999)
+    grad_clip: float = Field(1.0, gt=0, description="max grad norm")
+    ema_decay: float = Field(0.9, ge=0, lt=1, description="EMA decay with diffusers' warm-up (1+n)/(10+n); 0 disables the EMA")
+
+
+class TrainConfig(BaseModel):
+    """A GRPO run: a teacher (one reward) or a GRPO-Mix baseline (weighted or alternating)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    name: str = Field("run", description="a label for logs and the LoRA's info")
+    model: str = Field("mini-base", description="the base model: mini-base or a model folder")
+    seed: int = 0
+    steps: int = Field(100, ge=1, description="training steps (one rollout each)")
+    tasks: dict[str, float] = Field(default_factory=lambda: {"compose": 1.0}, description="prompt mix: mini task -> weight")
+    task_sampling: Literal["mixed", "alternate"] = Field(
+        "mixed", description="mixed: every batch draws tasks by weight; alternate: one task per step, cycling by the integer ratio"
+    )
+    rewards: dict[str, float] = Field(default_factory=lambda: {"mini_geneval": 1.0}, description="reward name -> weight")
+    task_rewards: dict[str, dict[str, float]] = Field(default_factory=dict, description="per-task reward weights (override `rewards`)")
+    batch_size: int = Field(32, ge=1, description="samples per rollout over all processes (= prompts x group_size)")
+    group_size: int = Field(8, ge=2, description="samples per prompt (G)")
+    micro_batch: int = Field(32, ge=1, description="samples per forward on one process (memory)")
+    sampler: SamplerConfig = Field(default_factory=SamplerConfig)
+    grpo: GRPOConfig = Field(default_factory=GRPOConfig)
+    lora: LoraConfig = Field(default_factory=LoraConfig)
+    optim: OptimConfig = Field(default_factory=OptimConfig)
+    checkpoint_every: int = Field(25, ge=1, description="save a resumable checkpoint every N steps")
+    keep_checkpoints: int = Field(2, ge=1, description="how many recent checkpoints to keep")
+    threads: int = Field(0, ge=0, description="torch CPU threads (0: leave torch's default)")
+    mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field("auto", description="auto: bf16 on a GPU, none on CPU")
+    trackers: list[Literal["tensorboard"]] = Field(default_factory=lambda: ["tensorboard"], description="accelerate trackers")
+
+    @field_validator("tasks")
+    @classmethod
+    def _valid_tasks(cls, tasks: dict[str, float]) -> dict[str, float]:
+        from flowopd.mini.world import TASKS
+
+        unknown = sorted(set(tasks) - set(TASKS))
+        if unknown:
+            raise ValueError(f"unknown tasks {unknown}; use {', '.join(TASKS)}")
+        if any(v < 0 for v in tasks.values()) or sum(tasks.values()) <= 0:
+            raise ValueError("task weights must be >= 0 with a positive sum")
+        return tasks
+
+    @field_validator("rewards")
+    @classmethod
+    def _valid_rewards(cls, rewards: dict[str, float]) -> dict[str, float]:
+        if not rewards or any(v < 0 for v in rewards.values()) or sum(rewards.values()) <= 0:
+            raise ValueError("give at least one reward with a positive weight, e.g. {mini_geneval: 1}")
+        return rewards
+
+    # fields that may change when a run is resumed (they do not change its numbers up to the steps already done)
+    RESUMABLE_CHANGES: ClassVar[tuple[str, ...]] = ("steps", "checkpoint_every", "keep_checkpoints", "trackers", "name", "threads")
+
+    def identity(self) -> dict:
+        """The fields that define the run's numbers (what a resumed run must share)."""
+        data = self.model_dump(mode="json")
+        for key in self.RESUMABLE_CHANGES:
+            data.pop(key, None)
+        return data
+
+    def digest(self) -> str:
+        return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
+
+
+def recipe_path(name: str) -> Path:
+    """A YAML file path, or a shipped recipe name such as ``mini/teacher-text`` (from ``configs/``)."""
+    path = Path(name)
+    if path.is_file():
+        return path
+    from importlib.resources import files
+
+    from flowopd.errors import ConfigError
+
+    root = Path(str(files("flowopd.configs")))
+    for candidate in (root / name, root / f"{name}.yaml"):
+        if candidate.is_file():
+            return candidate
+    shipped = sorted(str(p.relative_to(root).with_suffix("")) for p in root.glob("*/*.yaml"))
+    raise ConfigError(f"config {name!r} is neither a file nor a shipped recipe; shipped recipes: {', '.join(shipped)}")

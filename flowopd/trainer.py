@@ -1,0 +1,544 @@
+"""The one trainer: rollout -> rewards -> group advantages -> clipped GRPO update, on accelerate.
+
+A step (SPEC section 4):
+
+1. draw ``batch_size / group_size`` prompts and ``group_size`` seeds per prompt;
+   every process samples its share (global sample ``n`` lives on rank
+   ``n % world``, so groups straddle processes) with the SDE sampler and keeps
+   the trained transitions (:mod:`flowopd.rollout`);
+2. score the images (:class:`~flowopd.reward_models.weighted.WeightedReward`),
+   gather every reward, and compute each group's advantages over the whole
+   group, identically on every process;
+3. for each of ``updates_per_rollout`` parts of the batch: recompute the
+   log-probabilities of the stored transitions with gradients, clipped ratio
+   loss + ``beta`` KL to the reference (the LoRA disabled), accumulate over the
+   trained steps, clip the grad norm, AdamW step, EMA step.
+
+Prompts, seeds and SDE windows are pure functions of (seed, step), and the
+checkpoint holds the LoRA, the optimizer and the EMA, so a resumed run
+continues exactly where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import math
+import shutil
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from flowopd.errors import ConfigError, FlowOPDError
+from flowopd.train_config import TrainConfig
+
+RUN_MARKER = "run.json"
+CONFIG_FILE = "config.yaml"
+LOG_FILE = "log.jsonl"
+
+
+# ----------------------------------------------------------------------------- the plan, checked before any compute
+
+
+def check_plan(cfg: TrainConfig, num_processes: int = 1) -> None:
+    """Every batch/group/process/window/reward problem as a one-line error naming the fix, before a model loads."""
+    from flowopd.mini import world
+    from flowopd.reward_models.registry import get_reward_class
+    from flowopd.rollout import check_window
+
+    b, g = cfg.batch_size, cfg.group_size
+    if b % g:
+        ok = [d for d in range(2, b + 1) if b % d == 0]
+        raise ConfigError(
+            f"group_size {g} does not divide batch_size {b}; use batch_size {math.ceil(b / g) * g} or a group_size in {ok[:8]}"
+        )
+    if b % num_processes:
+        raise ConfigError(f"batch_size {b} does not split over {num_processes} processes; use a multiple of {num_processes}")
+    local = b // num_processes
+    u = cfg.grpo.updates_per_rollout
+    if local % u:
+        raise ConfigError(
+            f"each process holds {local} samples, which do not split into updates_per_rollout={u} equal parts; "
+            f"use a batch_size that is a multiple of {num_processes * u}"
+        )
+    check_window(cfg.sampler.steps, cfg.sampler.window_size, cfg.sampler.window_start_max)
+    if cfg.sampler.noise_level == 0:
+        raise ConfigError("sampler.noise_level 0 makes every step deterministic: GRPO needs log-probabilities; use e.g. 0.7")
+    names = set(cfg.rewards) | {n for w in cfg.task_rewards.values() for n in w}
+    for name in sorted(names):
+        cls = get_reward_class(name)  # unknown names: "did you mean ..."
+        ok, why = cls.weights_status()
+        if not ok:
+            raise FlowOPDError(f"reward {name!r} cannot run here: {why}")
+    bad_tasks = sorted(set(cfg.task_rewards) - set(world.TASKS))
+    if bad_tasks:
+        raise ConfigError(f"task_rewards names unknown tasks {bad_tasks}; use {', '.join(world.TASKS)}")
+    if cfg.task_sampling == "alternate" and any(w != int(w) for w in cfg.tasks.values()):
+        raise ConfigError("task_sampling: alternate needs integer task weights (the epoch ratio, e.g. {compose: 3, text: 1})")
+    rewards = {n: get_reward_class(n)() for n in names}
+    for t_index, task in enumerate(t for t, w in cfg.tasks.items() if w > 0):
+        rec = world.make_prompts(task, 1, seed=t_index, split="train")[0]
+        weights = cfg.task_rewards.get(task, cfg.rewards)
+        if not any(w > 0 and rewards[n].applies_to(rec.prompt, rec.metadata) for n, w in weights.items()):
+            raise ConfigError(
+                f"no reward in {sorted(weights)} can score {task} prompts such as {rec.prompt!r}; "
+                f"add one (e.g. task_rewards: {{{task}: {{...}}}}) or drop {task} from tasks"
+            )
+
+
+# ----------------------------------------------------------------------------- per-step randomness: functions of (seed, step)
+
+
+def alternate_schedule(tasks: dict[str, float]) -> list[str]:
+    """One task per step, cycling by the integer ratio: {compose: 3, text: 1} -> compose, compose, compose, text."""
+    return [t for t, w in tasks.items() for _ in range(int(w))]
+
+
+def draw_prompts(cfg: TrainConfig, step: int, n: int) -> list:
+    """``n`` training-split prompt records for ``step``."""
+    from flowopd.mini import world
+
+    rng = np.random.default_rng([cfg.seed, step, 1])
+    if cfg.task_sampling == "alternate":
+        schedule = alternate_schedule(cfg.tasks)
+        tasks = [schedule[step % len(schedule)]] * n
+    else:
+        names = [t for t, w in cfg.tasks.items() if w > 0]
+        p = np.array([cfg.tasks[t] for t in names], dtype=float)
+        tasks = [str(t) for t in rng.choice(names, size=n, p=p / p.sum())]
+    records = []
+    for task in tasks:
+        while not world.in_split(rec := world.PROMPT_MAKERS[task](rng), "train"):
+            pass
+        records.append(rec)
+    return records
+
+
+def sample_seeds(cfg: TrainConfig, step: int) -> list[int]:
+    return [int(s) for s in np.random.default_rng([cfg.seed, step, 2]).integers(0, 2**62, size=cfg.batch_size)]
+
+
+def window_start(cfg: TrainConfig, step: int) -> int:
+    if cfg.sampler.window_start_max == 0:
+        return 0
+    return int(np.random.default_rng([cfg.seed, step, 3]).integers(0, cfg.sampler.window_start_max + 1))
+
+
+# ----------------------------------------------------------------------------- run folder
+
+
+def model_digest(spec: str) -> str:
+    """sha256 over a model's safetensors: which base a LoRA or checkpoint belongs to."""
+    from flowopd.models import KNOWN_WEIGHTS
+
+    path = KNOWN_WEIGHTS[spec].path if spec in KNOWN_WEIGHTS else Path(spec)
+    h = hashlib.sha256()
+    for f in sorted(Path(path).rglob("*.safetensors")):
+        h.update(str(f.relative_to(path)).encode())
+        h.update(f.read_bytes())
+    return h.hexdigest()
+
+
+def checkpoints(out: Path) -> list[Path]:
+    """Complete checkpoints of a run, oldest first (a half-written one is a hidden temp folder and never listed)."""
+    folder = out / "checkpoints"
+    return sorted(p for p in folder.glob("step-*") if p.is_dir() and (p / "trainer_state.json").is_file()) if folder.is_dir() else []
+
+
+def prepare_run_dir(cfg: TrainConfig, out: Path, resume: bool) -> Path | None:
+    """Check the output folder against the request; return the checkpoint to resume from (None: start fresh)."""
+    if out.exists() and not out.is_dir():
+        raise FlowOPDError(f"output {out} is a file; pass a folder path with --out")
+    has_run = (out / RUN_MARKER).is_file()
+    if not resume:
+        if has_run:
+            raise FlowOPDError(f"{out} already holds a training run; pass --resume to continue it, or a new --out folder")
+        if out.is_dir() and any(out.iterdir()):
+            raise FlowOPDError(f"output folder {out} exists and holds other files; pass a new or empty folder with --out")
+        return None
+    if not has_run:
+        raise FlowOPDError(f"nothing to resume in {out} (no {RUN_MARKER}); drop --resume to start a new run there")
+    import yaml
+
+    saved = TrainConfig.model_validate(yaml.safe_load((out / CONFIG_FILE).read_text()))
+    if saved.model != cfg.model:
+        raise FlowOPDError(
+            f"the checkpoint in {out} was trained from model {saved.model!r}, not {cfg.model!r}; resume with --model {saved.model} or use a new --out"
+        )
+    mine, theirs = cfg.identity(), saved.identity()
+    if mine != theirs:
+        diff = _first_difference(theirs, mine)
+        raise FlowOPDError(f"the run in {out} used a different config ({diff}); resume with the run's own config or use a new --out")
+    info = json.loads((out / RUN_MARKER).read_text())
+    if info.get("base_digest") and info["base_digest"] != model_digest(cfg.model):
+        raise FlowOPDError(
+            f"the checkpoint in {out} was trained on another version of {cfg.model!r} (its weights changed since); use a new --out"
+        )
+    found = checkpoints(out)
+    if not found:
+        raise FlowOPDError(f"{out} has no complete checkpoint yet; start again without --resume (and a new --out)")
+    return found[-1]
+
+
+def _first_difference(a: Any, b: Any, path: str = "") -> str:
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            if a.get(key) != b.get(key):
+                return _first_difference(a.get(key), b.get(key), f"{path}.{key}" if path else key)
+    return f"{path}: {a!r} then, {b!r} now"
+
+
+# ----------------------------------------------------------------------------- the trainer
+
+
+class Trainer:
+    """GRPO on a LoRA of the backbone's transformer; OPD objectives plug into the same loop (next issue)."""
+
+    def __init__(self, cfg: TrainConfig, out: str | Path, resume: bool = False):
+        from accelerate import Accelerator
+        from accelerate.utils import ProjectConfiguration
+
+        self.cfg = cfg
+        self.out = Path(out)
+        mp = cfg.mixed_precision
+        if mp == "auto":
+            mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
+        trackers = [t for t in cfg.trackers if _tracker_available(t)]
+        self.accelerator = Accelerator(
+            mixed_precision=mp,
+            log_with=trackers or None,
+            project_config=ProjectConfiguration(project_dir=str(self.out), logging_dir=str(self.out / "tensorboard")),
+        )
+        check_plan(cfg, self.accelerator.num_processes)
+        self.resume_from = prepare_run_dir(cfg, self.out, resume)
+        if cfg.threads:
+            torch.set_num_threads(cfg.threads)
+        self._build()
+
+    # ------------------------------------------------------------------ setup
+
+    def _build(self) -> None:
+        from flowopd.lora import add_lora
+        from flowopd.models import load_backbone
+        from flowopd.reward_models.weighted import WeightedReward
+        from flowopd.rollout import plan_steps
+
+        cfg, acc = self.cfg, self.accelerator
+        self.backbone = load_backbone(cfg.model, device=str(acc.device))
+        self.base_digest = model_digest(cfg.model)
+        self.backbone.requires_grad_(False)
+        transformer = self.backbone.transformer
+        torch.manual_seed(cfg.seed)  # the LoRA's initial A: part of the run's seed, whatever ran before in this process
+        add_lora(transformer, cfg.lora.rank, cfg.lora.alpha, tuple(cfg.lora.targets))
+        self.params = [p for p in transformer.parameters() if p.requires_grad]
+        if not self.params:
+            raise ConfigError(f"lora.targets {cfg.lora.targets} match no module of the transformer; use the defaults")
+        optimizer = torch.optim.AdamW(self.params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, betas=cfg.optim.betas)
+        self.model, self.optimizer = acc.prepare(transformer, optimizer)
+        self.ema = None
+        if cfg.optim.ema_decay > 0:
+            from diffusers.training_utils import EMAModel
+
+            self.ema = EMAModel(self.params, decay=cfg.optim.ema_decay)
+        self.rewards = WeightedReward(cfg.rewards, cfg.task_rewards)
+        self.plans = {
+            s: plan_steps(cfg.sampler.steps, cfg.sampler.shift, cfg.sampler.window_size, s, cfg.sampler.timestep_fraction)
+            for s in range(cfg.sampler.window_start_max + 1)
+        }
+        acc.register_save_state_pre_hook(self._save_hook)
+        acc.register_load_state_pre_hook(self._load_hook)
+        self.step = 0
+
+    def _raw(self) -> torch.nn.Module:
+        return self.backbone.transformer
+
+    # ------------------------------------------------------------------ checkpoints (LoRA + EMA as safetensors; optimizer via accelerate)
+
+    def _save_hook(self, models, weights, output_dir) -> None:
+        from safetensors.torch import save_file
+
+        from flowopd.lora import lora_state_dict
+
+        while weights:  # the frozen base is never written: only the LoRA
+            weights.pop()
+        if not self.accelerator.is_main_process:
+            return
+        out = Path(output_dir)
+        save_file({k: v.cpu().contiguous() for k, v in lora_state_dict(self._raw()).items()}, out / "lora.safetensors")
+        state = {"step": self.step, "config_digest": self.cfg.digest(), "base_digest": self.base_digest}
+        if self.ema is not None:
+            save_file({str(i): p.detach().cpu().contiguous() for i, p in enumerate(self.ema.shadow_params)}, out / "ema.safetensors")
+            state["ema_optimization_step"] = self.ema.optimization_step
+        (out / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")
+
+    def _load_hook(self, models, input_dir) -> None:
+        from safetensors.torch import load_file
+
+        from flowopd.lora import set_lora_state_dict
+
+        while models:
+            models.pop()
+        folder = Path(input_dir)
+        state = json.loads((folder / "trainer_state.json").read_text())
+        if state.get("base_digest") != self.base_digest:
+            raise FlowOPDError(f"checkpoint {folder} belongs to another base model; resume it with the model it was trained from")
+        set_lora_state_dict(self._raw(), load_file(folder / "lora.safetensors"))
+        if self.ema is not None:
+            shadow = load_file(folder / "ema.safetensors")
+            self.ema.shadow_params = [shadow[str(i)].to(p.device) for i, p in enumerate(self.params)]
+            self.ema.optimization_step = int(state["ema_optimization_step"])
+        self.step = int(state["step"])
+
+    def save_checkpoint(self) -> Path:
+        """accelerate's ``save_state`` into a temp folder, renamed when every process is done; old ones pruned."""
+        acc = self.accelerator
+        folder = self.out / "checkpoints"
+        final = folder / f"step-{self.step:06d}"
+        tmp = folder / f".step-{self.step:06d}.tmp"
+        if acc.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+            folder.mkdir(parents=True, exist_ok=True)
+        acc.wait_for_everyone()
+        acc.save_state(str(tmp))
+        acc.wait_for_everyone()
+        if acc.is_main_process:
+            shutil.rmtree(final, ignore_errors=True)
+            tmp.rename(final)
+            for old in checkpoints(self.out)[: -self.cfg.keep_checkpoints]:
+                shutil.rmtree(old, ignore_errors=True)
+        acc.wait_for_everyone()
+        return final
+
+    # ------------------------------------------------------------------ one step
+
+    def _owned(self, rank: int) -> list[int]:
+        """The global sample indices process ``rank`` owns (interleaved, so a group spans processes)."""
+        return list(range(rank, self.cfg.batch_size, self.accelerator.num_processes))
+
+    def _gather_global(self, local_values: torch.Tensor) -> torch.Tensor:
+        """Gather per-sample values from every process back into global sample order."""
+        acc = self.accelerator
+        gathered = acc.gather(local_values.to(acc.device).contiguous()).cpu()
+        world = acc.num_processes
+        per = gathered.shape[0] // world
+        out = torch.empty_like(gathered)
+        for r in range(world):
+            out[r::world] = gathered[r * per : (r + 1) * per]
+        return out
+
+    def train_step(self) -> dict[str, float]:
+        """One rollout and its GRPO update(s); returns the step's metrics (identical on every process)."""
+        from flowopd.objectives.grpo import clipped_surrogate, group_advantages, nonzero_groups
+        from flowopd.rollout import rollout
+        from flowopd.sampling import guided_velocity
+        from flowopd.sde import per_step_kl, sde_step
+
+        cfg, acc, scfg = self.cfg, self.accelerator, self.cfg.sampler
+        t0 = time.perf_counter()
+        g = cfg.group_size
+        records = draw_prompts(cfg, self.step, cfg.batch_size // g)
+        seeds = sample_seeds(cfg, self.step)
+        local = self._owned(acc.process_index)
+        recs = [records[n // g] for n in local]
+        prompts = [r.prompt for r in recs]
+        plan = self.plans[window_start(cfg, self.step)]
+        with torch.no_grad():
+            cond = self.backbone.encode_prompts(prompts)
+            uncond = self.backbone.encode_prompts([""] * len(prompts)) if scfg.cfg != 1.0 else None
+        self.model.eval()
+        with acc.autocast():
+            traj = rollout(
+                self.backbone, cond, uncond, [seeds[n] for n in local], plan, scfg.cfg, scfg.noise_level, scfg.kind, cfg.micro_batch
+            )
+        t_rollout = time.perf_counter() - t0
+
+        reward_local, per_reward_local = self.rewards(traj.images, prompts, [r.metadata for r in recs], [r.task for r in recs])
+        rewards = self._gather_global(reward_local)
+        per_reward = {k: self._gather_global(v) for k, v in per_reward_local.items()}
+        group_ids = torch.arange(cfg.batch_size) // g
+        adv = group_advantages(rewards, group_ids, cfg.grpo.adv_std, cfg.grpo.adv_clip)
+        keep = nonzero_groups(adv, group_ids)
+        self.last_batch = {"local": local, "reward_local": reward_local, "rewards": rewards, "advantages": adv, "prompts": prompts}
+        t_reward = time.perf_counter() - t0 - t_rollout
+
+        # ---- update(s): each process trains on its samples, split into updates_per_rollout parts
+        self.model.train()
+        world, u_parts = acc.num_processes, cfg.grpo.updates_per_rollout
+        part = len(local) // u_parts
+        k_steps = len(plan.trained)
+        sig = plan.sigmas
+        dev = acc.device
+        adv_l, keep_l = adv[local].to(dev), keep[local].to(dev).float()
+        sums = torch.zeros(5, device=dev)  # kl, clipped, ratio, count, loss
+        grad_norms = []
+        for u in range(u_parts):
+            lo, hi = u * part, (u + 1) * part
+            kept = sum(int(keep[self._owned(r)[lo:hi]].sum()) for r in range(world))  # over every process's part u
+            if kept == 0:
+                continue
+            scale = world / (kept * k_steps)  # DDP averages over processes: the global mean over kept samples and steps
+            pieces = [(k, a, min(a + cfg.micro_batch, hi)) for k in range(k_steps) for a in range(lo, hi, cfg.micro_batch)]
+            for j, (k, a, b) in enumerate(pieces):
+                i_step = plan.trained[k]
+                sigma, sigma_next = float(sig[i_step]), float(sig[i_step + 1])
+                x, x_next = traj.states[a:b, k].to(dev), traj.next_states[a:b, k].to(dev)
+                c, nc = cond[a:b], (uncond[a:b] if uncond is not None else None)
+                v_ref = None
+                if cfg.grpo.beta > 0:
+                    with torch.no_grad(), acc.autocast(), self._adapters_disabled():
+                        v_ref = guided_velocity(self.backbone, x, sig[i_step].to(dev), c, nc, scfg.cfg)
+                sync = contextlib.nullcontext() if j == len(pieces) - 1 else acc.no_sync(self.model)
+                with sync:
+                    with acc.autocast():
+                        v = guided_velocity(self.backbone, x, sig[i_step].to(dev), c, nc, scfg.cfg, transformer=self.model)
+                    out = sde_step(x, v, sigma, sigma_next, scfg.noise_level, kind=scfg.kind, x_next=x_next)
+                    surr = clipped_surrogate(out.log_prob, traj.log_probs[a:b, k].to(dev), adv_l[a:b], cfg.grpo.clip_range)
+                    per_sample = surr.loss
+                    kl = torch.zeros_like(per_sample)
+                    if v_ref is not None:
+                        kl = per_step_kl(v, v_ref, sigma, sigma_next, scfg.noise_level, scfg.kind, cfg.grpo.kl_weighting)
+                        per_sample = per_sample + cfg.grpo.beta * kl
+                    w = keep_l[a:b]
+                    loss = (per_sample * w).sum() * scale
+                    acc.backward(loss)
+                sums += torch.stack(
+                    [(kl.detach() * w).sum(), (surr.clipped.float() * w).sum(), (surr.ratio * w).sum(), w.sum(), loss.detach() / scale]
+                )
+            grad_norms.append(float(acc.clip_grad_norm_(self.params, cfg.optim.grad_clip)))
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+            if self.ema is not None:
+                self.ema.step(self.params)
+        sums = acc.reduce(sums, reduction="sum").cpu()
+        count = max(float(sums[3]), 1.0)
+        self.step += 1
+        metrics: dict[str, float] = {
+            "reward": float(rewards.mean()),
+            "reward_std": float(rewards.std(unbiased=False)),
+            "kl": float(sums[0]) / count,
+            "clip_frac": float(sums[1]) / count,
+            "ratio": float(sums[2]) / count,
+            "loss": float(sums[4]) / count,
+            "kept_frac": float(keep.float().mean()),
+            "grad_norm": float(np.mean(grad_norms)) if grad_norms else 0.0,
+            "updates": float(len(grad_norms)),
+            "time_rollout": t_rollout,
+            "time_reward": t_reward,
+            "time_step": time.perf_counter() - t0,
+        }
+        for name, vals in per_reward.items():
+            ok = ~torch.isnan(vals)
+            if ok.any():
+                metrics[f"reward/{name}"] = float(vals[ok].mean())
+        return metrics
+
+    @contextlib.contextmanager
+    def _adapters_disabled(self):
+        """The reference policy: the same transformer with its LoRA switched off."""
+        self._raw().disable_adapters()
+        try:
+            yield
+        finally:
+            self._raw().enable_adapters()
+
+    # ------------------------------------------------------------------ the run
+
+    def train(self, progress: Callable[[int, dict[str, float]], None] | None = None) -> Path:
+        """Run to ``cfg.steps`` (from the checkpoint when resuming); returns the saved LoRA folder."""
+        from flowopd.config import save_config
+        from flowopd.runinfo import run_info, write_json_atomic
+
+        cfg, acc = self.cfg, self.accelerator
+        if self.resume_from is not None:
+            acc.load_state(str(self.resume_from))
+            _truncate_log(self.out / LOG_FILE, self.step)
+        elif acc.is_main_process:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.out / CONFIG_FILE)
+            info = run_info(cfg.model_dump(mode="json"), cfg.seed)
+            info.update(base_digest=self.base_digest, num_processes=acc.num_processes, config_digest=cfg.digest())
+            write_json_atomic(self.out / RUN_MARKER, info)
+        acc.wait_for_everyone()
+        if acc.log_with:
+            acc.init_trackers("train", config=_flat(cfg.model_dump(mode="json")))
+        if progress:
+            progress(self.step, {})
+        while self.step < cfg.steps:
+            metrics = self.train_step()
+            if acc.is_main_process:
+                with open(self.out / LOG_FILE, "a") as f:
+                    f.write(json.dumps({"step": self.step, **{k: round(v, 6) for k, v in metrics.items()}}) + "\n")
+            if acc.log_with:
+                acc.log(metrics, step=self.step)
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+                self.save_checkpoint()
+            if progress:
+                progress(self.step, metrics)
+        lora_dir = self.save_lora()
+        acc.end_training()
+        return lora_dir
+
+    def save_lora(self) -> Path:
+        """The final LoRA (EMA weights when the EMA is on) in the diffusers format, written atomically to ``out/lora``."""
+        from flowopd.lora import lora_state_dict, save_lora
+        from flowopd.runinfo import atomic_dir
+
+        acc = self.accelerator
+        target = self.out / "lora"
+        if acc.is_main_process:
+            state = None
+            if self.ema is not None:
+                self.ema.store(self.params)
+                self.ema.copy_to(self.params)
+                state = lora_state_dict(self._raw())
+                self.ema.restore(self.params)
+            info = {
+                "kind": "flowopd-lora",
+                "name": self.cfg.name,
+                "base": self.cfg.model,
+                "base_digest": self.base_digest,
+                "rewards": self.cfg.task_rewards or self.cfg.rewards,
+                "tasks": self.cfg.tasks,
+                "step": self.step,
+                "ema": self.ema is not None,
+                "config_digest": self.cfg.digest(),
+            }
+            with atomic_dir(target, marker="lora_info.json") as tmp:
+                save_lora(self._raw(), tmp, info, state=state)
+        acc.wait_for_everyone()
+        return target
+
+
+def _truncate_log(path: Path, step: int) -> None:
+    """Drop log lines written after the checkpoint we resume from (they will be written again)."""
+    from flowopd.runinfo import atomic_file
+
+    if not path.is_file():
+        return
+    lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+    with atomic_file(path, "w") as f:
+        f.write("".join(ln + "\n" for ln in lines))
+
+
+def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for k, v in d.items():
+        key = f"{prefix}{k}"
+        if isinstance(v, dict):
+            out.update(_flat(v, key + "."))
+        else:
+            out[key] = v if isinstance(v, (int, float, str, bool)) else str(v)
+    return out
+
+
+def _tracker_available(name: str) -> bool:
+    import importlib.util
+
+    if name == "tensorboard":
+        return importlib.util.find_spec("tensorboard") is not None or importlib.util.find_spec("tensorboardX") is not None
+    return False

@@ -1,0 +1,55 @@
+"""Two processes on CPU (gloo through `accelerate launch`): identical weights, and group statistics over whole groups."""
+
+import json
+import os
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import torch
+
+from flowopd.objectives.grpo import group_advantages
+
+WORKER = Path(__file__).with_name("distributed_worker.py")
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _launch(nproc: int, model: Path, out: Path, steps: int) -> list[dict]:
+    out.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(nproc), "--num_machines", "1"]
+    cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port())]
+    cmd += ["--multi_gpu"] if nproc > 1 else []
+    cmd += [str(WORKER), str(model), str(out), str(steps)]
+    env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(nproc)]
+
+
+def test_two_processes_agree_with_each_other_and_with_one(tiny_policy_dir, tmp_path):
+    two = _launch(2, tiny_policy_dir, tmp_path / "two", steps=2)
+    assert [r["world"] for r in two] == [2, 2]
+    # 1. the weights stay identical across ranks after every update (DDP averaged the gradients)
+    assert two[0]["lora_sha"] == two[1]["lora_sha"] and two[0]["lora_sum"] > 0
+    group_size = 4
+    for step in range(2):
+        r0, r1 = two[0]["steps"][step], two[1]["steps"][step]
+        # samples interleave over ranks, so every group of 4 has 2 samples on each rank
+        assert r0["local"] == [0, 2, 4, 6] and r1["local"] == [1, 3, 5, 7]
+        rewards = torch.tensor(r0["rewards"])
+        assert r0["rewards"] == r1["rewards"]  # both ranks gathered the same global rewards...
+        assert [rewards[i].item() for i in r1["local"]] == r1["reward_local"]  # ...in global sample order
+        # 2. advantages were computed over whole groups that straddle the ranks
+        expected = group_advantages(rewards, torch.arange(8) // group_size, "global")
+        torch.testing.assert_close(torch.tensor(r0["advantages"]), expected)
+        assert r0["advantages"] == r1["advantages"]
+    # 3. a sample is the same whatever the process count: one process draws the same prompts and rewards at step 1
+    one = _launch(1, tiny_policy_dir, tmp_path / "one", steps=1)
+    assert one[0]["steps"][0]["rewards"] == two[0]["steps"][0]["rewards"]
+    assert one[0]["steps"][0]["prompts"][0::2] == two[0]["steps"][0]["prompts"]

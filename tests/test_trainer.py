@@ -1,0 +1,137 @@
+"""The one trainer: a complete run, exact resume, the LoRA format, and bad input refused before any compute."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from safetensors.torch import load_file
+
+from flowopd.errors import FlowOPDError
+from flowopd.train_config import TrainConfig
+from flowopd.trainer import Trainer
+
+
+def tiny_config(model: Path, **over) -> TrainConfig:
+    values = dict(
+        name="tiny",
+        model=str(model),
+        steps=2,
+        tasks={"compose": 1.0, "text": 1.0},
+        rewards={"mini_geneval": 1.0, "mini_ocr": 1.0, "mini_preference": 0.5},
+        batch_size=8,
+        group_size=4,
+        micro_batch=4,
+        sampler={"steps": 4, "cfg": 2.0, "shift": 1.0, "kind": "sde", "noise_level": 0.7, "window_size": 2, "window_start_max": 1},
+        grpo={"beta": 0.04, "updates_per_rollout": 2},
+        lora={"rank": 4, "alpha": 8},
+        optim={"lr": 1e-2},
+        checkpoint_every=1,
+        trackers=[],
+    )
+    values.update(over)
+    return TrainConfig.model_validate(values)
+
+
+def test_a_run_writes_config_log_checkpoints_and_a_diffusers_lora(tiny_policy_dir, tmp_path):
+    out = tmp_path / "run"
+    trainer = Trainer(tiny_config(tiny_policy_dir), out)
+    lora = trainer.train()
+    assert lora == out / "lora"
+    info = json.loads((out / "run.json").read_text())
+    assert info["seed"] == 0 and info["versions"]["torch"] and info["config"]["batch_size"] == 8 and info["base_digest"]
+    assert yaml.safe_load((out / "config.yaml").read_text())["group_size"] == 4
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == [1, 2]
+    assert {"reward", "kl", "clip_frac", "ratio", "grad_norm", "reward/mini_preference"} <= set(log[0])
+    assert log[1]["kl"] > 0  # after one update the policy has moved away from the reference
+    assert [p.name for p in sorted((out / "checkpoints").iterdir())] == ["step-000001", "step-000002"]
+
+    # the LoRA file is the diffusers SD3 format: transformer.-prefixed keys, peft config in the metadata
+    weights = load_file(lora / "pytorch_lora_weights.safetensors")
+    assert all(k.startswith("transformer.") for k in weights) and any("lora_B" in k for k in weights)
+    assert any(float(v.abs().max()) > 0 for k, v in weights.items() if "lora_B" in k)  # it learned something
+    lora_info = json.loads((lora / "lora_info.json").read_text())
+    assert lora_info["base_digest"] == info["base_digest"] and lora_info["step"] == 2
+
+    # loading it through diffusers' own loader reproduces the trained (EMA) policy
+    from flowopd.lora import load_lora
+    from flowopd.models import load_backbone
+
+    fresh = load_backbone(str(tiny_policy_dir))
+    load_lora(fresh.transformer, lora, "teacher")
+    trainer.ema.copy_to(trainer.params)
+    x, sigma = torch.randn(2, 3, 32, 32), torch.tensor(0.5)
+    cond = fresh.encode_prompts(["a red square", "a blue circle"])
+    with torch.no_grad():
+        torch.testing.assert_close(fresh.velocity(x, sigma, cond), trainer.backbone.velocity(x, sigma, cond), rtol=1e-5, atol=1e-5)
+        fresh.transformer.disable_adapters()
+        assert not torch.allclose(fresh.velocity(x, sigma, cond), trainer.backbone.velocity(x, sigma, cond), atol=1e-6)
+
+
+def test_resume_continues_exactly_where_the_run_stopped(tiny_policy_dir, tmp_path):
+    Trainer(tiny_config(tiny_policy_dir, steps=4), tmp_path / "straight").train()
+    Trainer(tiny_config(tiny_policy_dir, steps=2), tmp_path / "stopped").train()  # stops after step 2 (a checkpoint)
+    (tmp_path / "stopped" / "log.jsonl").open("a").write('{"step": 3, "reward": 9}\n')  # a step that never reached a checkpoint
+    Trainer(tiny_config(tiny_policy_dir, steps=4), tmp_path / "stopped", resume=True).train()
+    a = load_file(tmp_path / "straight" / "lora" / "pytorch_lora_weights.safetensors")
+    b = load_file(tmp_path / "stopped" / "lora" / "pytorch_lora_weights.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit-identical on CPU
+    log_a = [json.loads(x) for x in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
+    log_b = [json.loads(x) for x in (tmp_path / "stopped" / "log.jsonl").read_text().splitlines()]
+    strip = [{k: v for k, v in r.items() if not k.startswith("time")} for r in log_a], [
+        {k: v for k, v in r.items() if not k.startswith("time")} for r in log_b
+    ]
+    assert strip[0] == strip[1]
+
+
+@pytest.mark.parametrize(
+    "over,message",
+    [
+        ({"rewards": {"mini_genevl": 1.0}}, "did you mean 'mini_geneval'"),
+        ({"batch_size": 10, "group_size": 4}, "group_size 4 does not divide batch_size 10; use batch_size 12"),
+        ({"sampler": {"steps": 4, "window_size": 3, "window_start_max": 2}}, "outside the 4-step schedule"),
+        ({"sampler": {"steps": 4, "noise_level": 0.0}}, "noise_level 0"),
+        ({"tasks": {"text": 1.0}, "rewards": {"mini_geneval": 1.0}}, "can score text prompts"),
+        ({"grpo": {"updates_per_rollout": 3}}, "updates_per_rollout=3"),
+    ],
+)
+def test_bad_plans_fail_before_any_model_loads(tiny_policy_dir, tmp_path, monkeypatch, over, message):
+    import flowopd.models
+
+    def no_loading(*a, **k):
+        raise AssertionError("a model was loaded before the plan was checked")
+
+    monkeypatch.setattr(flowopd.models, "load_backbone", no_loading)
+    with pytest.raises(FlowOPDError, match=message.replace("(", r"\(").replace("[", r"\[")):
+        Trainer(tiny_config(tiny_policy_dir, **over), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_an_existing_run_needs_resume_and_a_checkpoint_from_another_model_is_refused(tiny_policy_dir, tiny_model_dir, tmp_path):
+    out = tmp_path / "run"
+    Trainer(tiny_config(tiny_policy_dir, steps=1), out).train()
+    before = sorted(p.name for p in out.rglob("*"))
+    with pytest.raises(FlowOPDError, match="already holds a training run; pass --resume"):
+        Trainer(tiny_config(tiny_policy_dir, steps=2), out)
+    with pytest.raises(FlowOPDError, match="was trained from model"):
+        Trainer(tiny_config(tiny_model_dir, steps=2), out, resume=True)
+    with pytest.raises(FlowOPDError, match="different config .*group_size: 4 then, 2 now"):
+        Trainer(tiny_config(tiny_policy_dir, steps=2, group_size=2), out, resume=True)
+    with pytest.raises(FlowOPDError, match="nothing to resume"):
+        Trainer(tiny_config(tiny_policy_dir), tmp_path / "empty", resume=True)
+    assert sorted(p.name for p in out.rglob("*")) == before  # nothing was touched
+
+
+def test_a_base_model_changed_under_a_run_is_refused(tiny_policy_dir, tmp_path):
+    import shutil
+
+    from flowopd.mini.model import MiniBackbone
+
+    model = tmp_path / "model"
+    shutil.copytree(tiny_policy_dir, model)
+    Trainer(tiny_config(model, steps=1), tmp_path / "run").train()
+    MiniBackbone.random(seed=9).save_pretrained(model)  # same folder, other weights
+    with pytest.raises(FlowOPDError, match="another version"):
+        Trainer(tiny_config(model, steps=2), tmp_path / "run", resume=True)
