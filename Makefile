@@ -33,6 +33,7 @@ test-slow: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python tests/bench/cli_startup.py
 	$(BIN)/python tests/bench/mini_throughput.py
+	$(BIN)/python tests/bench/grpo_step.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -10,7 +10,8 @@ Primary metrics (one per task, like the paper's Table 2):
 Secondary rewards are scored on every image where they apply, so a reward
 that is quietly hacked shows up in the others. Each image's seed depends
 only on (prompt, image index, suite seed), so results do not depend on order
-or batching.
+or batching; a prompt that recurs in a task (the mini world has only three
+single-object prompts) continues its image indices, so no two images share a seed.
 """
 
 from __future__ import annotations
@@ -72,6 +73,17 @@ def suite_prompts(cfg: MiniSuiteConfig) -> list[tuple[str, Any]]:
     return items
 
 
+def suite_jobs(cfg: MiniSuiteConfig) -> list[tuple[str, Any, int]]:
+    """(task, record, image index) per image; a prompt that recurs continues its image indices, so every image has its own seed."""
+    seen: dict[str, int] = {}
+    jobs = []
+    for task, rec in suite_prompts(cfg):
+        first = seen.get(rec.prompt, 0)
+        seen[rec.prompt] = first + cfg.images_per_prompt
+        jobs += [(task, rec, first + i) for i in range(cfg.images_per_prompt)]
+    return jobs
+
+
 def run_mini_suite(cfg: MiniSuiteConfig, out: Path, progress: Callable[[str, int, int], None] | None = None) -> dict[str, Any]:
     """Sample, score and summarise; writes ``summary.json``, ``samples.jsonl`` and ``images/`` into ``out`` atomically."""
     import torch
@@ -84,7 +96,7 @@ def run_mini_suite(cfg: MiniSuiteConfig, out: Path, progress: Callable[[str, int
 
     check_output_dir(out, "summary.json")  # refuse a user's folder before any sampling
     backbone = load_backbone(cfg.model)
-    jobs = [(task, rec, i) for task, rec in suite_prompts(cfg) for i in range(cfg.images_per_prompt)]
+    jobs = suite_jobs(cfg)
     seeds = [image_seed(rec.prompt, i, cfg.seed) for _, rec, i in jobs]
     done = 0
 
@@ -165,3 +177,25 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, Any]:
         "quality": "quality/mini_quality",
     }
     return {"suite": "mini", "headline": {t: k for t, k in headline.items() if k in metrics}, "metrics": metrics, "n_images": len(records)}
+
+
+HEADLINE_REWARD = {"compose": "mini_geneval", "text": "mini_ocr", "preference": "mini_preference", "quality": "mini_quality"}
+
+
+def headline_values(records: list[dict[str, Any]]) -> dict[str, dict[tuple, tuple[str, float]]]:
+    """Per headline metric, the per-image values it aggregates: ``{(prompt, index, seed): (group, value)}``.
+
+    Compose counts the strict GenEval verdict and averages within tags (group =
+    tag), the others average the task reward's raw score. Two runs of the suite
+    on the same prompts and seeds pair up image by image through these keys.
+    """
+    out: dict[str, dict[tuple, tuple[str, float]]] = {}
+    for r in records:
+        task = r["task"]
+        score = r["scores"][HEADLINE_REWARD[task]]
+        if task == "compose":
+            key, group, value = "compose/geneval_overall", r["metadata"]["tag"], float(score["details"]["correct"])
+        else:
+            key, group, value = f"{task}/{HEADLINE_REWARD[task]}", task, float(score["raw"])
+        out.setdefault(key, {})[(r["prompt"], r["index"], r["seed"])] = (group, value)
+    return out

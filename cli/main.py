@@ -134,7 +134,9 @@ def sample(
     prompt: list[str] | None = typer.Option(None, "--prompt", "-p", help="Prompt (repeatable)."),
     prompts_file: Path | None = typer.Option(None, "--prompts", help="A .txt or .jsonl prompt file (then --out is a folder)."),
     out: Path = typer.Option(..., "--out", "-o", help="PNG file (one prompt) or folder (several prompts)."),
-    model: str = typer.Option("mini-base", "--model", "-m", help="mini-base or a model folder."),
+    model: str = typer.Option(
+        "mini-base", "--model", "-m", help="mini-base, a mini teacher (mini-teacher-text...), a model or LoRA folder."
+    ),
     seed: int = typer.Option(0, "--seed", help="Seed of the first image; image k uses seed + k."),
     steps: int | None = typer.Option(None, "--steps", min=1, help=f"ODE steps (mini default {MINI_SAMPLING['steps']})."),
     cfg: float | None = typer.Option(None, "--cfg", min=1.0, help=f"Guidance scale (mini default {MINI_SAMPLING['cfg']})."),
@@ -374,7 +376,9 @@ def train_mix(
 @app.command("eval")
 def eval_cmd(
     suite: str = typer.Option("all", "--suite", "-s", help="Suite name, or all."),
-    model: str = typer.Option("mini-base", "--model", "-m", help="mini-base or a model folder."),
+    model: str = typer.Option(
+        "mini-base", "--model", "-m", help="mini-base, a mini teacher (mini-teacher-text...), a model or LoRA folder."
+    ),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (default runs/eval-<suite>-<model>)."),
     limit: int | None = typer.Option(None, "--limit", min=1, help="Prompts per task (compose: per tag)."),
     steps: int | None = typer.Option(None, "--steps", min=1, help="ODE steps."),
@@ -398,7 +402,8 @@ def eval_cmd(
 
     overrides = {"model": model, "prompts_per_task": limit, "steps": steps, "cfg": cfg, "seed": seed, "split": split}
     cfg_obj = build_config(MiniSuiteConfig, {k: v for k, v in overrides.items() if v is not None}, "command-line options")
-    out = out or Path("runs") / f"eval-mini-{Path(model).name}"
+    label = Path(model).parent.name if Path(model).name == "lora" else Path(model).name  # runs/teacher-x/lora -> teacher-x
+    out = out or Path("runs") / f"eval-mini-{label}"
     t0 = time.time()
     with progress_bar("eval mini", None) as advance:
 
@@ -418,17 +423,24 @@ def eval_cmd(
 def report(
     summaries: list[Path] = typer.Argument(..., help="summary.json files or run folders."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write the Markdown here (default: print)."),
+    baseline: Path | None = typer.Option(None, "--baseline", "-b", help="A run folder to compare every run with, image by image."),
 ) -> None:
-    """A Markdown leaderboard from evaluation summaries (one row per run)."""
-    from flowopd.benchmarks.report import load_summary, to_markdown
+    """A Markdown leaderboard from evaluation summaries (one row per run), optionally with paired changes against a baseline."""
+    from flowopd.benchmarks.report import deltas_markdown, load_samples, load_summary, paired_deltas, to_markdown
     from flowopd.runinfo import atomic_file
 
-    loaded = {}
+    loaded, folders = {}, {}
     for p in summaries:
         s = load_summary(p)
         name = s.get("run", {}).get("config", {}).get("model") or p.stem
-        loaded[name if name not in loaded else f"{name} ({p})"] = s
+        name = name if name not in loaded else f"{name} ({p})"
+        loaded[name], folders[name] = s, p
     md = to_markdown(loaded)
+    if baseline is not None:
+        base_name = load_summary(baseline).get("run", {}).get("config", {}).get("model") or str(baseline)
+        base_samples = load_samples(baseline)
+        deltas = {name: paired_deltas(load_samples(folders[name]), base_samples) for name in loaded}
+        md = md + "\n" + deltas_markdown(deltas, base_name)
     if out is None:
         print(md, end="")
         return

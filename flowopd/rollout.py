@@ -83,14 +83,30 @@ def rollout(
     kind: str = "sde",
     batch_size: int = 32,
     transformer: torch.nn.Module | None = None,
+    latent_seeds: list[int] | None = None,
 ) -> Trajectories:
-    """Sample ``len(seeds)`` trajectories (one per row of ``cond``) and keep the trained transitions."""
+    """Sample ``len(seeds)`` trajectories (one per row of ``cond``) and keep the trained transitions.
+
+    ``seeds`` drive each sample's SDE noise; ``latent_seeds`` (default: ``seeds``)
+    its initial noise, so a group can share its starting latent (Flow-GRPO's
+    ``same_latent``) while each sample still draws its own step noise.
+    """
+    latent_seeds = seeds if latent_seeds is None else latent_seeds
     chunks = []
     for start in range(0, len(seeds), batch_size):
         sl = slice(start, start + batch_size)
         chunks.append(
             _rollout_chunk(
-                backbone, cond[sl], uncond[sl] if uncond is not None else None, seeds[sl], plan, cfg, noise_level, kind, transformer
+                backbone,
+                cond[sl],
+                uncond[sl] if uncond is not None else None,
+                seeds[sl],
+                latent_seeds[sl],
+                plan,
+                cfg,
+                noise_level,
+                kind,
+                transformer,
             )
         )
     return Trajectories(
@@ -102,11 +118,11 @@ def rollout(
     )
 
 
-def _rollout_chunk(backbone, cond, uncond, seeds, plan, cfg, noise_level, kind, transformer) -> Trajectories:
-    gens = [torch.Generator().manual_seed(int(s)) for s in seeds]
+def _rollout_chunk(backbone, cond, uncond, seeds, latent_seeds, plan, cfg, noise_level, kind, transformer) -> Trajectories:
     shape = tuple(backbone.latent_shape)
     device = backbone.device
-    x = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device)
+    x = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in latent_seeds]).to(device)
+    gens = [torch.Generator().manual_seed(int(s) + 1) for s in seeds]  # + 1: step noise never repeats the initial noise
     states, next_states, log_probs = [], [], []
     sigmas = plan.sigmas
     for i in range(plan.num_steps):

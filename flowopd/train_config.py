@@ -31,6 +31,9 @@ class SamplerConfig(BaseModel):
     window_size: int = Field(0, ge=0, description="stochastic steps per rollout, consecutive (0: every step is SDE)")
     window_start_max: int = Field(0, ge=0, description="each rollout's window starts at a step drawn from [0, this]")
     timestep_fraction: float = Field(0.99, gt=0, le=1, description="train on the first fraction of the stochastic steps")
+    same_latent: bool = Field(
+        False, description="a group shares its initial noise (Flow-GRPO's same_latent): rewards then differ only by the SDE noise"
+    )
 
 
 class GRPOConfig(BaseModel):

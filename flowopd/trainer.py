@@ -22,7 +22,6 @@ continues exactly where it stopped.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import math
 import shutil
@@ -35,6 +34,7 @@ import numpy as np
 import torch
 
 from flowopd.errors import ConfigError, FlowOPDError
+from flowopd.models import model_digest
 from flowopd.train_config import TrainConfig
 
 RUN_MARKER = "run.json"
@@ -130,18 +130,6 @@ def window_start(cfg: TrainConfig, step: int) -> int:
 
 
 # ----------------------------------------------------------------------------- run folder
-
-
-def model_digest(spec: str) -> str:
-    """sha256 over a model's safetensors: which base a LoRA or checkpoint belongs to."""
-    from flowopd.models import KNOWN_WEIGHTS
-
-    path = KNOWN_WEIGHTS[spec].path if spec in KNOWN_WEIGHTS else Path(spec)
-    h = hashlib.sha256()
-    for f in sorted(Path(path).rglob("*.safetensors")):
-        h.update(str(f.relative_to(path)).encode())
-        h.update(f.read_bytes())
-    return h.hexdigest()
 
 
 def checkpoints(out: Path) -> list[Path]:
@@ -352,8 +340,18 @@ class Trainer:
             uncond = self.backbone.encode_prompts([""] * len(prompts)) if scfg.cfg != 1.0 else None
         self.model.eval()
         with acc.autocast():
+            latent = [seeds[(n // g) * g] if scfg.same_latent else seeds[n] for n in local]
             traj = rollout(
-                self.backbone, cond, uncond, [seeds[n] for n in local], plan, scfg.cfg, scfg.noise_level, scfg.kind, cfg.micro_batch
+                self.backbone,
+                cond,
+                uncond,
+                [seeds[n] for n in local],
+                plan,
+                scfg.cfg,
+                scfg.noise_level,
+                scfg.kind,
+                cfg.micro_batch,
+                latent_seeds=latent,
             )
         t_rollout = time.perf_counter() - t0
 
@@ -456,7 +454,8 @@ class Trainer:
         cfg, acc = self.cfg, self.accelerator
         if self.resume_from is not None:
             acc.load_state(str(self.resume_from))
-            _truncate_log(self.out / LOG_FILE, self.step)
+            if acc.is_main_process:
+                _truncate_log(self.out / LOG_FILE, self.step)
         elif acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out / CONFIG_FILE)

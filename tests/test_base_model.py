@@ -28,3 +28,14 @@ def test_base_scores_leave_room_to_improve(tmp_path):
     assert 0.15 < m["text/mini_ocr"]["mean"] < 0.9
     assert 0.3 < m["preference/mini_preference"]["mean"] < 0.95
     assert 2.5 < m["quality/mini_quality"]["mean"] < 4.95
+
+
+def test_every_suite_image_has_its_own_seed():
+    """The mini world has three single-object prompts, so prompts recur within a tag; their images must still differ."""
+    from flowopd.benchmarks.mini_suite import MiniSuiteConfig, image_seed, suite_jobs
+
+    for images in (1, 2):
+        jobs = suite_jobs(MiniSuiteConfig(images_per_prompt=images))
+        seeds = [image_seed(rec.prompt, i, 0) for _, rec, i in jobs]
+        assert len(set(seeds)) == len(seeds)
+        assert len({rec.prompt for t, rec, _ in jobs if rec.metadata.get("tag") == "single_object"}) == 3

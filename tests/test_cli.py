@@ -215,3 +215,49 @@ def test_outputs_never_replace_a_users_folder(tiny_model_dir, tmp_path, run_cli)
     out = tmp_path / "samples"  # an earlier output of the same command is fine to replace
     assert run_cli("sample", "--prompts", str(prompts), "-m", str(tiny_model_dir), "-o", str(out), "--steps", "1").returncode == 0
     assert run_cli("sample", "--prompts", str(prompts), "-m", str(tiny_model_dir), "-o", str(out), "--steps", "1").returncode == 0
+
+
+def _tiny_recipe(tmp_path, model, **over):
+    values = {
+        "name": "tiny-teacher",
+        "model": str(model),
+        "steps": 2,
+        "tasks": {"text": 1.0},
+        "rewards": {"mini_ocr": 1.0},
+        "batch_size": 8,
+        "group_size": 4,
+        "sampler": {"steps": 3, "cfg": 2.0, "shift": 1.0, "kind": "cps", "noise_level": 0.8},
+        "lora": {"rank": 4, "alpha": 8},
+        "checkpoint_every": 1,
+        "trackers": [],
+        **over,
+    }
+    path = tmp_path / "recipe.yaml"
+    path.write_text(json.dumps(values))  # JSON is YAML
+    return path
+
+
+def test_train_teacher_resume_and_eval_the_lora(tiny_policy_dir, tmp_path, run_cli):
+    recipe = _tiny_recipe(tmp_path, tiny_policy_dir)
+    out = tmp_path / "run"
+    res = run_cli("train", "teacher", "--config", str(recipe), "--out", str(out))
+    assert res.returncode == 0, res.stderr
+    assert f"LoRA: {out / 'lora'}" in " ".join(res.stdout.split())
+    res = run_cli("train", "teacher", "--config", str(recipe), "--out", str(out), "--steps", "3", "--resume")
+    assert res.returncode == 0, res.stderr
+    assert [json.loads(x)["step"] for x in (out / "log.jsonl").read_text().splitlines()] == [1, 2, 3]
+    res = run_cli("eval", "--suite", "mini", "--model", str(out / "lora"), "--limit", "1", "--steps", "2", "--out", str(tmp_path / "ev"))
+    assert res.returncode == 0, res.stderr
+    assert json.loads((tmp_path / "ev" / "summary.json").read_text())["run"]["config"]["model"] == str(out / "lora")
+
+
+def test_train_bad_input_is_one_line_before_any_work(tiny_policy_dir, tmp_path, run_cli):
+    out = tmp_path / "run"
+    one_line_error(run_cli("train", "teacher", "--reward", "mini_genevl", "--out", str(out)), "did you mean 'mini_geneval'")
+    one_line_error(run_cli("train", "teacher", "--out", str(out)), "pass --reward NAME")
+    one_line_error(run_cli("train", "mix", "--config", "mini/nope", "--out", str(out)), "shipped recipes: mini/mix-alternate")
+    bad_group = _tiny_recipe(tmp_path, tiny_policy_dir, group_size=3)
+    one_line_error(run_cli("train", "teacher", "--config", str(bad_group), "--out", str(out)), "group_size 3 does not divide batch_size 8")
+    bad_window = _tiny_recipe(tmp_path, tiny_policy_dir, sampler={"steps": 3, "window_size": 4})
+    one_line_error(run_cli("train", "teacher", "--config", str(bad_window), "--out", str(out)), "outside the 3-step schedule")
+    assert not out.exists()

@@ -39,12 +39,18 @@ def test_wheel_has_one_namespace_and_the_base(wheel):
         "flowopd/teachers/__init__.py",
         "flowopd/cli/main.py",
         "flowopd/mini/world.py",
+        "flowopd/trainer.py",
+        "flowopd/objectives/grpo.py",
+        "flowopd/configs/mini/teacher-text.yaml",
+        "flowopd/configs/mini/mix-weighted.yaml",
     ):
         assert module in names, module
     tops = {n.split("/")[0] for n in names}
     assert tops == {"flowopd", next(t for t in tops if t.endswith(".dist-info"))}, tops  # nothing generic in site-packages
     for f in BASE_FILES:
         assert f in names, f
+    for task in ("compose", "text", "preference", "quality"):  # the shipped mini teachers
+        assert f"flowopd/mini/assets/teachers/{task}/pytorch_lora_weights.safetensors" in names, task
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "flowopd = flowopd.cli.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
@@ -93,3 +99,10 @@ def test_cli_runs_from_the_installed_wheel(wheel, tmp_path):
     )
     assert res.returncode == 0, res.stderr
     assert (tmp_path / "x.png").is_file()
+    # the shipped recipes and teachers resolve inside the installed wheel
+    code = "from flowopd.train_config import recipe_path; from flowopd.models import KNOWN_WEIGHTS as K; "
+    code += "print(recipe_path('mini/teacher-text')); print(K['mini-teacher-text'].path, K['mini-teacher-text'].present)"
+    res = subprocess.run([python, "-c", code], capture_output=True, text=True, env=env, cwd=tmp_path)
+    assert res.returncode == 0, res.stderr
+    recipe, teacher = res.stdout.split("\n")[:2]
+    assert recipe.startswith(str(site)) and teacher.startswith(str(site)) and teacher.endswith("True"), res.stdout

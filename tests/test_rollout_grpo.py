@@ -60,12 +60,23 @@ def test_a_trajectory_depends_only_on_its_seed_not_on_the_batch(policy, kind):
     assert not torch.equal(together.images[0], together.images[1])
 
 
+def test_a_group_can_share_its_initial_latent_and_differ_only_by_sde_noise(policy):
+    """Flow-GRPO's same_latent: before the window the samples are one trajectory; the window's noise splits them."""
+    plan = plan_steps(4, 1.0, window_size=1, window_start=2, timestep_fraction=1.0)
+    prompts = ["a red square"] * 3
+    cond, uncond = policy.encode_prompts(prompts), policy.encode_prompts([""] * 3)
+    traj = rollout(policy, cond, uncond, [1, 2, 3], plan, cfg=2.0, noise_level=0.7, batch_size=3, latent_seeds=[9, 9, 9])
+    torch.testing.assert_close(traj.states[0], traj.states[1])
+    torch.testing.assert_close(traj.states[0], traj.states[2])
+    assert not torch.allclose(traj.next_states[0], traj.next_states[1])
+
+
 def test_stored_log_probs_are_the_density_of_the_stored_transition(policy):
     """Recomputing log p(x_next | x) from the stored state and a fresh velocity gives the rollout's old log-prob."""
     from flowopd.sampling import guided_velocity
 
     plan = plan_steps(5, 1.0, timestep_fraction=0.99)
-    prompts = ["a red square", "the text \"42\""]
+    prompts = ["a red square", 'the text "42"']
     traj = _rollout(policy, prompts, [1, 2], plan, batch_size=2)
     cond, uncond = policy.encode_prompts(prompts), policy.encode_prompts(["", ""])
     for k, i in enumerate(traj.step_indices):

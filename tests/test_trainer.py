@@ -80,9 +80,10 @@ def test_resume_continues_exactly_where_the_run_stopped(tiny_policy_dir, tmp_pat
     assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)  # bit-identical on CPU
     log_a = [json.loads(x) for x in (tmp_path / "straight" / "log.jsonl").read_text().splitlines()]
     log_b = [json.loads(x) for x in (tmp_path / "stopped" / "log.jsonl").read_text().splitlines()]
-    strip = [{k: v for k, v in r.items() if not k.startswith("time")} for r in log_a], [
-        {k: v for k, v in r.items() if not k.startswith("time")} for r in log_b
-    ]
+    strip = (
+        [{k: v for k, v in r.items() if not k.startswith("time")} for r in log_a],
+        [{k: v for k, v in r.items() if not k.startswith("time")} for r in log_b],
+    )
     assert strip[0] == strip[1]
 
 
