@@ -87,7 +87,9 @@ def paired_deltas(run: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> 
         groups: dict[str, list[float]] = {}
         for k in shared:
             groups.setdefault(values[k][0], []).append(values[k][1] - theirs[key][k][1])
-        out[key] = mean_of_means_ci(list(groups.values())) if key.startswith("compose/") else mean_ci(groups[next(iter(groups))])
+        out[key] = (
+            mean_of_means_ci(list(groups.values())) if key.startswith("compose/") else mean_ci(groups[next(iter(groups))], proportion=False)
+        )  # differences, never a proportion
     return out
 
 

@@ -8,13 +8,15 @@ from collections.abc import Sequence
 Z95 = 1.959964
 
 
-def mean_ci(values: Sequence[float]) -> dict[str, float]:
-    """Mean with a 95% normal-approximation interval (Wilson's interval when every value is 0 or 1)."""
+def mean_ci(values: Sequence[float], proportion: bool | None = None) -> dict[str, float]:
+    """Mean with a 95% normal-approximation interval (Wilson's interval for a proportion: by default when every value is 0 or 1)."""
     n = len(values)
     if n == 0:
         return {"mean": float("nan"), "n": 0, "ci95": [float("nan"), float("nan")]}
     m = sum(values) / n
-    if all(v in (0.0, 1.0) for v in values):
+    if proportion is None:
+        proportion = all(v in (0.0, 1.0) for v in values)
+    if proportion:
         denom = 1 + Z95**2 / n
         centre = (m + Z95**2 / (2 * n)) / denom
         half = Z95 * math.sqrt(m * (1 - m) / n + Z95**2 / (4 * n * n)) / denom

@@ -62,6 +62,7 @@ def write_json_atomic(path: str | Path, data: Any) -> None:
         with os.fdopen(fd, "w") as f:
             json.dump(data, f, indent=2, sort_keys=False, default=str)
             f.write("\n")
+        _usual_permissions(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -93,6 +94,7 @@ def atomic_dir(path: str | Path, marker: str | None = None) -> Iterator[Path]:
     tmp = Path(tempfile.mkdtemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp"))
     try:
         yield tmp
+        _usual_permissions(tmp)
         if path.exists():
             old = path.with_name(f".{path.name}.old")
             shutil.rmtree(old, ignore_errors=True)
@@ -106,6 +108,14 @@ def atomic_dir(path: str | Path, marker: str | None = None) -> Iterator[Path]:
         raise
 
 
+def _usual_permissions(root: Path) -> None:
+    """Temp folders and files are private (0700/0600); give the output the permissions a plain mkdir/open would."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in [root, *root.rglob("*")]:
+        os.chmod(p, (0o777 if p.is_dir() else 0o666) & ~umask)
+
+
 @contextlib.contextmanager
 def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[Any]:
     """Open a temp file beside ``path``; it is renamed onto ``path`` only if the block succeeds."""
@@ -115,6 +125,7 @@ def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[Any]:
     try:
         with os.fdopen(fd, mode) as f:
             yield f
+        _usual_permissions(Path(tmp))
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)

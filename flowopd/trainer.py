@@ -22,6 +22,7 @@ continues exactly where it stopped.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import math
 import shutil
@@ -184,6 +185,18 @@ def _first_difference(a: Any, b: Any, path: str = "") -> str:
 # ----------------------------------------------------------------------------- the trainer
 
 
+@dataclasses.dataclass
+class Batch:
+    """One process's share of a step's rollout."""
+
+    local: list[int]  # global sample indices
+    records: list  # the prompt record of each sample
+    cond: Any  # PromptEmbeds
+    uncond: Any  # PromptEmbeds | None (no CFG)
+    plan: Any  # rollout.StepPlan
+    traj: Any  # rollout.Trajectories
+
+
 class Trainer:
     """GRPO on a LoRA of the backbone's transformer; OPD objectives plug into the same loop (next issue)."""
 
@@ -320,14 +333,22 @@ class Trainer:
         return out
 
     def train_step(self) -> dict[str, float]:
-        """One rollout and its GRPO update(s); returns the step's metrics (identical on every process)."""
-        from flowopd.objectives.grpo import clipped_surrogate, group_advantages, nonzero_groups
+        """One rollout, its learning signal and the update(s); returns the step's metrics (identical on every process)."""
+        t0 = time.perf_counter()
+        batch = self._collect()
+        t_rollout = time.perf_counter() - t0
+        advantages, keep, metrics = self._grpo_signal(batch)
+        t_reward = time.perf_counter() - t0 - t_rollout
+        metrics.update(self._update(batch, advantages, keep))
+        self.step += 1
+        metrics.update(time_rollout=t_rollout, time_reward=t_reward, time_step=time.perf_counter() - t0)
+        return metrics
+
+    def _collect(self) -> Batch:
+        """This process's share of the step's rollout (prompts, seeds and window from (seed, step))."""
         from flowopd.rollout import rollout
-        from flowopd.sampling import guided_velocity
-        from flowopd.sde import per_step_kl, sde_step
 
         cfg, acc, scfg = self.cfg, self.accelerator, self.cfg.sampler
-        t0 = time.perf_counter()
         g = cfg.group_size
         records = draw_prompts(cfg, self.step, cfg.batch_size // g)
         seeds = sample_seeds(cfg, self.step)
@@ -338,9 +359,9 @@ class Trainer:
         with torch.no_grad():
             cond = self.backbone.encode_prompts(prompts)
             uncond = self.backbone.encode_prompts([""] * len(prompts)) if scfg.cfg != 1.0 else None
+        latent = [seeds[(n // g) * g] if scfg.same_latent else seeds[n] for n in local]
         self.model.eval()
         with acc.autocast():
-            latent = [seeds[(n // g) * g] if scfg.same_latent else seeds[n] for n in local]
             traj = rollout(
                 self.backbone,
                 cond,
@@ -353,29 +374,49 @@ class Trainer:
                 cfg.micro_batch,
                 latent_seeds=latent,
             )
-        t_rollout = time.perf_counter() - t0
+        return Batch(local, recs, cond, uncond, plan, traj)
 
-        reward_local, per_reward_local = self.rewards(traj.images, prompts, [r.metadata for r in recs], [r.task for r in recs])
+    def _grpo_signal(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+        """Score this process's images, gather every reward, and compute advantages over whole groups (eq. 3)."""
+        from flowopd.objectives.grpo import group_advantages, nonzero_groups
+
+        cfg = self.cfg
+        recs = batch.records
+        prompts = [r.prompt for r in recs]
+        reward_local, per_reward_local = self.rewards(batch.traj.images, prompts, [r.metadata for r in recs], [r.task for r in recs])
         rewards = self._gather_global(reward_local)
-        per_reward = {k: self._gather_global(v) for k, v in per_reward_local.items()}
-        group_ids = torch.arange(cfg.batch_size) // g
+        group_ids = torch.arange(cfg.batch_size) // cfg.group_size
         adv = group_advantages(rewards, group_ids, cfg.grpo.adv_std, cfg.grpo.adv_clip)
         keep = nonzero_groups(adv, group_ids)
-        self.last_batch = {"local": local, "reward_local": reward_local, "rewards": rewards, "advantages": adv, "prompts": prompts}
-        t_reward = time.perf_counter() - t0 - t_rollout
+        self.last_batch = {"local": batch.local, "reward_local": reward_local, "rewards": rewards, "advantages": adv, "prompts": prompts}
+        metrics = {
+            "reward": float(rewards.mean()),
+            "reward_std": float(rewards.std(unbiased=False)),
+            "kept_frac": float(keep.float().mean()),
+        }
+        for name, local_vals in per_reward_local.items():
+            vals = self._gather_global(local_vals)
+            if (~torch.isnan(vals)).any():
+                metrics[f"reward/{name}"] = float(vals[~torch.isnan(vals)].mean())
+        return adv, keep, metrics
 
-        # ---- update(s): each process trains on its samples, split into updates_per_rollout parts
+    def _update(self, batch: Batch, advantages: torch.Tensor, keep: torch.Tensor) -> dict[str, float]:
+        """Clipped ratio loss + beta KL over the kept samples and trained steps; one optimizer step per part of the batch."""
+        from flowopd.objectives.grpo import clipped_surrogate
+        from flowopd.sampling import guided_velocity
+        from flowopd.sde import per_step_kl, sde_step
+
+        cfg, acc, scfg = self.cfg, self.accelerator, self.cfg.sampler
+        traj, plan, sig, dev = batch.traj, batch.plan, batch.plan.sigmas, acc.device
         self.model.train()
-        world, u_parts = acc.num_processes, cfg.grpo.updates_per_rollout
-        part = len(local) // u_parts
+        world, parts = acc.num_processes, cfg.grpo.updates_per_rollout
+        size = len(batch.local) // parts
         k_steps = len(plan.trained)
-        sig = plan.sigmas
-        dev = acc.device
-        adv_l, keep_l = adv[local].to(dev), keep[local].to(dev).float()
+        adv_l, keep_l = advantages[batch.local].to(dev), keep[batch.local].to(dev).float()
         sums = torch.zeros(5, device=dev)  # kl, clipped, ratio, count, loss
         grad_norms = []
-        for u in range(u_parts):
-            lo, hi = u * part, (u + 1) * part
+        for u in range(parts):
+            lo, hi = u * size, (u + 1) * size
             kept = sum(int(keep[self._owned(r)[lo:hi]].sum()) for r in range(world))  # over every process's part u
             if kept == 0:
                 continue
@@ -385,7 +426,7 @@ class Trainer:
                 i_step = plan.trained[k]
                 sigma, sigma_next = float(sig[i_step]), float(sig[i_step + 1])
                 x, x_next = traj.states[a:b, k].to(dev), traj.next_states[a:b, k].to(dev)
-                c, nc = cond[a:b], (uncond[a:b] if uncond is not None else None)
+                c, nc = batch.cond[a:b], (batch.uncond[a:b] if batch.uncond is not None else None)
                 v_ref = None
                 if cfg.grpo.beta > 0:
                     with torch.no_grad(), acc.autocast(), self._adapters_disabled():
@@ -414,26 +455,14 @@ class Trainer:
                 self.ema.step(self.params)
         sums = acc.reduce(sums, reduction="sum").cpu()
         count = max(float(sums[3]), 1.0)
-        self.step += 1
-        metrics: dict[str, float] = {
-            "reward": float(rewards.mean()),
-            "reward_std": float(rewards.std(unbiased=False)),
+        return {
             "kl": float(sums[0]) / count,
             "clip_frac": float(sums[1]) / count,
             "ratio": float(sums[2]) / count,
             "loss": float(sums[4]) / count,
-            "kept_frac": float(keep.float().mean()),
             "grad_norm": float(np.mean(grad_norms)) if grad_norms else 0.0,
             "updates": float(len(grad_norms)),
-            "time_rollout": t_rollout,
-            "time_reward": t_reward,
-            "time_step": time.perf_counter() - t0,
         }
-        for name, vals in per_reward.items():
-            ok = ~torch.isnan(vals)
-            if ok.any():
-                metrics[f"reward/{name}"] = float(vals[ok].mean())
-        return metrics
 
     @contextlib.contextmanager
     def _adapters_disabled(self):
@@ -456,6 +485,7 @@ class Trainer:
             acc.load_state(str(self.resume_from))
             if acc.is_main_process:
                 _truncate_log(self.out / LOG_FILE, self.step)
+                save_config(cfg, self.out / CONFIG_FILE)  # only resumable fields (steps, threads, logging) can differ
         elif acc.is_main_process:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out / CONFIG_FILE)

@@ -22,5 +22,7 @@ def test_paired_deltas_average_like_the_metric():
     assert d["compose/geneval_overall"]["mean"] == pytest.approx((0.5 + 0.0) / 2)  # tag means first, then their mean
     assert d["text/mini_ocr"]["mean"] == pytest.approx(0.25) and d["text/mini_ocr"]["n"] == 4
     assert d["text/mini_ocr"]["ci95"] == pytest.approx([0.25, 0.25])  # every pair moved by exactly 0.25
+    same = paired_deltas(base, base)  # all-zero differences: a zero-width interval, not a proportion's Wilson interval
+    assert same["text/mini_ocr"]["ci95"] == [0.0, 0.0] and same["compose/geneval_overall"]["ci95"] == [0.0, 0.0]
     md = deltas_markdown({"run": d}, "base")
     assert "+0.250 [+0.250, +0.250]*" in md and "+0.250" in md

@@ -13,6 +13,14 @@ from flowopd.train_config import TrainConfig
 from flowopd.trainer import Trainer
 
 
+def _umask() -> int:
+    import os
+
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
 def tiny_config(model: Path, **over) -> TrainConfig:
     values = dict(
         name="tiny",
@@ -36,9 +44,11 @@ def tiny_config(model: Path, **over) -> TrainConfig:
 
 def test_a_run_writes_config_log_checkpoints_and_a_diffusers_lora(tiny_policy_dir, tmp_path):
     out = tmp_path / "run"
-    trainer = Trainer(tiny_config(tiny_policy_dir), out)
+    trainer = Trainer(tiny_config(tiny_policy_dir, trackers=["tensorboard"]), out)
     lora = trainer.train()
+    assert list((out / "tensorboard").rglob("events.out.tfevents.*")), "accelerate's tensorboard tracker wrote nothing"
     assert lora == out / "lora"
+    assert lora.stat().st_mode & 0o777 == 0o777 & ~_umask()  # a plain folder's permissions, not a temp folder's 0700
     info = json.loads((out / "run.json").read_text())
     assert info["seed"] == 0 and info["versions"]["torch"] and info["config"]["batch_size"] == 8 and info["base_digest"]
     assert yaml.safe_load((out / "config.yaml").read_text())["group_size"] == 4
@@ -136,3 +146,17 @@ def test_a_base_model_changed_under_a_run_is_refused(tiny_policy_dir, tmp_path):
     MiniBackbone.random(seed=9).save_pretrained(model)  # same folder, other weights
     with pytest.raises(FlowOPDError, match="another version"):
         Trainer(tiny_config(model, steps=2), tmp_path / "run", resume=True)
+
+
+def test_a_lora_is_never_applied_to_another_base(tiny_policy_dir, tiny_model_dir, tmp_path):
+    from flowopd.models import load_backbone
+
+    out = tmp_path / "run"
+    Trainer(tiny_config(tiny_policy_dir, steps=1), out).train()
+    assert load_backbone(str(out / "lora")) is not None  # its own base: fine
+    info_file = out / "lora" / "lora_info.json"
+    info = json.loads(info_file.read_text())
+    info["base"] = str(tiny_model_dir)  # point it at another model: the recorded digest no longer matches
+    info_file.write_text(json.dumps(info))
+    with pytest.raises(FlowOPDError, match="trained on another base model"):
+        load_backbone(str(out / "lora"))
