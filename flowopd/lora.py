@@ -58,9 +58,11 @@ def save_lora(transformer: torch.nn.Module, folder: str | Path, info: dict[str, 
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     weights = {k: v.detach().cpu().contiguous() for k, v in (state if state is not None else lora_state_dict(transformer, name)).items()}
-    SD3LoraLoaderMixin.save_lora_weights(
-        folder, transformer_lora_layers=weights, transformer_lora_adapter_metadata=transformer.peft_config[name].to_dict()
-    )
+    meta = transformer.peft_config[name].to_dict()
+    for key, value in meta.items():  # sets (target_modules) iterate in a per-process order: sort them so equal LoRAs are equal files
+        if isinstance(value, (set, frozenset)):
+            meta[key] = sorted(value)
+    SD3LoraLoaderMixin.save_lora_weights(folder, transformer_lora_layers=weights, transformer_lora_adapter_metadata=meta)
     (folder / INFO_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
 
 

@@ -38,9 +38,10 @@ def guided_velocity(
     ``transformer`` runs instead of the backbone's own (the trainer passes its
     distributed wrapper so gradients synchronise).
     """
+    extra = {} if transformer is None else {"transformer": transformer}  # a backbone that never trains need not take it
     if uncond is None or cfg == 1.0:
-        return backbone.velocity(x, sigma, cond, transformer=transformer)
-    v = backbone.velocity(torch.cat([x, x]), sigma, PromptEmbeds.cat([uncond, cond]), transformer=transformer)
+        return backbone.velocity(x, sigma, cond, **extra)
+    v = backbone.velocity(torch.cat([x, x]), sigma, PromptEmbeds.cat([uncond, cond]), **extra)
     v_uncond, v_cond = v.chunk(2)
     return v_uncond + cfg * (v_cond - v_uncond)
 
