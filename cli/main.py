@@ -8,6 +8,7 @@ import sys
 import time
 from enum import Enum
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -319,15 +320,22 @@ def _load_train_config(config: str, overrides: dict):
     return load_config(TrainConfig, recipe_path(config), overrides)
 
 
+# options shared by every `flowopd train` command
+TrainSteps = Annotated[int | None, typer.Option("--steps", min=1, help="Training steps.")]
+TrainSeed = Annotated[int | None, typer.Option("--seed", help="Seed.")]
+TrainThreads = Annotated[int | None, typer.Option("--threads", min=0, help="CPU threads (0: torch's default).")]
+TrainResume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")]
+
+
 @train_app.command("teacher")
 def train_teacher(
     reward: str | None = typer.Option(None, "--reward", "-r", help="Reward to train on (see `flowopd rewards list`)."),
     config: str | None = typer.Option(None, "--config", "-c", help="YAML file or shipped recipe (e.g. mini/teacher-text)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (default runs/teacher-<reward>)."),
-    steps: int | None = typer.Option(None, "--steps", min=1, help="Training steps."),
-    seed: int | None = typer.Option(None, "--seed", help="Seed."),
-    threads: int | None = typer.Option(None, "--threads", min=0, help="CPU threads (0: torch's default)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    steps: TrainSteps = None,
+    seed: TrainSeed = None,
+    threads: TrainThreads = None,
+    resume: TrainResume = False,
 ) -> None:
     """Train a GRPO teacher on one reward (SPEC section 4); writes the LoRA in the diffusers format."""
     from flowopd.teachers import MINI_TASK_REWARDS
@@ -360,10 +368,10 @@ def train_mix(
     ),
     config: str | None = typer.Option(None, "--config", "-c", help="YAML file or shipped recipe (default mini/mix-<variant>)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (default runs/mix-<variant>)."),
-    steps: int | None = typer.Option(None, "--steps", min=1, help="Training steps."),
-    seed: int | None = typer.Option(None, "--seed", help="Seed."),
-    threads: int | None = typer.Option(None, "--threads", min=0, help="CPU threads (0: torch's default)."),
-    resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
+    steps: TrainSteps = None,
+    seed: TrainSeed = None,
+    threads: TrainThreads = None,
+    resume: TrainResume = False,
 ) -> None:
     """Train a GRPO-Mix baseline: several rewards in one GRPO run (SPEC section 4, the paper's seesaw)."""
     cfg = _load_train_config(config or f"mini/mix-{variant.value}", {"steps": steps, "seed": seed, "threads": threads})

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 from pathlib import Path
 
 from flowopd.errors import FlowOPDError
+from flowopd.lora import LORA_FILE
 
 MINI_BASE_DIR = Path(__file__).resolve().parent / "mini" / "assets" / "mini-base"
 MINI_TEACHERS_DIR = Path(__file__).resolve().parent / "mini" / "assets" / "teachers"
@@ -25,7 +27,7 @@ class WeightSet:
 
     @property
     def present(self) -> bool:
-        return (self.path / ("pytorch_lora_weights.safetensors" if self.kind == "mini-lora" else "transformer")).exists()
+        return (self.path / (LORA_FILE if self.kind == "mini-lora" else "transformer")).exists()
 
     def size_bytes(self) -> int:
         return sum(f.stat().st_size for f in self.path.rglob("*") if f.is_file()) if self.path.exists() else 0
@@ -61,7 +63,7 @@ def load_backbone(spec: str = "mini-base", device: str = "cpu"):
     -> a MiniBackbone in eval mode."""
     from flowopd.mini.model import MiniBackbone
 
-    if spec not in KNOWN_WEIGHTS and (Path(spec) / "pytorch_lora_weights.safetensors").is_file():
+    if spec not in KNOWN_WEIGHTS and (Path(spec) / LORA_FILE).is_file():
         return _load_with_lora(Path(spec), device)
     if spec in KNOWN_WEIGHTS:
         ws = KNOWN_WEIGHTS[spec]
@@ -99,10 +101,20 @@ def _load_with_lora(folder: Path, device: str):
 
 
 def model_digest(spec: str) -> str:
-    """sha256 over a model's safetensors (names and bytes): which base a LoRA or a checkpoint belongs to."""
-    path = KNOWN_WEIGHTS[spec].path if spec in KNOWN_WEIGHTS else Path(spec)
+    """sha256 over a model's safetensors (names and bytes): which base a LoRA or a checkpoint belongs to.
+
+    Cached per process on the files' names, sizes and modification times, so a
+    run that checks its base several times (resume, LoRA loads) reads it once.
+    """
+    path = Path(KNOWN_WEIGHTS[spec].path if spec in KNOWN_WEIGHTS else spec).resolve()
+    files = sorted(path.rglob("*.safetensors"))
+    return _digest(path, tuple((str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
+
+
+@functools.lru_cache(maxsize=32)
+def _digest(path: Path, files: tuple[tuple[str, int, int], ...]) -> str:
     h = hashlib.sha256()
-    for f in sorted(Path(path).rglob("*.safetensors")):
-        h.update(str(f.relative_to(path)).encode())
-        h.update(f.read_bytes())
+    for name, _, _ in files:
+        h.update(name.encode())
+        h.update((path / name).read_bytes())
     return h.hexdigest()
