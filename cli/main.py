@@ -305,7 +305,7 @@ def _train(cfg, out: Path, resume: bool) -> None:
 
         def tick(step: int, m: dict[str, float]) -> None:
             if show:
-                fields = {k: m[k] for k in ("reward", "kl", "clip_frac") if k in m}
+                fields = {k: m[k] for k in ("reward", "kl", "mar", "clip_frac") if k in m}
                 advance(completed=step, **fields)
 
         lora = trainer.train(tick)
@@ -375,6 +375,82 @@ def train_mix(
 ) -> None:
     """Train a GRPO-Mix baseline: several rewards in one GRPO run (SPEC section 4, the paper's seesaw)."""
     cfg = _load_train_config(config or f"mini/mix-{variant.value}", {"steps": steps, "seed": seed, "threads": threads})
+    _train(cfg, out or Path("runs") / cfg.name, resume)
+
+
+class ColdStartMethod(str, Enum):
+    merge = "merge"
+    sft = "sft"
+
+
+class MergeMethod(str, Enum):
+    cat = "cat"
+    svd = "svd"
+    ties = "ties"
+    dare_linear = "dare_linear"
+    elementwise = "elementwise"
+
+
+@train_app.command("coldstart")
+def train_coldstart(
+    method: ColdStartMethod = typer.Option(ColdStartMethod.merge, "--method", help="merge the teachers' LoRAs, or SFT on their images."),
+    merge: MergeMethod | None = typer.Option(
+        None, "--merge", help="cat (default: the exact average of dW), svd, ties, dare_linear, elementwise (the release's)."
+    ),
+    config: str = typer.Option("mini/opd", "--config", "-c", help="OPD recipe naming the teachers (YAML file or shipped recipe)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="LoRA folder to write (default runs/coldstart-<method>)."),
+    seed: TrainSeed = None,
+    threads: TrainThreads = None,
+) -> None:
+    """Make the student's starting LoRA from the teachers (SPEC section 5); writes it in the diffusers format."""
+    from flowopd.coldstart import cold_start
+    from flowopd.trainer import check_plan
+
+    cfg = _load_train_config(config, {"seed": seed, "threads": threads})
+    if cfg.opd is None:
+        _fail(f"config {config} has no opd section (no teachers to start from); use an OPD recipe such as mini/opd")
+    cs = cfg.opd.cold_start.model_copy(update={"method": method.value, "from_lora": None, **({"merge": merge.value} if merge else {})})
+    cfg = cfg.model_copy(update={"opd": cfg.opd.model_copy(update={"cold_start": cs})})
+    check_plan(cfg)
+    if cfg.threads:
+        import torch
+
+        torch.set_num_threads(cfg.threads)
+    label = method.value if method == ColdStartMethod.sft else f"merge-{cs.merge}"
+    out = out or Path("runs") / f"coldstart-{label}"
+    t0 = time.time()
+    with progress_bar(f"cold start ({label})", None) as advance:
+
+        def show(stage: str, done: int, total: int) -> None:
+            advance(description=f"cold start: {stage}", completed=done, total=total)
+
+        folder = cold_start(cfg, out, progress=show)
+    console.print(f"LoRA: {folder}  (cold start {label} of {len(cfg.opd.teachers)} teachers; diffusers format; {time.time() - t0:.0f} s)")
+
+
+@train_app.command("opd")
+def train_opd(
+    config: str = typer.Option("mini/opd", "--config", "-c", help="YAML file or shipped recipe (default mini/opd)."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (default runs/<name>, i.e. runs/opd)."),
+    objective: str | None = typer.Option(None, "--objective", help="kl (default), kl_pg or paper (SPEC section 6)."),
+    steps: TrainSteps = None,
+    seed: TrainSeed = None,
+    threads: TrainThreads = None,
+    resume: TrainResume = False,
+) -> None:
+    """Distil the teachers into one student by on-policy distillation with MAR (SPEC section 6).
+
+    With no arguments: the four shipped mini teachers, from a merge cold start.
+    """
+    cfg = _load_train_config(config, {"steps": steps, "seed": seed, "threads": threads})
+    if cfg.opd is None:
+        _fail(f"config {config} has no opd section; use an OPD recipe such as mini/opd (or `flowopd train teacher` for GRPO)")
+    if objective is not None:
+        from flowopd.config import build_config
+        from flowopd.train_config import OPDConfig
+
+        opd = build_config(OPDConfig, {**cfg.opd.model_dump(), "objective": objective}, "--objective")
+        cfg = cfg.model_copy(update={"opd": opd})
     _train(cfg, out or Path("runs") / cfg.name, resume)
 
 

@@ -9,7 +9,10 @@ base model it was trained on, so a LoRA is never applied to the wrong base.
 
 from __future__ import annotations
 
+import contextlib
 import json
+import warnings
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -90,10 +93,58 @@ def check_lora_base(folder: str | Path, base_digest: str | None, base_name: str)
 def load_lora(transformer: torch.nn.Module, folder: str | Path, name: str) -> None:
     """Load a saved LoRA (ours or any diffusers-format SD3 LoRA) as adapter ``name``, frozen."""
     folder = Path(folder)
+    before = active_adapters(transformer)
     try:
-        transformer.load_lora_adapter(folder, weight_name=LORA_FILE, prefix="transformer", adapter_name=name)
+        with warnings.catch_warnings():  # peft warns that a model with adapters gets another one: that is the point here
+            warnings.simplefilter("ignore", UserWarning)
+            transformer.load_lora_adapter(folder, weight_name=LORA_FILE, prefix="transformer", adapter_name=name)
     except (RuntimeError, ValueError, KeyError) as exc:
         raise FlowOPDError(f"LoRA {folder} does not fit this model: {str(exc).splitlines()[0]}") from None
     for n, p in transformer.named_parameters():
         if f".{name}." in n:
             p.requires_grad_(False)
+    if before:  # loading activates the new adapter alone; keep what was active (e.g. the student's trainable one)
+        _activate(transformer, before[0])
+
+
+def active_adapters(transformer: torch.nn.Module) -> list[str]:
+    """The names of the adapters the transformer's forward uses now ([] when it has none)."""
+    return list(transformer.active_adapters()) if getattr(transformer, "_hf_peft_config_loaded", False) else []
+
+
+def _lora_flags(transformer: torch.nn.Module) -> list:
+    return [(p, p.requires_grad) for n, p in transformer.named_parameters() if "lora_" in n]
+
+
+def _activate(transformer: torch.nn.Module, name: str) -> None:
+    """Make ``name`` the only active adapter without touching any ``requires_grad`` flag (peft's set_adapter would)."""
+    flags = _lora_flags(transformer)
+    transformer.set_adapters(name)
+    for p, flag in flags:
+        p.requires_grad_(flag)
+
+
+@contextlib.contextmanager
+def use_adapter(transformer: torch.nn.Module, name: str | None) -> Iterator[None]:
+    """Forwards inside run adapter ``name`` (None: the base, every adapter off); then the previous adapter is back.
+
+    Teachers, the MAR anchor and the reference are adapters on the student's own
+    frozen transformer (SPEC section 6), so a switch is a flag on each LoRA
+    layer, not a second model. peft marks whatever it activates trainable and
+    whatever it disables frozen; the flags are restored, so the student's
+    adapter stays the only trainable one.
+    """
+    previous, flags = active_adapters(transformer), _lora_flags(transformer)
+    if name is None:
+        transformer.disable_adapters()
+    else:
+        transformer.set_adapters(name)
+    try:
+        yield
+    finally:
+        if name is None:
+            transformer.enable_adapters()
+        if previous:
+            transformer.set_adapters(previous[0])
+        for p, flag in flags:
+            p.requires_grad_(flag)

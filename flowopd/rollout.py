@@ -67,6 +67,7 @@ class Trajectories:
     states: torch.Tensor  # [N, K, C, H, W] x at each trained step
     next_states: torch.Tensor  # [N, K, C, H, W] the sampled x_next
     log_probs: torch.Tensor  # [N, K] log-prob of x_next under the sampling policy (eq. 6)
+    velocities: torch.Tensor  # [N, K, C, H, W] the sampling policy's (guided) velocity at each trained state
     step_indices: list[int]  # [K] which schedule steps
     images: torch.Tensor  # [N, 3, H, W] in [0, 1]
 
@@ -113,6 +114,7 @@ def rollout(
         states=torch.cat([c.states for c in chunks]),
         next_states=torch.cat([c.next_states for c in chunks]),
         log_probs=torch.cat([c.log_probs for c in chunks]),
+        velocities=torch.cat([c.velocities for c in chunks]),
         step_indices=list(plan.trained),
         images=torch.cat([c.images for c in chunks]),
     )
@@ -123,7 +125,7 @@ def _rollout_chunk(backbone, cond, uncond, seeds, latent_seeds, plan, cfg, noise
     device = backbone.device
     x = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in latent_seeds]).to(device)
     gens = [torch.Generator().manual_seed(int(s) + 1) for s in seeds]  # + 1: step noise never repeats the initial noise
-    states, next_states, log_probs = [], [], []
+    states, next_states, log_probs, velocities = [], [], [], []
     sigmas = plan.sigmas
     for i in range(plan.num_steps):
         sigma, sigma_next = float(sigmas[i]), float(sigmas[i + 1])
@@ -137,11 +139,13 @@ def _rollout_chunk(backbone, cond, uncond, seeds, latent_seeds, plan, cfg, noise
             states.append(x.float())
             next_states.append(out.x_next)
             log_probs.append(out.log_prob)
+            velocities.append(v.float())
         x = out.x_next.to(x.dtype)
     return Trajectories(
         states=torch.stack(states, 1),
         next_states=torch.stack(next_states, 1),
         log_probs=torch.stack(log_probs, 1),
+        velocities=torch.stack(velocities, 1),
         step_indices=list(plan.trained),
         images=backbone.decode(x),
     )

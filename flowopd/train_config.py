@@ -16,6 +16,7 @@ from typing import ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from flowopd.lora import SD3_LORA_TARGETS
+from flowopd.teachers import MINI_ANCHOR, MINI_TEACHERS, TeacherSpec
 
 
 class SamplerConfig(BaseModel):
@@ -71,8 +72,67 @@ class OptimConfig(BaseModel):
     ema_decay: float = Field(0.9, ge=0, lt=1, description="EMA decay with diffusers' warm-up (1+n)/(10+n); 0 disables the EMA")
 
 
+MERGE_METHODS = ("cat", "svd", "ties", "dare_linear", "elementwise")
+
+
+class SFTConfig(BaseModel):
+    """The SFT cold start: each teacher draws images for its routed prompts; the student LoRA regresses them (eq. 1)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    prompts_per_teacher: int = Field(128, ge=1, description="training-split prompts each teacher draws images for")
+    images_per_prompt: int = Field(2, ge=1)
+    sample_steps: int = Field(20, ge=1, description="ODE steps of the teachers' images")
+    sample_cfg: float = Field(3.0, ge=1.0, description="guidance scale of the teachers' images")
+    sample_shift: float = Field(1.0, gt=0, description="schedule shift of the teachers' images (SD3: 3)")
+    steps: int = Field(200, ge=1, description="flow-matching optimizer steps")
+    batch_size: int = Field(32, ge=1)
+    lr: float = Field(1e-3, gt=0)
+    prompt_dropout: float = Field(0.1, ge=0, le=1, description="train on the empty prompt this often (keeps CFG's branch)")
+
+
+class ColdStartConfig(BaseModel):
+    """How the student's LoRA starts (SPEC section 5): a merge of the teachers, SFT on their images, or fresh."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    method: Literal["merge", "sft", "none"] = Field("merge", description="merge the teacher LoRAs, SFT on their images, or a fresh LoRA")
+    merge: Literal["cat", "svd", "ties", "dare_linear", "elementwise"] = Field(
+        "cat",
+        description="cat: the exact weighted average of dW = BA (rank sum); svd: that, truncated to svd_rank; ties, dare_linear: "
+        "peft's; elementwise: A and B averaged separately (the Flow-OPD release; NOT the average of dW)",
+    )
+    weights: dict[str, float] = Field(default_factory=dict, description="teacher name -> merge weight (default: equal, summing to 1)")
+    svd_rank: int | None = Field(None, ge=1, description="rank of an svd merge (default: the teachers' rank)")
+    density: float = Field(0.5, gt=0, le=1, description="fraction of weights kept by ties / dare_linear")
+    from_lora: str | None = Field(None, description="start from this LoRA folder (e.g. written by `flowopd train coldstart`) instead")
+    sft: SFTConfig = Field(default_factory=SFTConfig)
+
+
+class OPDConfig(BaseModel):
+    """Multi-teacher on-policy distillation (SPEC section 6, eq. 7-12); present only in OPD runs."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    objective: Literal["kl", "kl_pg", "paper"] = Field(
+        "kl", description="kl: per-step reverse KL (direct gradient); kl_pg: + the score-function term; paper: eq. 10-11 literally"
+    )
+    teachers: list[TeacherSpec] = Field(default_factory=lambda: [t.model_copy() for t in MINI_TEACHERS], description="the teachers")
+    routing: Literal["sample", "epoch"] = Field(
+        "sample", description="sample: a batch mixes tasks, each sample goes to its teacher; epoch: one task per step (the release)"
+    )
+    anchor: str | None = Field(
+        MINI_ANCHOR, description="the MAR anchor: a teacher name, a shipped weight or a LoRA folder; null: the base model"
+    )
+    mar_lambda: float = Field(0.02, ge=0, description="MAR weight lambda (eq. 12; paper 0.02, the release 0.04); 0 turns MAR off")
+    kl_weighting: Literal["exact", "flow_grpo"] = Field("exact", description="eq. 9 exact, or Flow-GRPO's (exact x |dt|)")
+    clip_range: float = Field(1e-4, gt=0, description="ratio clip eps of the kl_pg / paper surrogate")
+    beta: float = Field(0.0, ge=0, description="KL to the reference (the base, adapters off); OPD needs none")
+    cold_start: ColdStartConfig = Field(default_factory=ColdStartConfig)
+
+
 class TrainConfig(BaseModel):
-    """A GRPO run: a teacher (one reward) or a GRPO-Mix baseline (weighted or alternating)."""
+    """A GRPO run (a teacher, or a GRPO-Mix baseline) or, with an ``opd`` section, an OPD student."""
 
     model_config = ConfigDict(extra="forbid")
 
@@ -98,6 +158,7 @@ class TrainConfig(BaseModel):
     threads: int = Field(0, ge=0, description="torch CPU threads (0: leave torch's default)")
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field("auto", description="auto: bf16 on a GPU, none on CPU")
     trackers: list[Literal["tensorboard"]] = Field(default_factory=lambda: ["tensorboard"], description="accelerate trackers")
+    opd: OPDConfig | None = Field(None, description="on-policy distillation from teachers instead of GRPO on rewards")
 
     @field_validator("tasks")
     @classmethod

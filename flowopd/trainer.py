@@ -1,6 +1,6 @@
-"""The one trainer: rollout -> rewards -> group advantages -> clipped GRPO update, on accelerate.
+"""The one trainer: rollout -> learning signal -> update, on accelerate, for GRPO and OPD alike.
 
-A step (SPEC section 4):
+A GRPO step (SPEC section 4):
 
 1. draw ``batch_size / group_size`` prompts and ``group_size`` seeds per prompt;
    every process samples its share (global sample ``n`` lives on rank
@@ -13,6 +13,10 @@ A step (SPEC section 4):
    log-probabilities of the stored transitions with gradients, clipped ratio
    loss + ``beta`` KL to the reference (the LoRA disabled), accumulate over the
    trained steps, clip the grad norm, AdamW step, EMA step.
+
+An OPD step (SPEC section 6) replaces step 2: the routed teachers' (and the
+MAR anchor's) velocities at the trained states, batched per teacher, without
+gradients; and the loss in step 3 by the OPD objective (:mod:`flowopd.objectives.opd`).
 
 Prompts, seeds and SDE windows are pure functions of (seed, step), and the
 checkpoint holds the LoRA, the optimizer and the EMA, so a resumed run
@@ -41,6 +45,7 @@ from flowopd.train_config import TrainConfig
 RUN_MARKER = "run.json"
 CONFIG_FILE = "config.yaml"
 LOG_FILE = "log.jsonl"
+COLDSTART_DIR = "coldstart"  # an OPD run's cold-start LoRA (a fresh start left it behind only if it stopped before run.json)
 
 
 # ----------------------------------------------------------------------------- the plan, checked before any compute
@@ -69,7 +74,15 @@ def check_plan(cfg: TrainConfig, num_processes: int = 1) -> None:
         )
     check_window(cfg.sampler.steps, cfg.sampler.window_size, cfg.sampler.window_start_max)
     if cfg.sampler.noise_level == 0:
-        raise ConfigError("sampler.noise_level 0 makes every step deterministic: GRPO needs log-probabilities; use e.g. 0.7")
+        raise ConfigError("sampler.noise_level 0 makes every step deterministic: GRPO and OPD need log-probabilities; use e.g. 0.7")
+    epoch_like = cfg.task_sampling == "alternate" or (cfg.opd is not None and cfg.opd.routing == "epoch")
+    if epoch_like and any(w != int(w) for w in cfg.tasks.values()):
+        raise ConfigError(
+            "one task per step (task_sampling: alternate or opd.routing: epoch) needs integer task weights (e.g. {compose: 3, text: 1})"
+        )
+    if cfg.opd is not None:
+        _check_opd(cfg)
+        return
     names = set(cfg.rewards) | {n for w in cfg.task_rewards.values() for n in w}
     for name in sorted(names):
         cls = get_reward_class(name)  # unknown names: "did you mean ..."
@@ -79,8 +92,6 @@ def check_plan(cfg: TrainConfig, num_processes: int = 1) -> None:
     bad_tasks = sorted(set(cfg.task_rewards) - set(world.TASKS))
     if bad_tasks:
         raise ConfigError(f"task_rewards names unknown tasks {bad_tasks}; use {', '.join(world.TASKS)}")
-    if cfg.task_sampling == "alternate" and any(w != int(w) for w in cfg.tasks.values()):
-        raise ConfigError("task_sampling: alternate needs integer task weights (the epoch ratio, e.g. {compose: 3, text: 1})")
     rewards = {n: get_reward_class(n)() for n in names}
     for t_index, task in enumerate(t for t, w in cfg.tasks.items() if w > 0):
         rec = world.make_prompts(task, 1, seed=t_index, split="train")[0]
@@ -90,6 +101,51 @@ def check_plan(cfg: TrainConfig, num_processes: int = 1) -> None:
                 f"no reward in {sorted(weights)} can score {task} prompts such as {rec.prompt!r}; "
                 f"add one (e.g. task_rewards: {{{task}: {{...}}}}) or drop {task} from tasks"
             )
+
+
+def _check_opd(cfg: TrainConfig) -> None:
+    """OPD's own problems: a task without a teacher, a teacher or anchor that is not there, bad merge weights."""
+    from flowopd.coldstart import merge_weights
+    from flowopd.rollout import plan_steps
+    from flowopd.teachers import Router
+
+    opd, scfg = cfg.opd, cfg.sampler
+    Router(opd.teachers, opd.routing).check([t for t, w in cfg.tasks.items() if w > 0])
+    if scfg.kind == "cps":
+        for start in range(scfg.window_start_max + 1):
+            plan = plan_steps(scfg.steps, scfg.shift, scfg.window_size, start, scfg.timestep_fraction)
+            if plan.trained[-1] == scfg.steps - 1:
+                raise ConfigError(
+                    "the cps sampler's last step is deterministic (sigma_next = 0), so OPD has no KL there; "
+                    f"use sampler.timestep_fraction {(scfg.steps - 1) / scfg.steps:.2f} or a window that ends before the last step"
+                )
+    for spec in opd.teachers:
+        spec.lora_folder()
+    if opd.anchor is not None:
+        anchor_folder(cfg)
+    if opd.cold_start.method == "merge" and not opd.cold_start.from_lora:
+        merge_weights(cfg)
+
+
+def anchor_folder(cfg: TrainConfig) -> Path | None:
+    """The MAR anchor's LoRA folder: a teacher's name, a shipped weight or a folder; None: the base model."""
+    from flowopd.errors import ConfigError
+    from flowopd.lora import LORA_FILE
+    from flowopd.teachers import TeacherSpec
+
+    anchor = cfg.opd.anchor
+    if anchor is None:
+        return None
+    for spec in cfg.opd.teachers:
+        if anchor == spec.name:
+            return spec.lora_folder()
+    try:
+        return TeacherSpec(name="anchor", tasks=["-"], reward="-", checkpoint=anchor).lora_folder()
+    except ConfigError:
+        raise ConfigError(
+            f"opd.anchor {anchor!r} is neither a teacher ({', '.join(t.name for t in cfg.opd.teachers)}), a shipped weight nor a folder "
+            f"with {LORA_FILE}; name one, or set anchor: null to anchor to the base model"
+        ) from None
 
 
 # ----------------------------------------------------------------------------- per-step randomness: functions of (seed, step)
@@ -105,7 +161,7 @@ def draw_prompts(cfg: TrainConfig, step: int, n: int) -> list:
     from flowopd.mini import world
 
     rng = np.random.default_rng([cfg.seed, step, 1])
-    if cfg.task_sampling == "alternate":
+    if cfg.task_sampling == "alternate" or (cfg.opd is not None and cfg.opd.routing == "epoch"):
         schedule = alternate_schedule(cfg.tasks)
         tasks = [schedule[step % len(schedule)]] * n
     else:
@@ -147,7 +203,7 @@ def prepare_run_dir(cfg: TrainConfig, out: Path, resume: bool) -> Path | None:
     if not resume:
         if has_run:
             raise FlowOPDError(f"{out} already holds a training run; pass --resume to continue it, or a new --out folder")
-        if out.is_dir() and any(out.iterdir()):
+        if out.is_dir() and any(p.name != COLDSTART_DIR and not p.name.startswith(f".{COLDSTART_DIR}.") for p in out.iterdir()):
             raise FlowOPDError(f"output folder {out} exists and holds other files; pass a new or empty folder with --out")
         return None
     if not has_run:
@@ -195,6 +251,9 @@ class Batch:
     uncond: Any  # PromptEmbeds | None (no CFG)
     plan: Any  # rollout.StepPlan
     traj: Any  # rollout.Trajectories
+    advantages: torch.Tensor | None = None  # GRPO [n]; OPD [n, K] (the surrogate's, per trained step)
+    v_teacher: torch.Tensor | None = None  # OPD: the routed teacher's velocity at each trained state [n, K, ...]
+    v_anchor: torch.Tensor | None = None  # OPD with MAR: the anchor's velocity there
 
 
 class Trainer:
@@ -226,7 +285,6 @@ class Trainer:
     def _build(self) -> None:
         from flowopd.lora import add_lora
         from flowopd.models import load_backbone
-        from flowopd.reward_models.weighted import WeightedReward
         from flowopd.rollout import plan_steps
 
         cfg, acc = self.cfg, self.accelerator
@@ -235,10 +293,21 @@ class Trainer:
         self.backbone.requires_grad_(False)
         transformer = self.backbone.transformer
         torch.manual_seed(cfg.seed)  # the LoRA's initial A: part of the run's seed, whatever ran before in this process
-        add_lora(transformer, cfg.lora.rank, cfg.lora.alpha, tuple(cfg.lora.targets))
+        init = self._cold_start() if cfg.opd is not None else None
+        if init is None:
+            add_lora(transformer, cfg.lora.rank, cfg.lora.alpha, tuple(cfg.lora.targets))
+        else:
+            from flowopd.lora import load_lora
+
+            load_lora(transformer, init, "default")
+            for name, p in transformer.named_parameters():
+                if ".default." in name:
+                    p.requires_grad_(True)
         self.params = [p for p in transformer.parameters() if p.requires_grad]
         if not self.params:
             raise ConfigError(f"lora.targets {cfg.lora.targets} match no module of the transformer; use the defaults")
+        if cfg.opd is not None:
+            self._load_teachers()
         optimizer = torch.optim.AdamW(self.params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, betas=cfg.optim.betas)
         self.model, self.optimizer = acc.prepare(transformer, optimizer)
         self.ema = None
@@ -246,7 +315,10 @@ class Trainer:
             from diffusers.training_utils import EMAModel
 
             self.ema = EMAModel(self.params, decay=cfg.optim.ema_decay)
-        self.rewards = WeightedReward(cfg.rewards, cfg.task_rewards)
+        if cfg.opd is None:
+            from flowopd.reward_models.weighted import WeightedReward
+
+            self.rewards = WeightedReward(cfg.rewards, cfg.task_rewards)
         self.plans = {
             s: plan_steps(cfg.sampler.steps, cfg.sampler.shift, cfg.sampler.window_size, s, cfg.sampler.timestep_fraction)
             for s in range(cfg.sampler.window_start_max + 1)
@@ -254,6 +326,38 @@ class Trainer:
         acc.register_save_state_pre_hook(self._save_hook)
         acc.register_load_state_pre_hook(self._load_hook)
         self.step = 0
+
+    def _cold_start(self) -> Path | None:
+        """The student's initial LoRA (SPEC section 5), made once on the main process; reused when resuming."""
+        from flowopd.coldstart import cold_start
+
+        acc, folder = self.accelerator, self.out / COLDSTART_DIR
+        if acc.is_main_process:
+            self.cold_start_folder = cold_start(self.cfg, folder, reuse=self.resume_from is not None)
+        acc.wait_for_everyone()
+        if not acc.is_main_process:
+            self.cold_start_folder = cold_start(self.cfg, folder, reuse=True)
+        return self.cold_start_folder
+
+    def _load_teachers(self) -> None:
+        """Teachers and the MAR anchor as frozen adapters on the student's own transformer (SPEC section 6)."""
+        from flowopd.coldstart import load_teachers
+        from flowopd.lora import check_lora_base, load_lora
+        from flowopd.teachers import Router
+
+        cfg = self.cfg
+        self.teacher_adapters = load_teachers(self.backbone, cfg)
+        self.router = Router(cfg.opd.teachers, cfg.opd.routing)
+        folder = anchor_folder(cfg)
+        self.anchor_adapter = None  # None: the base model (every adapter off)
+        if folder is not None:
+            same = [n for n, spec in zip(self.teacher_adapters, cfg.opd.teachers) if spec.lora_folder().resolve() == folder.resolve()]
+            if same:
+                self.anchor_adapter = self.teacher_adapters[same[0]]
+            else:
+                check_lora_base(folder, self.base_digest, cfg.model)
+                load_lora(self.backbone.transformer, folder, "anchor")
+                self.anchor_adapter = "anchor"
 
     def _raw(self) -> torch.nn.Module:
         return self.backbone.transformer
@@ -337,11 +441,16 @@ class Trainer:
         t0 = time.perf_counter()
         batch = self._collect()
         t_rollout = time.perf_counter() - t0
-        advantages, keep, metrics = self._grpo_signal(batch)
-        t_reward = time.perf_counter() - t0 - t_rollout
-        metrics.update(self._update(batch, advantages, keep))
+        if self.cfg.opd is None:
+            weights, metrics = self._grpo_signal(batch)
+            piece_loss = self._grpo_piece
+        else:
+            weights, metrics = self._opd_signal(batch)
+            piece_loss = self._opd_piece
+        t_signal = time.perf_counter() - t0 - t_rollout
+        metrics.update(self._update(batch, weights, piece_loss))
         self.step += 1
-        metrics.update(time_rollout=t_rollout, time_reward=t_reward, time_step=time.perf_counter() - t0)
+        metrics.update(time_rollout=t_rollout, time_signal=t_signal, time_step=time.perf_counter() - t0)
         return metrics
 
     def _collect(self) -> Batch:
@@ -376,7 +485,7 @@ class Trainer:
             )
         return Batch(local, recs, cond, uncond, plan, traj)
 
-    def _grpo_signal(self, batch: Batch) -> tuple[torch.Tensor, torch.Tensor, dict[str, float]]:
+    def _grpo_signal(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
         """Score this process's images, gather every reward, and compute advantages over whole groups (eq. 3)."""
         from flowopd.objectives.grpo import group_advantages, nonzero_groups
 
@@ -388,6 +497,7 @@ class Trainer:
         group_ids = torch.arange(cfg.batch_size) // cfg.group_size
         adv = group_advantages(rewards, group_ids, cfg.grpo.adv_std, cfg.grpo.adv_clip)
         keep = nonzero_groups(adv, group_ids)
+        batch.advantages = adv[batch.local].to(self.accelerator.device)
         self.last_batch = {"local": batch.local, "reward_local": reward_local, "rewards": rewards, "advantages": adv, "prompts": prompts}
         metrics = {
             "reward": float(rewards.mean()),
@@ -398,13 +508,110 @@ class Trainer:
             vals = self._gather_global(local_vals)
             if (~torch.isnan(vals)).any():
                 metrics[f"reward/{name}"] = float(vals[~torch.isnan(vals)].mean())
-        return adv, keep, metrics
+        return keep, metrics
 
-    def _update(self, batch: Batch, advantages: torch.Tensor, keep: torch.Tensor) -> dict[str, float]:
-        """Clipped ratio loss + beta KL over the kept samples and trained steps; one optimizer step per part of the batch."""
-        from flowopd.objectives.grpo import clipped_surrogate
+    def _opd_signal(self, batch: Batch) -> tuple[torch.Tensor, dict[str, float]]:
+        """Routed teacher (and anchor) velocities at every trained state, per-step KLs and the surrogate's advantages (eq. 7-11).
+
+        Each teacher runs one gradient-free, batched forward per step over the
+        samples routed to it; the KLs use the rollout's own student velocities.
+        """
+        from flowopd.objectives.opd import step_advantages
+        from flowopd.sde import per_step_kl
+
+        cfg, opd, acc, scfg = self.cfg, self.cfg.opd, self.accelerator, self.cfg.sampler
+        traj, sig, dev = batch.traj, batch.plan.sigmas, acc.device
+        tasks = [r.task for r in batch.records]
+        routes = self.router.groups(tasks)
+        v_teacher = torch.empty_like(traj.velocities)
+        v_anchor = torch.empty_like(traj.velocities) if opd.mar_lambda > 0 else None
+        jobs = [(self.teacher_adapters[t], idx, v_teacher) for t, idx in routes.items()]
+        if v_anchor is not None:
+            jobs.append((self.anchor_adapter, list(range(len(tasks))), v_anchor))
+        for adapter, idx, target in jobs:
+            with torch.no_grad(), self._adapter(adapter):
+                for k, i_step in enumerate(batch.plan.trained):
+                    for a in range(0, len(idx), cfg.micro_batch):
+                        rows = idx[a : a + cfg.micro_batch]
+                        target[rows, k] = self._guided(batch, rows, traj.states[rows, k].to(dev), sig[i_step]).float().cpu()
+        kl = torch.stack(
+            [
+                per_step_kl(traj.velocities[:, k], v_teacher[:, k], sig[i], sig[i + 1], scfg.noise_level, scfg.kind, opd.kl_weighting)
+                for k, i in enumerate(batch.plan.trained)
+            ],
+            1,
+        )  # [n_local, K]
+        kl_all = self._gather_global(kl)
+        group_ids = torch.arange(cfg.batch_size) // cfg.group_size
+        batch.advantages = step_advantages(opd.objective, kl_all, group_ids)[batch.local].to(dev)
+        batch.v_teacher, batch.v_anchor = v_teacher, v_anchor
+        task_ids = self._gather_global(torch.tensor([sorted(cfg.tasks).index(t) for t in tasks]))
+        metrics = {"kl_rollout": float(kl_all.sum(1).mean())}
+        for i, task in enumerate(sorted(cfg.tasks)):
+            if (task_ids == i).any():
+                metrics[f"kl/{task}"] = float(kl_all[task_ids == i].sum(1).mean())  # trajectory KL to the routed teacher
+        self.last_batch = {"local": batch.local, "kl": kl_all, "advantages": batch.advantages, "tasks": tasks, "routes": routes}
+        return torch.ones(cfg.batch_size, dtype=torch.bool), metrics
+
+    def _guided(self, batch: Batch, rows, x: torch.Tensor, sigma: torch.Tensor, transformer=None) -> torch.Tensor:
+        """The guided velocity at states ``x`` of this process's samples ``rows`` (a slice or a list of indices)."""
         from flowopd.sampling import guided_velocity
-        from flowopd.sde import per_step_kl, sde_step
+
+        dev = self.accelerator.device
+        c = batch.cond[rows]
+        nc = batch.uncond[rows] if batch.uncond is not None else None
+        with self.accelerator.autocast():
+            return guided_velocity(self.backbone, x, sigma.to(dev), c, nc, self.cfg.sampler.cfg, transformer=transformer)
+
+    def _grpo_piece(self, batch: Batch, k: int, a: int, b: int, x: torch.Tensor, v: torch.Tensor, out) -> tuple[torch.Tensor, dict]:
+        """Clipped ratio loss (eq. 3) + beta KL to the reference, per sample."""
+        from flowopd.objectives.grpo import clipped_surrogate
+        from flowopd.sde import per_step_kl
+
+        cfg, scfg, sig, i_step = self.cfg, self.cfg.sampler, batch.plan.sigmas, batch.plan.trained[k]
+        surr = clipped_surrogate(out.log_prob, batch.traj.log_probs[a:b, k].to(x.device), batch.advantages[a:b], cfg.grpo.clip_range)
+        loss, kl = surr.loss, torch.zeros_like(surr.loss)
+        if cfg.grpo.beta > 0:
+            with torch.no_grad(), self._adapter(None):
+                v_ref = self._guided(batch, slice(a, b), x, sig[i_step])
+            kl = per_step_kl(v, v_ref, sig[i_step], sig[i_step + 1], scfg.noise_level, scfg.kind, cfg.grpo.kl_weighting)
+            loss = loss + cfg.grpo.beta * kl
+        return loss, {"kl": kl.detach(), "clip_frac": surr.clipped.float(), "ratio": surr.ratio}
+
+    def _opd_piece(self, batch: Batch, k: int, a: int, b: int, x: torch.Tensor, v: torch.Tensor, out) -> tuple[torch.Tensor, dict]:
+        """The OPD objective at one trained step (eq. 9-11) + MAR (eq. 12), per sample."""
+        from flowopd.objectives.opd import opd_step_loss
+        from flowopd.sde import per_step_kl
+
+        opd, scfg, sig, i_step = self.cfg.opd, self.cfg.sampler, batch.plan.sigmas, batch.plan.trained[k]
+        dev = x.device
+
+        def kl_to(target: torch.Tensor) -> torch.Tensor:
+            return per_step_kl(v, target[a:b, k].to(dev), sig[i_step], sig[i_step + 1], scfg.noise_level, scfg.kind, opd.kl_weighting)
+
+        kl = kl_to(batch.v_teacher)
+        step = opd_step_loss(
+            opd.objective, kl, out.log_prob, batch.traj.log_probs[a:b, k].to(dev), batch.advantages[a:b, k], opd.clip_range, x[0].numel()
+        )
+        loss, mar = step.loss, torch.zeros_like(kl)
+        if batch.v_anchor is not None:
+            mar = kl_to(batch.v_anchor)  # eq. 12: w(t) ||v_student - v_anchor||^2, with gradient
+            loss = loss + opd.mar_lambda * mar
+        if opd.beta > 0:
+            with torch.no_grad(), self._adapter(None):
+                v_ref = self._guided(batch, slice(a, b), x, sig[i_step])
+            loss = loss + opd.beta * per_step_kl(v, v_ref, sig[i_step], sig[i_step + 1], scfg.noise_level, scfg.kind, opd.kl_weighting)
+        return loss, {"kl": kl.detach(), "mar": mar.detach(), "clip_frac": step.clipped.float(), "ratio": step.ratio}
+
+    def _update(self, batch: Batch, keep: torch.Tensor, piece_loss) -> dict[str, float]:
+        """The objective over the kept samples and trained steps; one optimizer step per part of the batch.
+
+        ``piece_loss(batch, k, a, b, x, v, out)`` gives the per-sample loss of local
+        samples ``a:b`` at trained step ``k`` (``v``: the student's velocity with
+        gradient; ``out``: the SDE step scoring the stored ``x_next``) and the
+        per-sample values to log.
+        """
+        from flowopd.sde import sde_step
 
         cfg, acc, scfg = self.cfg, self.accelerator, self.cfg.sampler
         traj, plan, sig, dev = batch.traj, batch.plan, batch.plan.sigmas, acc.device
@@ -412,8 +619,9 @@ class Trainer:
         world, parts = acc.num_processes, cfg.grpo.updates_per_rollout
         size = len(batch.local) // parts
         k_steps = len(plan.trained)
-        adv_l, keep_l = advantages[batch.local].to(dev), keep[batch.local].to(dev).float()
-        sums = torch.zeros(5, device=dev)  # kl, clipped, ratio, count, loss
+        keep_l = keep[batch.local].to(dev).float()
+        sums: dict[str, torch.Tensor] = {}
+        count = torch.zeros((), device=dev)
         grad_norms = []
         for u in range(parts):
             lo, hi = u * size, (u + 1) * size
@@ -424,54 +632,36 @@ class Trainer:
             pieces = [(k, a, min(a + cfg.micro_batch, hi)) for k in range(k_steps) for a in range(lo, hi, cfg.micro_batch)]
             for j, (k, a, b) in enumerate(pieces):
                 i_step = plan.trained[k]
-                sigma, sigma_next = float(sig[i_step]), float(sig[i_step + 1])
                 x, x_next = traj.states[a:b, k].to(dev), traj.next_states[a:b, k].to(dev)
-                c, nc = batch.cond[a:b], (batch.uncond[a:b] if batch.uncond is not None else None)
-                v_ref = None
-                if cfg.grpo.beta > 0:
-                    with torch.no_grad(), acc.autocast(), self._adapters_disabled():
-                        v_ref = guided_velocity(self.backbone, x, sig[i_step].to(dev), c, nc, scfg.cfg)
                 sync = contextlib.nullcontext() if j == len(pieces) - 1 else acc.no_sync(self.model)
                 with sync:
-                    with acc.autocast():
-                        v = guided_velocity(self.backbone, x, sig[i_step].to(dev), c, nc, scfg.cfg, transformer=self.model)
-                    out = sde_step(x, v, sigma, sigma_next, scfg.noise_level, kind=scfg.kind, x_next=x_next)
-                    surr = clipped_surrogate(out.log_prob, traj.log_probs[a:b, k].to(dev), adv_l[a:b], cfg.grpo.clip_range)
-                    per_sample = surr.loss
-                    kl = torch.zeros_like(per_sample)
-                    if v_ref is not None:
-                        kl = per_step_kl(v, v_ref, sigma, sigma_next, scfg.noise_level, scfg.kind, cfg.grpo.kl_weighting)
-                        per_sample = per_sample + cfg.grpo.beta * kl
+                    v = self._guided(batch, slice(a, b), x, sig[i_step], transformer=self.model)
+                    out = sde_step(x, v, float(sig[i_step]), float(sig[i_step + 1]), scfg.noise_level, kind=scfg.kind, x_next=x_next)
+                    per_sample, logs = piece_loss(batch, k, a, b, x, v, out)
                     w = keep_l[a:b]
                     loss = (per_sample * w).sum() * scale
                     acc.backward(loss)
-                sums += torch.stack(
-                    [(kl.detach() * w).sum(), (surr.clipped.float() * w).sum(), (surr.ratio * w).sum(), w.sum(), loss.detach() / scale]
-                )
+                logs["loss"] = per_sample.detach()
+                for name, values in logs.items():
+                    sums[name] = sums.get(name, torch.zeros((), device=dev)) + (values.float() * w).sum()
+                count += w.sum()
             grad_norms.append(float(acc.clip_grad_norm_(self.params, cfg.optim.grad_clip)))
             self.optimizer.step()
             self.optimizer.zero_grad(set_to_none=True)
             if self.ema is not None:
                 self.ema.step(self.params)
-        sums = acc.reduce(sums, reduction="sum").cpu()
-        count = max(float(sums[3]), 1.0)
-        return {
-            "kl": float(sums[0]) / count,
-            "clip_frac": float(sums[1]) / count,
-            "ratio": float(sums[2]) / count,
-            "loss": float(sums[4]) / count,
-            "grad_norm": float(np.mean(grad_norms)) if grad_norms else 0.0,
-            "updates": float(len(grad_norms)),
-        }
+        names = sorted(sums)
+        totals = acc.reduce(torch.stack([count, *[sums[n] for n in names]]), reduction="sum").cpu() if names else torch.zeros(1)
+        denom = max(float(totals[0]), 1.0)
+        metrics = {n: float(totals[i + 1]) / denom for i, n in enumerate(names)}
+        metrics.update(grad_norm=float(np.mean(grad_norms)) if grad_norms else 0.0, updates=float(len(grad_norms)))
+        return metrics
 
-    @contextlib.contextmanager
-    def _adapters_disabled(self):
-        """The reference policy: the same transformer with its LoRA switched off."""
-        self._raw().disable_adapters()
-        try:
-            yield
-        finally:
-            self._raw().enable_adapters()
+    def _adapter(self, name: str | None):
+        """Forwards with adapter ``name`` on the student's transformer (None: the base, i.e. the reference)."""
+        from flowopd.lora import use_adapter
+
+        return use_adapter(self._raw(), name)
 
     # ------------------------------------------------------------------ the run
 
@@ -531,12 +721,17 @@ class Trainer:
                 "name": self.cfg.name,
                 "base": self.cfg.model,
                 "base_digest": self.base_digest,
-                "rewards": self.cfg.task_rewards or self.cfg.rewards,
                 "tasks": self.cfg.tasks,
                 "step": self.step,
                 "ema": self.ema is not None,
                 "config_digest": self.cfg.digest(),
             }
+            if self.cfg.opd is None:
+                info["rewards"] = self.cfg.task_rewards or self.cfg.rewards
+            else:
+                opd = self.cfg.opd
+                info["teachers"] = {t.name: {"tasks": t.tasks, "reward": t.reward, "checkpoint": t.checkpoint} for t in opd.teachers}
+                info.update(objective=opd.objective, mar_lambda=opd.mar_lambda, anchor=opd.anchor, cold_start=opd.cold_start.method)
             with atomic_dir(target, marker="lora_info.json") as tmp:
                 save_lora(self._raw(), tmp, info, state=state)
         acc.wait_for_everyone()
