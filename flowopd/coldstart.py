@@ -184,7 +184,7 @@ def sft_cold_start(cfg: TrainConfig, out: Path, progress: Callable[[str, int, in
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, cfg.optim.grad_clip)
         opt.step()
-        losses.append(float(loss))
+        losses.append(float(loss.detach()))
         if progress and (step + 1) % 10 == 0:
             progress("sft", step + 1, sft.steps)
     info = {

@@ -54,3 +54,26 @@ def run_cli():
         )
 
     return run
+
+
+@pytest.fixture(scope="session")
+def tiny_teachers(tiny_policy_dir, tmp_path_factory) -> dict[str, Path]:
+    """Three random rank-4 teacher LoRAs on ``tiny_policy_dir`` (compose, text, quality), saved as `flowopd train` saves them."""
+    from flowopd.lora import add_lora, save_lora
+    from flowopd.mini.model import MiniBackbone
+    from flowopd.models import model_digest
+
+    root = tmp_path_factory.mktemp("tiny-teachers")
+    out = {}
+    for i, task in enumerate(("compose", "text", "quality")):
+        model = MiniBackbone.from_pretrained(tiny_policy_dir)
+        torch.manual_seed(10 + i)
+        add_lora(model.transformer, 4, 8)
+        with torch.no_grad():
+            for name, p in model.transformer.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(std=0.05)
+        info = {"kind": "flowopd-lora", "name": f"teacher-{task}", "base": str(tiny_policy_dir), "base_digest": model_digest(str(tiny_policy_dir))}
+        save_lora(model.transformer, root / task, info)
+        out[task] = root / task
+    return out

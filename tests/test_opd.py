@@ -1,0 +1,200 @@
+"""OPD on the one trainer: adapters on one base, routing, the objectives and MAR, resume, bad input (SPEC section 6)."""
+
+import json
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from flowopd.errors import FlowOPDError
+from flowopd.lora import add_lora, load_lora, use_adapter
+from flowopd.models import load_backbone
+from flowopd.objectives.opd import leave_one_out, reward_to_go, step_advantages
+from flowopd.sampling import guided_velocity
+from flowopd.teachers import MINI_TEACHERS, Router, TeacherSpec
+from flowopd.train_config import TrainConfig
+from flowopd.trainer import Trainer, check_plan
+
+
+def opd_config(model, teachers, **over) -> TrainConfig:
+    opd = {
+        "teachers": [{"name": t, "tasks": [t], "reward": "x", "checkpoint": str(teachers[t])} for t in ("compose", "text")],
+        "anchor": str(teachers["quality"]),
+        "mar_lambda": 0.5,
+        "cold_start": {"method": "merge"},
+        **over.pop("opd", {}),
+    }
+    values = dict(
+        name="tiny-opd",
+        model=str(model),
+        steps=2,
+        tasks={"compose": 1.0, "text": 1.0},
+        batch_size=8,
+        group_size=2,
+        micro_batch=3,  # not a divisor of the teacher groups: batching per teacher must still line up
+        sampler={"steps": 4, "cfg": 2.0, "shift": 1.0, "kind": "sde", "noise_level": 0.7, "window_size": 2, "window_start_max": 1},
+        lora={"rank": 4, "alpha": 8},
+        optim={"lr": 1e-2},
+        checkpoint_every=1,
+        trackers=[],
+        opd=opd,
+    )
+    values.update(over)
+    return TrainConfig.model_validate(values)
+
+
+def test_use_adapter_switches_to_exactly_that_adapter_and_keeps_trainable_flags(tiny_policy_dir, tiny_teachers):
+    backbone = load_backbone(str(tiny_policy_dir))
+    tr = backbone.transformer
+    backbone.requires_grad_(False)
+    add_lora(tr, 4, 8)
+    load_lora(tr, tiny_teachers["text"], "teacher_text")
+    assert tr.active_adapters() == ["default"]  # loading a teacher leaves the student active
+    flags = {n: p.requires_grad for n, p in tr.named_parameters()}
+    x = torch.randn(2, *backbone.latent_shape)
+    cond = backbone.encode_prompts(["the text 42", "a red circle"])
+    sigma = torch.tensor(0.6)
+    with use_adapter(tr, "teacher_text"), torch.no_grad():
+        v_teacher = backbone.velocity(x, sigma, cond)
+    with use_adapter(tr, None), torch.no_grad():
+        v_base = backbone.velocity(x, sigma, cond)
+    assert {n: p.requires_grad for n, p in tr.named_parameters()} == flags and tr.active_adapters() == ["default"]
+    with torch.no_grad():
+        alone = load_backbone(str(tiny_teachers["text"])).velocity(x, sigma, cond)
+        plain = load_backbone(str(tiny_policy_dir)).velocity(x, sigma, cond)
+    assert torch.allclose(v_teacher, alone, atol=1e-6) and torch.allclose(v_base, plain, atol=1e-6)
+    assert not torch.allclose(v_teacher, v_base, atol=1e-3)
+
+
+def test_router_maps_tasks_to_teachers_and_groups_samples():
+    router = Router(MINI_TEACHERS, "sample")
+    assert router.groups(["text", "compose", "text", "quality"]) == {"text": [0, 2], "compose": [1], "quality": [3]}
+    with pytest.raises(FlowOPDError, match=r"task\(s\) \['extra'\] have no teacher"):
+        router.check(["text", "extra"])
+    twice = [TeacherSpec(name="a", tasks=["text"], reward="x", checkpoint="x"), TeacherSpec(name="b", tasks=["text"], reward="x", checkpoint="x")]
+    with pytest.raises(FlowOPDError, match="served by two teachers"):
+        Router(twice)
+
+
+def test_reward_to_go_and_the_leave_one_out_baseline():
+    kl = torch.tensor([[1.0, 2.0, 4.0], [0.5, 0.5, 0.5]])
+    assert torch.equal(reward_to_go(kl), -torch.tensor([[6.0, 4.0, 0.0], [1.0, 0.5, 0.0]]))
+    values = torch.tensor([[1.0], [2.0], [6.0], [5.0]])
+    out = leave_one_out(values, torch.tensor([0, 0, 0, 1]))
+    assert torch.allclose(out.flatten(), torch.tensor([1 - 4.0, 2 - 3.5, 6 - 1.5, 5.0]))
+    assert torch.equal(step_advantages("paper", kl, torch.arange(2)), -kl)
+    assert torch.equal(step_advantages("kl", kl, torch.arange(2)), torch.zeros_like(kl))
+
+
+def test_each_sample_gets_its_routed_teacher_and_the_anchor_exactly(tiny_policy_dir, tiny_teachers, tmp_path):
+    trainer = Trainer(opd_config(tiny_policy_dir, tiny_teachers), tmp_path / "run")
+    batch = trainer._collect()
+    trainer._opd_signal(batch)
+    tasks = [r.task for r in batch.records]
+    assert set(tasks) == {"compose", "text"}
+    sig = batch.plan.sigmas
+    with torch.no_grad():
+        for name in ("compose", "text", "quality"):
+            alone = load_backbone(str(tiny_teachers[name]))
+            rows = list(range(len(tasks))) if name == "quality" else [i for i, t in enumerate(tasks) if t == name]
+            target = batch.v_anchor if name == "quality" else batch.v_teacher
+            for k, i_step in enumerate(batch.plan.trained):
+                v = guided_velocity(alone, batch.traj.states[rows, k], sig[i_step], batch.cond[rows], batch.uncond[rows], 2.0)
+                assert torch.allclose(target[rows, k], v, atol=1e-5), (name, k)
+    # the student starts from the merge cold start: its rollout velocity is the merged LoRA's
+    assert (tmp_path / "run" / "coldstart" / "pytorch_lora_weights.safetensors").is_file()
+
+
+@pytest.mark.parametrize("objective", ["kl", "kl_pg", "paper"])
+def test_an_opd_run_logs_per_task_kl_and_mar_and_saves_a_diffusers_lora(tiny_policy_dir, tiny_teachers, tmp_path, objective):
+    out = tmp_path / "run"
+    lora = Trainer(opd_config(tiny_policy_dir, tiny_teachers, opd={"objective": objective}), out).train()
+    logs = [json.loads(x) for x in (out / "log.jsonl").read_text().splitlines()]
+    assert len(logs) == 2
+    for row in logs:
+        assert {"kl/compose", "kl/text", "kl", "mar", "clip_frac", "loss"} <= set(row)
+        assert row["mar"] > 0 and row["kl"] > 0
+    info = json.loads((lora / "lora_info.json").read_text())
+    assert info["objective"] == objective and set(info["teachers"]) == {"compose", "text"} and info["cold_start"] == "merge"
+    weights = load_file(lora / "pytorch_lora_weights.safetensors")
+    assert all(k.startswith("transformer.") for k in weights)
+    assert weights["transformer.transformer_blocks.0.attn.to_q.lora_A.weight"].shape[0] == 8  # cat merge of two rank-4 teachers
+    load_backbone(str(lora))  # loads back through the public path
+
+
+def test_the_kl_objective_lowers_the_kl_to_the_teachers(tiny_policy_dir, tiny_teachers, tmp_path):
+    cfg = opd_config(
+        tiny_policy_dir, tiny_teachers, steps=6, opd={"mar_lambda": 0.0, "cold_start": {"method": "none"}}, optim={"lr": 3e-3, "ema_decay": 0.0}
+    )
+    trainer = Trainer(cfg, tmp_path / "run")
+
+    def probe() -> float:
+        """The trajectory KL of step 0's prompts, seeds and window under the current student (a fixed yardstick)."""
+        step, trainer.step = trainer.step, 0
+        batch = trainer._collect()
+        trainer._opd_signal(batch)
+        trainer.step = step
+        return float(trainer.last_batch["kl"].sum(1).mean())
+
+    before = probe()
+    trainer.train()
+    after = probe()
+    assert after < 0.5 * before, (before, after)  # a fresh LoRA starts at the base; distilling brings it to its teachers
+
+
+def test_an_opd_run_resumes_exactly(tiny_policy_dir, tiny_teachers, tmp_path):
+    Trainer(opd_config(tiny_policy_dir, tiny_teachers, steps=4), tmp_path / "straight").train()
+    Trainer(opd_config(tiny_policy_dir, tiny_teachers, steps=2), tmp_path / "stopped").train()
+    Trainer(opd_config(tiny_policy_dir, tiny_teachers, steps=4), tmp_path / "stopped", resume=True).train()
+    a = load_file(tmp_path / "straight" / "lora" / "pytorch_lora_weights.safetensors")
+    b = load_file(tmp_path / "stopped" / "lora" / "pytorch_lora_weights.safetensors")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+
+
+@pytest.mark.parametrize(
+    "over,message",
+    [
+        ({"tasks": {"compose": 1.0, "text": 1.0, "quality": 1.0}}, r"task\(s\) \['quality'\] have no teacher"),
+        ({"opd": {"mar_lambda": -0.1}}, "mar_lambda"),
+        ({"opd": {"anchor": "no-such-anchor"}}, "opd.anchor 'no-such-anchor' is neither a teacher"),
+        ({"sampler": {"steps": 4, "kind": "cps", "noise_level": 0.8, "timestep_fraction": 1.0}}, "cps sampler's last step is deterministic"),
+        ({"opd": {"cold_start": {"weights": {"compose": 1.0}}}}, "give one weight per teacher"),
+        ({"opd": {"routing": "epoch"}, "tasks": {"compose": 1.5, "text": 1.0}}, "needs integer task weights"),
+    ],
+)
+def test_bad_opd_plans_fail_before_any_model_loads(tiny_policy_dir, tiny_teachers, tmp_path, monkeypatch, over, message):
+    import flowopd.models
+
+    def no_loading(*a, **k):
+        raise AssertionError("a model was loaded before the plan was checked")
+
+    monkeypatch.setattr(flowopd.models, "load_backbone", no_loading)
+    with pytest.raises((FlowOPDError, ValueError), match=message):
+        Trainer(opd_config(tiny_policy_dir, tiny_teachers, **over), tmp_path / "run")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_missing_teacher_checkpoint_is_named(tiny_policy_dir, tiny_teachers, tmp_path):
+    cfg = opd_config(tiny_policy_dir, tiny_teachers)
+    cfg.opd.teachers[1].checkpoint = str(tmp_path / "nowhere")
+    with pytest.raises(FlowOPDError, match="teacher 'text'.*neither a shipped teacher nor a LoRA folder"):
+        check_plan(cfg)
+
+
+def test_cli_train_opd_and_coldstart(tiny_policy_dir, tiny_teachers, tmp_path, run_cli):
+    import yaml
+
+    cfg = opd_config(tiny_policy_dir, tiny_teachers, steps=1)
+    recipe = tmp_path / "opd.yaml"
+    recipe.write_text(yaml.safe_dump(cfg.model_dump(mode="json")))
+    done = run_cli("train", "opd", "--config", str(recipe), "--out", str(tmp_path / "run"))
+    assert done.returncode == 0, done.stderr
+    assert f"LoRA: {tmp_path / 'run' / 'lora'}" in " ".join(done.stdout.split())
+    done = run_cli("train", "coldstart", "--method", "merge", "--merge", "elementwise", "--config", str(recipe), "--out", str(tmp_path / "cs"))
+    assert done.returncode == 0, done.stderr
+    assert json.loads((tmp_path / "cs" / "lora_info.json").read_text())["cold_start"]["merge"] == "elementwise"
+    bad = yaml.safe_load(recipe.read_text())
+    bad["tasks"]["preference"] = 1.0
+    recipe.write_text(yaml.safe_dump(bad))
+    done = run_cli("train", "opd", "--config", str(recipe), "--out", str(tmp_path / "bad"))
+    assert done.returncode != 0 and "have no teacher" in done.stderr and len(done.stderr.strip().splitlines()) == 1
