@@ -563,6 +563,30 @@ def mini_pretrain(
     console.print(f"wrote the EMA model to {out}/ after {cfg.steps} steps in {(time.time() - t0) / 60:.1f} min")
 
 
+@mini_app.command("reproduce")
+def mini_reproduce(
+    out: Path = typer.Option(Path("runs/reproduce"), "--out", "-o", help="Folder for every model, evaluation and table."),
+    config: str = typer.Option("mini/opd", "--config", "-c", help="The OPD recipe the students use."),
+    limit: int = typer.Option(32, "--limit", min=1, help="Held-out prompts per task (compose: per tag)."),
+    steps: TrainSteps = None,
+) -> None:
+    """The mini analogue of the paper's Tables 1, 2 and 4: base, teachers, GRPO-Mix, cold starts, OPD and its ablations.
+
+    Resumable: run it again with the same --out to continue after an interruption.
+    """
+    from flowopd.mini.reproduce import reproduce
+
+    t0 = time.time()
+    with progress_bar("reproduce", None) as advance:
+
+        def show(stage: str, done: int, total: int) -> None:
+            advance(description=f"reproduce: {stage}", completed=done, total=total)
+
+        reproduce(out, config=config, limit=limit, steps=steps, progress=show)
+    console.print((out / "results.md").read_text(), markup=False, highlight=False)
+    console.print(f"wrote {out}/results.md, results.json and evals/<model>/ (summary.json per model) in {(time.time() - t0) / 60:.1f} min")
+
+
 def _checkpoint_step(out: Path) -> int:
     info = out / "run.json"
     return int(json.loads(info.read_text())["pretrain"]["step"]) if info.is_file() else 0

@@ -73,7 +73,12 @@ def tiny_teachers(tiny_policy_dir, tmp_path_factory) -> dict[str, Path]:
             for name, p in model.transformer.named_parameters():
                 if "lora_B" in name:
                     p.normal_(std=0.05)
-        info = {"kind": "flowopd-lora", "name": f"teacher-{task}", "base": str(tiny_policy_dir), "base_digest": model_digest(str(tiny_policy_dir))}
+        info = {
+            "kind": "flowopd-lora",
+            "name": f"teacher-{task}",
+            "base": str(tiny_policy_dir),
+            "base_digest": model_digest(str(tiny_policy_dir)),
+        }
         save_lora(model.transformer, root / task, info)
         out[task] = root / task
     return out

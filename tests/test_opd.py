@@ -62,7 +62,7 @@ def test_use_adapter_switches_to_exactly_that_adapter_and_keeps_trainable_flags(
     with torch.no_grad():
         alone = load_backbone(str(tiny_teachers["text"])).velocity(x, sigma, cond)
         plain = load_backbone(str(tiny_policy_dir)).velocity(x, sigma, cond)
-    assert torch.allclose(v_teacher, alone, atol=1e-6) and torch.allclose(v_base, plain, atol=1e-6)
+    assert torch.allclose(v_teacher, alone, atol=1e-5) and torch.allclose(v_base, plain, atol=1e-6)  # alone: fused (rounding)
     assert not torch.allclose(v_teacher, v_base, atol=1e-3)
 
 
@@ -71,7 +71,10 @@ def test_router_maps_tasks_to_teachers_and_groups_samples():
     assert router.groups(["text", "compose", "text", "quality"]) == {"text": [0, 2], "compose": [1], "quality": [3]}
     with pytest.raises(FlowOPDError, match=r"task\(s\) \['extra'\] have no teacher"):
         router.check(["text", "extra"])
-    twice = [TeacherSpec(name="a", tasks=["text"], reward="x", checkpoint="x"), TeacherSpec(name="b", tasks=["text"], reward="x", checkpoint="x")]
+    twice = [
+        TeacherSpec(name="a", tasks=["text"], reward="x", checkpoint="x"),
+        TeacherSpec(name="b", tasks=["text"], reward="x", checkpoint="x"),
+    ]
     with pytest.raises(FlowOPDError, match="served by two teachers"):
         Router(twice)
 
@@ -124,7 +127,11 @@ def test_an_opd_run_logs_per_task_kl_and_mar_and_saves_a_diffusers_lora(tiny_pol
 
 def test_the_kl_objective_lowers_the_kl_to_the_teachers(tiny_policy_dir, tiny_teachers, tmp_path):
     cfg = opd_config(
-        tiny_policy_dir, tiny_teachers, steps=6, opd={"mar_lambda": 0.0, "cold_start": {"method": "none"}}, optim={"lr": 3e-3, "ema_decay": 0.0}
+        tiny_policy_dir,
+        tiny_teachers,
+        steps=6,
+        opd={"mar_lambda": 0.0, "cold_start": {"method": "none"}},
+        optim={"lr": 3e-3, "ema_decay": 0.0},
     )
     trainer = Trainer(cfg, tmp_path / "run")
 
@@ -157,7 +164,10 @@ def test_an_opd_run_resumes_exactly(tiny_policy_dir, tiny_teachers, tmp_path):
         ({"tasks": {"compose": 1.0, "text": 1.0, "quality": 1.0}}, r"task\(s\) \['quality'\] have no teacher"),
         ({"opd": {"mar_lambda": -0.1}}, "mar_lambda"),
         ({"opd": {"anchor": "no-such-anchor"}}, "opd.anchor 'no-such-anchor' is neither a teacher"),
-        ({"sampler": {"steps": 4, "kind": "cps", "noise_level": 0.8, "timestep_fraction": 1.0}}, "cps sampler's last step is deterministic"),
+        (
+            {"sampler": {"steps": 4, "kind": "cps", "noise_level": 0.8, "timestep_fraction": 1.0}},
+            "cps sampler's last step is deterministic",
+        ),
         ({"opd": {"cold_start": {"weights": {"compose": 1.0}}}}, "give one weight per teacher"),
         ({"opd": {"routing": "epoch"}, "tasks": {"compose": 1.5, "text": 1.0}}, "needs integer task weights"),
     ],
@@ -190,7 +200,9 @@ def test_cli_train_opd_and_coldstart(tiny_policy_dir, tiny_teachers, tmp_path, r
     done = run_cli("train", "opd", "--config", str(recipe), "--out", str(tmp_path / "run"))
     assert done.returncode == 0, done.stderr
     assert f"LoRA: {tmp_path / 'run' / 'lora'}" in " ".join(done.stdout.split())
-    done = run_cli("train", "coldstart", "--method", "merge", "--merge", "elementwise", "--config", str(recipe), "--out", str(tmp_path / "cs"))
+    done = run_cli(
+        "train", "coldstart", "--method", "merge", "--merge", "elementwise", "--config", str(recipe), "--out", str(tmp_path / "cs")
+    )
     assert done.returncode == 0, done.stderr
     assert json.loads((tmp_path / "cs" / "lora_info.json").read_text())["cold_start"]["merge"] == "elementwise"
     bad = yaml.safe_load(recipe.read_text())

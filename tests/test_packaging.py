@@ -43,6 +43,9 @@ def test_wheel_has_one_namespace_and_the_base(wheel):
         "flowopd/objectives/grpo.py",
         "flowopd/configs/mini/teacher-text.yaml",
         "flowopd/configs/mini/mix-weighted.yaml",
+        "flowopd/configs/mini/opd.yaml",
+        "flowopd/objectives/opd.py",
+        "flowopd/coldstart.py",
     ):
         assert module in names, module
     tops = {n.split("/")[0] for n in names}
@@ -51,6 +54,8 @@ def test_wheel_has_one_namespace_and_the_base(wheel):
         assert f in names, f
     for task in ("compose", "text", "preference", "quality"):  # the shipped mini teachers
         assert f"flowopd/mini/assets/teachers/{task}/pytorch_lora_weights.safetensors" in names, task
+    for variant in ("weighted", "alternate"):  # and the GRPO-Mix baselines
+        assert f"flowopd/mini/assets/mix/{variant}/pytorch_lora_weights.safetensors" in names, variant
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "flowopd = flowopd.cli.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 
