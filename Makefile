@@ -1,5 +1,5 @@
 # flowopd, two commands from nothing:
-#   make demo   set up .venv if missing, then run the main job on the mini default
+#   make demo   set up .venv if missing, then run the main job on the mini default (flowopd train opd, eval, report)
 #   make test   set up .venv if missing, then run the test suite (what CI runs)
 PYTHON ?= python3
 VENV ?= .venv
@@ -17,10 +17,14 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
+# the main job: distil the four shipped mini teachers into one student (Flow-OPD, ~3-4 min on 2 cores),
+# then evaluate student and base on held-out prompts and compare them image by image
 demo: $(STAMP)
-	$(BIN)/flowopd sample --prompt "a photo of two red squares" --n 8 --out $(DEMO)/two-red-squares.png
-	$(BIN)/flowopd eval --suite all --out $(DEMO)/eval
-	$(BIN)/flowopd report $(DEMO)/eval --out $(DEMO)/report.md
+	$(BIN)/flowopd train opd --out $(DEMO)/opd $(if $(wildcard $(DEMO)/opd/run.json),--resume,)
+	$(BIN)/flowopd eval --suite all --model $(DEMO)/opd/lora --out $(DEMO)/eval-student
+	$(BIN)/flowopd eval --suite all --out $(DEMO)/eval-base
+	$(BIN)/flowopd report $(DEMO)/eval-student $(DEMO)/eval-base --baseline $(DEMO)/eval-base --out $(DEMO)/report.md
+	$(BIN)/flowopd sample --prompt 'the text "42"' --model $(DEMO)/opd/lora --n 8 --out $(DEMO)/student-text-42.png
 	@cat $(DEMO)/report.md
 
 test: $(STAMP)
@@ -34,6 +38,8 @@ bench: $(STAMP)
 	$(BIN)/python tests/bench/cli_startup.py
 	$(BIN)/python tests/bench/mini_throughput.py
 	$(BIN)/python tests/bench/grpo_step.py
+	$(BIN)/python tests/bench/opd_time.py
+	$(BIN)/python tests/bench/opd_memory.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

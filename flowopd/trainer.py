@@ -106,25 +106,58 @@ def check_plan(cfg: TrainConfig, num_processes: int = 1) -> None:
 def _check_opd(cfg: TrainConfig) -> None:
     """OPD's own problems: a task without a teacher, a teacher or anchor that is not there, bad merge weights."""
     from flowopd.coldstart import merge_weights
-    from flowopd.rollout import plan_steps
     from flowopd.teachers import Router
 
     opd, scfg = cfg.opd, cfg.sampler
     Router(opd.teachers, opd.routing).check([t for t, w in cfg.tasks.items() if w > 0])
-    if scfg.kind == "cps":
-        for start in range(scfg.window_start_max + 1):
-            plan = plan_steps(scfg.steps, scfg.shift, scfg.window_size, start, scfg.timestep_fraction)
-            if plan.trained[-1] == scfg.steps - 1:
-                raise ConfigError(
-                    "the cps sampler's last step is deterministic (sigma_next = 0), so OPD has no KL there; "
-                    f"use sampler.timestep_fraction {(scfg.steps - 1) / scfg.steps:.2f} or a window that ends before the last step"
-                )
-    for spec in opd.teachers:
-        spec.lora_folder()
+    _check_kl_weights(cfg)
+    from flowopd.lora import check_lora_base
+
+    digest = model_digest(cfg.model)
+    for spec in opd.teachers:  # a teacher (or anchor) recorded as trained on another base: refused before the cold start
+        check_lora_base(spec.lora_folder(), digest, cfg.model)
     if opd.anchor is not None:
-        anchor_folder(cfg)
+        check_lora_base(anchor_folder(cfg), digest, cfg.model)
     if opd.cold_start.method == "merge" and not opd.cold_start.from_lora:
         merge_weights(cfg)
+
+
+def _check_kl_weights(cfg: TrainConfig) -> None:
+    """No trained step may be (nearly) deterministic: OPD's KL there is undefined, or so heavily weighted that it rules the loss.
+
+    With cps the std of a step is ``sigma_next * sin(a pi / 2)``: the last step
+    (``sigma_next = 0``) has none, and diffusers' schedules end ``..., 0.001, 0``,
+    so the step into 0.001 weighs thousands of times any other (eq. 9 is exact
+    there; one step would decide every update).
+    """
+    import torch
+
+    from flowopd.rollout import plan_steps
+    from flowopd.sde import per_step_kl
+
+    scfg = cfg.sampler
+    sigmas = plan_steps(scfg.steps, scfg.shift).sigmas
+    steps = [i for i in range(scfg.steps) if float(sigmas[i + 1]) > 0]
+    one = torch.ones(1, 1)
+
+    def weight(i: int) -> float:
+        return float(per_step_kl(one, torch.zeros(1, 1), sigmas[i], sigmas[i + 1], scfg.noise_level, scfg.kind, cfg.opd.kl_weighting))
+
+    median = sorted(weight(i) for i in steps)[len(steps) // 2]
+    for start in range(scfg.window_start_max + 1):
+        for i in plan_steps(scfg.steps, scfg.shift, scfg.window_size, start, scfg.timestep_fraction).trained:
+            s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+            if s_next == 0 or weight(i) > 1000 * median:
+                why = (
+                    "is deterministic (sigma_next = 0)"
+                    if s_next == 0
+                    else f"weighs {weight(i):.0f}, {weight(i) / median:.0f}x the median step"
+                )
+                raise ConfigError(
+                    f"OPD would train sampler step {i} (sigma {s:.3f} -> {s_next:.3f}), whose {scfg.kind} KL {why}; "
+                    f"keep trained steps before it (e.g. sampler.window_start_max {max(0, i - max(scfg.window_size, 1))} "
+                    f"or timestep_fraction {i / scfg.steps:.2f})"
+                )
 
 
 def anchor_folder(cfg: TrainConfig) -> Path | None:

@@ -4,7 +4,7 @@ A teacher is a LoRA on the student's own base model, trained by GRPO on one
 reward (``flowopd train teacher``). For on-policy distillation every prompt
 carries a task tag, and the router sends it to the teacher that serves that
 tag; the teachers, the MAR anchor and the reference are named adapters on the
-student's frozen transformer (:mod:`flowopd.adapters`).
+student's frozen transformer, switched per forward (:func:`flowopd.lora.use_adapter`).
 
 The mini world's four tasks and the reward model that defines each one drive
 the mini evaluation suite (a task's primary metric), the mini GRPO teachers

@@ -1,5 +1,6 @@
-"""Run by tests/test_distributed.py under `accelerate launch --num_processes 2` (CPU, gloo): two GRPO steps,
-then each process writes what it saw: its samples, the gathered rewards, the advantages and its LoRA weights."""
+"""Run by tests/test_distributed.py under `accelerate launch --num_processes 2` (CPU, gloo): GRPO (or, with a teachers
+folder, OPD) steps, then each process writes what it saw: its samples, the gathered rewards or KLs, the advantages
+and its LoRA weights."""
 
 import hashlib
 import json
@@ -9,12 +10,18 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
+from test_opd import opd_config  # noqa: E402
 from test_trainer import tiny_config  # noqa: E402
 
 from flowopd.trainer import Trainer  # noqa: E402
 
 model, out, steps = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
-trainer = Trainer(tiny_config(Path(model), steps=steps, checkpoint_every=100), out / "run")
+if len(sys.argv) > 4:  # OPD with the tiny teachers in this folder (merge cold start, made once by the main process)
+    teachers = {t: Path(sys.argv[4]) / t for t in ("compose", "text", "quality")}
+    cfg = opd_config(Path(model), teachers, steps=steps, checkpoint_every=100, opd={"objective": "kl_pg"})
+else:
+    cfg = tiny_config(Path(model), steps=steps, checkpoint_every=100)
+trainer = Trainer(cfg, out / "run")
 seen = []
 for _ in range(steps):
     trainer.train_step()

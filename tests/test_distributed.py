@@ -20,12 +20,12 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def _launch(nproc: int, model: Path, out: Path, steps: int) -> list[dict]:
+def _launch(nproc: int, model: Path, out: Path, steps: int, *extra: str) -> list[dict]:
     out.mkdir(parents=True, exist_ok=True)
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", str(nproc), "--num_machines", "1"]
     cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port())]
     cmd += ["--multi_gpu"] if nproc > 1 else []
-    cmd += [str(WORKER), str(model), str(out), str(steps)]
+    cmd += [str(WORKER), str(model), str(out), str(steps), *extra]
     env = {**os.environ, "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -53,3 +53,20 @@ def test_two_processes_agree_with_each_other_and_with_one(tiny_policy_dir, tmp_p
     one = _launch(1, tiny_policy_dir, tmp_path / "one", steps=1)
     assert one[0]["steps"][0]["rewards"] == two[0]["steps"][0]["rewards"]
     assert one[0]["steps"][0]["prompts"][0::2] == two[0]["steps"][0]["prompts"]
+
+
+def test_opd_on_two_processes_routes_and_gathers_like_one(tiny_policy_dir, tiny_teachers, tmp_path):
+    two = _launch(2, tiny_policy_dir, tmp_path / "two", 2, str(tiny_teachers["compose"].parent))
+    assert two[0]["lora_sha"] == two[1]["lora_sha"] and two[0]["lora_sum"] > 0  # one cold start, one set of weights
+    for step in range(2):
+        r0, r1 = two[0]["steps"][step], two[1]["steps"][step]
+        assert r0["local"] == [0, 2, 4, 6] and r1["local"] == [1, 3, 5, 7]
+        assert r0["kl"] == r1["kl"]  # every rank gathered the same per-sample, per-step KLs to the routed teachers
+    one = _launch(1, tiny_policy_dir, tmp_path / "one", 1, str(tiny_teachers["compose"].parent))
+    # the same samples, routed to the same teachers, whatever the process count (kl_pg's leave-one-out spans the ranks)
+    torch.testing.assert_close(torch.tensor(one[0]["steps"][0]["kl"]), torch.tensor(two[0]["steps"][0]["kl"]), rtol=1e-4, atol=1e-7)
+    adv_one = torch.tensor(one[0]["steps"][0]["advantages"])
+    adv_two = torch.zeros_like(adv_one)
+    for r in two:
+        adv_two[r["steps"][0]["local"]] = torch.tensor(r["steps"][0]["advantages"])
+    torch.testing.assert_close(adv_one, adv_two, rtol=1e-4, atol=1e-7)

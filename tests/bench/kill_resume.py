@@ -1,6 +1,7 @@
 """Kill a training run mid-way with SIGKILL, `--resume` it, and compare its LoRA with an uninterrupted run of the same seed.
 
     python tests/bench/kill_resume.py [--config mini/teacher-text] [--steps 6] [--kill-after 3]
+    python tests/bench/kill_resume.py --config mini/opd          # an OPD run (`flowopd train opd`)
 
 Both runs use the recipe with ``checkpoint_every: 2``; the killed run dies
 after ``--kill-after`` logged steps (between checkpoints, so the resumed run
@@ -23,12 +24,15 @@ from pathlib import Path
 
 
 def _cmd(config: Path, out: Path, steps: int, *extra: str) -> list[str]:
+    import yaml
+
+    verb = "opd" if yaml.safe_load(config.read_text()).get("opd") else "teacher"
     return [
         sys.executable,
         "-m",
         "flowopd.cli.main",
         "train",
-        "teacher",
+        verb,
         "--config",
         str(config),
         "--out",
