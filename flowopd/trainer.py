@@ -106,13 +106,12 @@ def check_plan(cfg: TrainConfig, num_processes: int = 1) -> None:
 def _check_opd(cfg: TrainConfig) -> None:
     """OPD's own problems: a task without a teacher, a teacher or anchor that is not there, bad merge weights."""
     from flowopd.coldstart import merge_weights
+    from flowopd.lora import check_lora_base
     from flowopd.teachers import Router
 
-    opd, scfg = cfg.opd, cfg.sampler
+    opd = cfg.opd
     Router(opd.teachers, opd.routing).check([t for t, w in cfg.tasks.items() if w > 0])
     _check_kl_weights(cfg)
-    from flowopd.lora import check_lora_base
-
     digest = model_digest(cfg.model)
     for spec in opd.teachers:  # a teacher (or anchor) recorded as trained on another base: refused before the cold start
         check_lora_base(spec.lora_folder(), digest, cfg.model)
