@@ -143,20 +143,25 @@ def _check_kl_weights(cfg: TrainConfig) -> None:
         return float(per_step_kl(one, torch.zeros(1, 1), sigmas[i], sigmas[i + 1], scfg.noise_level, scfg.kind, cfg.opd.kl_weighting))
 
     median = sorted(weight(i) for i in steps)[len(steps) // 2]
-    for start in range(scfg.window_start_max + 1):
-        for i in plan_steps(scfg.steps, scfg.shift, scfg.window_size, start, scfg.timestep_fraction).trained:
-            s, s_next = float(sigmas[i]), float(sigmas[i + 1])
-            if s_next == 0 or weight(i) > 1000 * median:
-                why = (
-                    "is deterministic (sigma_next = 0)"
-                    if s_next == 0
-                    else f"weighs {weight(i):.0f}, {weight(i) / median:.0f}x the median step"
-                )
-                raise ConfigError(
-                    f"OPD would train sampler step {i} (sigma {s:.3f} -> {s_next:.3f}), whose {scfg.kind} KL {why}; "
-                    f"keep trained steps before it (e.g. sampler.window_start_max {max(0, i - max(scfg.window_size, 1))} "
-                    f"or timestep_fraction {i / scfg.steps:.2f})"
-                )
+    trained = sorted(
+        {
+            i
+            for start in range(scfg.window_start_max + 1)
+            for i in plan_steps(scfg.steps, scfg.shift, scfg.window_size, start, scfg.timestep_fraction).trained
+        }
+    )
+    for i in sorted(trained, key=lambda i: float(sigmas[i + 1])):  # the deterministic last step first
+        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        if s_next == 0 or weight(i) > 1000 * median:
+            why = (
+                "is deterministic (sigma_next = 0)" if s_next == 0 else f"weighs {weight(i):.0f}, {weight(i) / median:.0f}x the median step"
+            )
+            first_bad = min(j for j in trained if float(sigmas[j + 1]) == 0 or weight(j) > 1000 * median)
+            raise ConfigError(
+                f"OPD would train sampler step {i} (sigma {s:.3f} -> {s_next:.3f}), whose {scfg.kind} KL {why}; "
+                f"keep trained steps before step {first_bad} (e.g. sampler.window_start_max {max(0, first_bad - max(scfg.window_size, 1))} "
+                f"or timestep_fraction {first_bad / scfg.steps:.2f})"
+            )
 
 
 def anchor_folder(cfg: TrainConfig) -> Path | None:

@@ -166,7 +166,21 @@ def test_an_opd_run_resumes_exactly(tiny_policy_dir, tiny_teachers, tmp_path):
         ({"opd": {"anchor": "no-such-anchor"}}, "opd.anchor 'no-such-anchor' is neither a teacher"),
         (
             {"sampler": {"steps": 4, "kind": "cps", "noise_level": 0.8, "timestep_fraction": 1.0}},
-            "cps sampler's last step is deterministic",
+            r"step 3 \(sigma 0.\d+ -> 0.000\).*is deterministic",
+        ),
+        (
+            {
+                "sampler": {
+                    "steps": 10,
+                    "shift": 1.0,
+                    "kind": "cps",
+                    "noise_level": 0.8,
+                    "window_size": 3,
+                    "window_start_max": 6,
+                    "timestep_fraction": 1.0,
+                }
+            },
+            "step 8 .*x the median step.*before step 8",
         ),
         ({"opd": {"cold_start": {"weights": {"compose": 1.0}}}}, "give one weight per teacher"),
         ({"opd": {"routing": "epoch"}, "tasks": {"compose": 1.5, "text": 1.0}}, "needs integer task weights"),
