@@ -159,15 +159,8 @@ def chi_square_upper(dof: int, z: float = 4.0) -> float:
 
 @pytest.fixture(scope="module")
 def gradients() -> dict[str, torch.Tensor]:
-    # One intra-op thread: leave_one_out loops over the N / 8 groups in Python, thousands of tiny
-    # ops that each pay a thread wake-up on a busy machine (~36 s with 2 threads there, < 1 s with 1).
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
-        traj = rollout()
-        out = {obj: batch_gradients(obj, traj) for obj in ("kl", "kl_pg", "paper")}
-    finally:
-        torch.set_num_threads(threads)
+    traj = rollout()
+    out = {obj: batch_gradients(obj, traj) for obj in ("kl", "kl_pg", "paper")}
     out["full"] = closed_form_gradient(detach_marginals=False)
     out["direct"] = closed_form_gradient(detach_marginals=True)
     return out
