@@ -294,7 +294,7 @@ class Batch:
 
 
 class Trainer:
-    """GRPO on a LoRA of the backbone's transformer; OPD objectives plug into the same loop (next issue)."""
+    """GRPO (rewards) or OPD (teachers) on a LoRA of the backbone's transformer: one loop, the signal and loss chosen by the config."""
 
     def __init__(self, cfg: TrainConfig, out: str | Path, resume: bool = False):
         from accelerate import Accelerator
