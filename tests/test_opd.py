@@ -224,3 +224,37 @@ def test_cli_train_opd_and_coldstart(tiny_policy_dir, tiny_teachers, tmp_path, r
     recipe.write_text(yaml.safe_dump(bad))
     done = run_cli("train", "opd", "--config", str(recipe), "--out", str(tmp_path / "bad"))
     assert done.returncode != 0 and "have no teacher" in done.stderr and len(done.stderr.strip().splitlines()) == 1
+
+
+def test_epoch_routing_serves_one_task_per_step(tiny_policy_dir, tiny_teachers):
+    from flowopd.trainer import draw_prompts
+
+    cfg = opd_config(tiny_policy_dir, tiny_teachers, tasks={"compose": 2.0, "text": 1.0}, opd={"routing": "epoch"})
+    tasks = [{r.task for r in draw_prompts(cfg, step, 4)} for step in range(6)]
+    assert tasks == [{"compose"}, {"compose"}, {"text"}] * 2  # the release's per-epoch routing, by the integer ratio
+    mixed = opd_config(tiny_policy_dir, tiny_teachers)
+    assert any(len({r.task for r in draw_prompts(mixed, step, 8)}) == 2 for step in range(3))  # per sample: batches mix tasks
+
+
+@pytest.mark.slow
+def test_mini_reproduce_runs_every_row_and_writes_the_tables(tmp_path):
+    """`flowopd mini reproduce` end to end at toy size (1 step, 1 prompt per task): every stage, row and table."""
+    import yaml
+
+    from flowopd.mini.reproduce import ROWS, reproduce
+    from flowopd.train_config import recipe_path
+
+    values = yaml.safe_load(recipe_path("mini/opd").read_text())
+    values.update(batch_size=8, micro_batch=8)
+    values["opd"]["cold_start"]["sft"].update(prompts_per_teacher=1, images_per_prompt=1, steps=1, batch_size=4)
+    recipe = tmp_path / "opd.yaml"
+    recipe.write_text(yaml.safe_dump(values))
+    results = reproduce(tmp_path / "out", config=str(recipe), limit=1, steps=1)
+    assert list(results["rows"]) == [row for row, _, _ in ROWS]
+    for row in results["rows"]:
+        assert (tmp_path / "out" / "evals" / row / "summary.json").is_file()
+    assert set(results["student_vs_teachers"]) == {"compose", "text", "preference", "quality"}
+    table = (tmp_path / "out" / "results.md").read_text()
+    assert "| opd - mix-weighted |" in table and "| opd-paper | 4 |" in table
+    again = reproduce(tmp_path / "out", config=str(recipe), limit=1, steps=1)  # every stage is skipped: nothing recomputed
+    assert again["wall_seconds_this_call"] < 30 and again["rows"] == results["rows"]
