@@ -409,14 +409,13 @@ def train_coldstart(
     cfg = _load_train_config(config, {"seed": seed, "threads": threads})
     if cfg.opd is None:
         _fail(f"config {config} has no opd section (no teachers to start from); use an OPD recipe such as mini/opd")
-    cs = cfg.opd.cold_start.model_copy(update={"method": method.value, "from_lora": None, **({"merge": merge.value} if merge else {})})
-    cfg = cfg.model_copy(update={"opd": cfg.opd.model_copy(update={"cold_start": cs})})
+    cfg = cfg.with_cold_start(method=method.value, from_lora=None, **({"merge": merge.value} if merge else {}))
     check_plan(cfg)
     if cfg.threads:
         import torch
 
         torch.set_num_threads(cfg.threads)
-    label = method.value if method == ColdStartMethod.sft else f"merge-{cs.merge}"
+    label = method.value if method == ColdStartMethod.sft else f"merge-{cfg.opd.cold_start.merge}"
     out = out or Path("runs") / f"coldstart-{label}"
     t0 = time.time()
     with progress_bar(f"cold start ({label})", None) as advance:

@@ -90,8 +90,8 @@ def check_lora_base(folder: str | Path, base_digest: str | None, base_name: str)
     return info
 
 
-def load_lora(transformer: torch.nn.Module, folder: str | Path, name: str) -> None:
-    """Load a saved LoRA (ours or any diffusers-format SD3 LoRA) as adapter ``name``, frozen."""
+def load_lora(transformer: torch.nn.Module, folder: str | Path, name: str, trainable: bool = False) -> None:
+    """Load a saved LoRA (ours or any diffusers-format SD3 LoRA) as adapter ``name``: frozen, or ``trainable`` (a student's start)."""
     folder = Path(folder)
     before = active_adapters(transformer)
     try:
@@ -102,9 +102,10 @@ def load_lora(transformer: torch.nn.Module, folder: str | Path, name: str) -> No
         raise FlowOPDError(f"LoRA {folder} does not fit this model: {str(exc).splitlines()[0]}") from None
     for n, p in transformer.named_parameters():
         if f".{name}." in n:
-            p.requires_grad_(False)
+            p.requires_grad_(trainable)
     if before:  # loading activates the new adapter alone; keep what was active (e.g. the student's trainable one)
-        _activate(transformer, before[0])
+        with _flags_kept(transformer):
+            transformer.set_adapters(before[0])
 
 
 def active_adapters(transformer: torch.nn.Module) -> list[str]:
@@ -112,16 +113,16 @@ def active_adapters(transformer: torch.nn.Module) -> list[str]:
     return list(transformer.active_adapters()) if getattr(transformer, "_hf_peft_config_loaded", False) else []
 
 
-def _lora_flags(transformer: torch.nn.Module) -> list:
-    return [(p, p.requires_grad) for n, p in transformer.named_parameters() if "lora_" in n]
-
-
-def _activate(transformer: torch.nn.Module, name: str) -> None:
-    """Make ``name`` the only active adapter without touching any ``requires_grad`` flag (peft's set_adapter would)."""
-    flags = _lora_flags(transformer)
-    transformer.set_adapters(name)
-    for p, flag in flags:
-        p.requires_grad_(flag)
+@contextlib.contextmanager
+def _flags_kept(transformer: torch.nn.Module) -> Iterator[None]:
+    """Restore every LoRA parameter's ``requires_grad`` on exit: peft marks whatever it activates trainable and whatever
+    it disables frozen, so the student's adapter must be put back as the only trainable one."""
+    flags = [(p, p.requires_grad) for n, p in transformer.named_parameters() if "lora_" in n]
+    try:
+        yield
+    finally:
+        for p, flag in flags:
+            p.requires_grad_(flag)
 
 
 @contextlib.contextmanager
@@ -130,21 +131,18 @@ def use_adapter(transformer: torch.nn.Module, name: str | None) -> Iterator[None
 
     Teachers, the MAR anchor and the reference are adapters on the student's own
     frozen transformer (SPEC section 6), so a switch is a flag on each LoRA
-    layer, not a second model. peft marks whatever it activates trainable and
-    whatever it disables frozen; the flags are restored, so the student's
-    adapter stays the only trainable one.
+    layer, not a second model; trainable flags are never changed.
     """
-    previous, flags = active_adapters(transformer), _lora_flags(transformer)
-    if name is None:
-        transformer.disable_adapters()
-    else:
-        transformer.set_adapters(name)
-    try:
-        yield
-    finally:
+    previous = active_adapters(transformer)
+    with _flags_kept(transformer):
         if name is None:
-            transformer.enable_adapters()
-        if previous:
-            transformer.set_adapters(previous[0])
-        for p, flag in flags:
-            p.requires_grad_(flag)
+            transformer.disable_adapters()
+        else:
+            transformer.set_adapters(name)
+        try:
+            yield
+        finally:
+            if name is None:
+                transformer.enable_adapters()
+            if previous:
+                transformer.set_adapters(previous[0])

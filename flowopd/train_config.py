@@ -189,6 +189,11 @@ class TrainConfig(BaseModel):
             data.pop(key, None)
         return data
 
+    def with_cold_start(self, **changes) -> TrainConfig:
+        """This OPD config with ``opd.cold_start`` fields changed (e.g. ``method="sft"``, ``from_lora=FOLDER``)."""
+        cs = self.opd.cold_start.model_copy(update=changes)
+        return self.model_copy(update={"opd": self.opd.model_copy(update={"cold_start": cs})})
+
     def digest(self) -> str:
         return hashlib.sha256(json.dumps(self.identity(), sort_keys=True).encode()).hexdigest()[:16]
 

@@ -150,18 +150,16 @@ def _check_kl_weights(cfg: TrainConfig) -> None:
             for i in plan_steps(scfg.steps, scfg.shift, scfg.window_size, start, scfg.timestep_fraction).trained
         }
     )
-    for i in sorted(trained, key=lambda i: float(sigmas[i + 1])):  # the deterministic last step first
+    bad = [i for i in trained if float(sigmas[i + 1]) == 0 or weight(i) > 1000 * median]
+    if bad:
+        i, first_bad = max(bad), min(bad)  # report the latest (a deterministic last step, if trained); fix from the first
         s, s_next = float(sigmas[i]), float(sigmas[i + 1])
-        if s_next == 0 or weight(i) > 1000 * median:
-            why = (
-                "is deterministic (sigma_next = 0)" if s_next == 0 else f"weighs {weight(i):.0f}, {weight(i) / median:.0f}x the median step"
-            )
-            first_bad = min(j for j in trained if float(sigmas[j + 1]) == 0 or weight(j) > 1000 * median)
-            raise ConfigError(
-                f"OPD would train sampler step {i} (sigma {s:.3f} -> {s_next:.3f}), whose {scfg.kind} KL {why}; "
-                f"keep trained steps before step {first_bad} (e.g. sampler.window_start_max {max(0, first_bad - max(scfg.window_size, 1))} "
-                f"or timestep_fraction {first_bad / scfg.steps:.2f})"
-            )
+        why = "is deterministic (sigma_next = 0)" if s_next == 0 else f"weighs {weight(i):.0f}, {weight(i) / median:.0f}x the median step"
+        raise ConfigError(
+            f"OPD would train sampler step {i} (sigma {s:.3f} -> {s_next:.3f}), whose {scfg.kind} KL {why}; "
+            f"keep trained steps before step {first_bad} (e.g. sampler.window_start_max {max(0, first_bad - max(scfg.window_size, 1))} "
+            f"or timestep_fraction {first_bad / scfg.steps:.2f})"
+        )
 
 
 def anchor_folder(cfg: TrainConfig) -> Path | None:
@@ -336,10 +334,7 @@ class Trainer:
         else:
             from flowopd.lora import load_lora
 
-            load_lora(transformer, init, "default")
-            for name, p in transformer.named_parameters():
-                if ".default." in name:
-                    p.requires_grad_(True)
+            load_lora(transformer, init, "default", trainable=True)
         self.params = [p for p in transformer.parameters() if p.requires_grad]
         if not self.params:
             raise ConfigError(f"lora.targets {cfg.lora.targets} match no module of the transformer; use the defaults")

@@ -52,9 +52,8 @@ def _opd_variants(cfg, out: Path) -> dict[str, Any]:
     """The five OPD students' configs: the recipe, with one change each."""
 
     def variant(name: str, start: str, **opd) -> Any:
-        cs = cfg.opd.cold_start.model_copy(update={"from_lora": str(out / "models" / f"coldstart-{start}")})
-        new = cfg.opd.model_copy(update={"cold_start": cs, **opd})
-        return cfg.model_copy(update={"name": name, "opd": new, "trackers": []})
+        c = cfg.with_cold_start(from_lora=str(out / "models" / f"coldstart-{start}"))
+        return c.model_copy(update={"name": name, "opd": c.opd.model_copy(update=opd), "trackers": []})
 
     return {
         "opd": variant("opd", "merge"),
@@ -105,8 +104,7 @@ def reproduce(
     models = out / "models"
     for method in ("merge", "sft"):
         folder = models / f"coldstart-{method}"
-        cs = cfg.opd.cold_start.model_copy(update={"method": method, "from_lora": None})
-        c = cfg.model_copy(update={"opd": cfg.opd.model_copy(update={"cold_start": cs})})
+        c = cfg.with_cold_start(method=method, from_lora=None)
         make = merge_teachers if method == "merge" else sft_cold_start
         stage(f"cold start {method}", lambda c=c, folder=folder, make=make: make(c, folder), (folder / LORA_FILE).is_file())
     for name, v in variants.items():

@@ -47,10 +47,7 @@ def _work(mode: str, batch: int, k_steps: int, merged: str) -> dict:
     backbone = load_backbone("mini-base")
     backbone.requires_grad_(False)
     tr = backbone.transformer
-    load_lora(tr, merged, "default")
-    for n, p in tr.named_parameters():
-        if ".default." in n:
-            p.requires_grad_(True)
+    load_lora(tr, merged, "default", trainable=True)
     teachers: list = []  # (model, adapter to switch to on the student's transformer, or None for a separate model)
     if mode == "adapters":
         adapters = load_teachers(backbone, cfg)
