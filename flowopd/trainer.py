@@ -527,13 +527,17 @@ class Trainer:
         reward_local, per_reward_local = self.rewards(batch.traj.images, prompts, [r.metadata for r in recs], [r.task for r in recs])
         rewards = self._gather_global(reward_local)
         group_ids = torch.arange(cfg.batch_size) // cfg.group_size
+        failed = torch.isnan(rewards)
+        if failed.all():
+            raise FlowOPDError(f"every image of step {self.step} failed to score; see the reward's errors above (is its server up?)")
         adv = group_advantages(rewards, group_ids, cfg.grpo.adv_std, cfg.grpo.adv_clip)
-        keep = nonzero_groups(adv, group_ids)
+        keep = nonzero_groups(adv, group_ids) & ~failed
         batch.advantages = adv[batch.local].to(self.accelerator.device)
         self.last_batch = {"local": batch.local, "reward_local": reward_local, "rewards": rewards, "advantages": adv, "prompts": prompts}
         metrics = {
-            "reward": float(rewards.mean()),
-            "reward_std": float(rewards.std(unbiased=False)),
+            "reward": float(rewards[~failed].mean()),
+            "reward_std": float(rewards[~failed].std(unbiased=False)),
+            "reward_failed": float(failed.sum()),
             "kept_frac": float(keep.float().mean()),
         }
         for name, local_vals in per_reward_local.items():

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Sequence
+import math
+from collections.abc import Mapping, Sequence
+from pathlib import Path
 from typing import Any, ClassVar
 
 import numpy as np
@@ -14,21 +16,35 @@ ImageBatch = torch.Tensor | Sequence[Any]  # float [B,3,H,W] in [0,1], or PIL im
 
 @dataclasses.dataclass
 class Scores:
-    """Per-image raw scores, their training-scale values, and per-image details (reasons, read text...)."""
+    """Per-image raw scores, their training-scale values, and per-image details (reasons, read text...).
 
-    raw: torch.Tensor  # [B] float, the reward's own scale
+    An image the reward could not score (a server error, an unparseable
+    judge reply) is *failed*: its ``raw`` and ``normalized`` are NaN and
+    ``details["error"]`` says why. Failed images are never scored 0: the
+    trainer leaves them out of the advantages and evaluation counts them apart.
+    """
+
+    raw: torch.Tensor  # [B] float, the reward's own scale (NaN where failed)
     normalized: torch.Tensor  # [B] float, the training scale (``RewardModel.normalize(raw)``)
     details: list[dict[str, Any]]
 
     def __len__(self) -> int:
         return int(self.raw.shape[0])
 
+    @property
+    def failed(self) -> torch.Tensor:
+        """[B] bool: the images that could not be scored."""
+        return torch.isnan(self.raw)
+
     def to_records(self) -> list[dict[str, Any]]:
-        """One JSON-ready dict per image."""
-        return [
-            {"raw": float(r), "normalized": float(n), "details": d}
-            for r, n, d in zip(self.raw.tolist(), self.normalized.tolist(), self.details)
-        ]
+        """One JSON-ready dict per image (``raw``/``normalized`` are ``None`` and ``failed`` is true where scoring failed)."""
+        out = []
+        for r, n, d in zip(self.raw.tolist(), self.normalized.tolist(), self.details):
+            if math.isnan(r):
+                out.append({"raw": None, "normalized": None, "failed": True, "details": d})
+            else:
+                out.append({"raw": float(r), "normalized": float(n), "details": d})
+        return out
 
 
 class RewardModel:
@@ -40,6 +56,13 @@ class RewardModel:
     scale is not the training scale. Weights load lazily on first use through
     :meth:`load`; :meth:`weights_status` says whether they are present
     without loading them.
+
+    Rewards with weights list the weight sets they need in ``weight_sets``
+    (see :mod:`flowopd.reward_models.weights`); ``weights={"set": path}``
+    overrides where one is looked for, and :meth:`weight_path` finds it or
+    fails with the command that fetches it. ``_score`` returns ``None`` (or
+    NaN) as the raw score of an image it could not score, with
+    ``details["error"]``.
     """
 
     name: ClassVar[str] = ""
@@ -47,18 +70,49 @@ class RewardModel:
     higher_is_better: ClassVar[bool] = True
     description: ClassVar[str] = ""
     needs_metadata: ClassVar[bool] = False  # True when a prompt alone is not enough (e.g. GenEval clauses)
+    weight_sets: ClassVar[tuple[str, ...]] = ()  # names in flowopd.reward_models.weights.WEIGHT_SETS
+    requires: ClassVar[tuple[str, ...]] = ()  # importable modules the reward needs beyond the core install
 
-    def __init__(self, device: str | torch.device = "cpu", batch_size: int = 64):
+    def __init__(self, device: str | torch.device = "cpu", batch_size: int = 64, weights: Mapping[str, str | Path] | None = None):
         self.device = torch.device(device)
         self.batch_size = batch_size
+        self.weights = dict(weights or {})
+        unknown = set(self.weights) - set(self.weight_sets)
+        if unknown:
+            raise ValueError(f"{self.name}: unknown weight set {sorted(unknown)[0]!r}; this reward uses {list(self.weight_sets) or 'none'}")
         self._loaded = False
 
     # ----------------------------------------------------------- lifecycle
 
     @classmethod
     def weights_status(cls) -> tuple[bool, str | None]:
-        """``(available, reason)``: whether the weights are present (or not needed), without loading them."""
+        """``(available, reason)``: whether the packages and weights are present (or not needed), without loading them."""
+        import importlib.util
+
+        from flowopd.reward_models.weights import get_weight_set
+
+        for module in cls.requires:
+            if importlib.util.find_spec(module) is None:
+                return False, f"needs the Python module {module!r}: {cls.install_hint()}"
+        for set_name in cls.weight_sets:
+            ws = get_weight_set(set_name)
+            missing = ws.missing()
+            if missing:
+                return False, f"weights {set_name!r}: {missing[0]} not in {ws.path()}; run `flowopd weights download {cls.name}`"
         return True, None
+
+    @classmethod
+    def install_hint(cls) -> str:
+        """How to install the reward's extra packages (rewards in an extra override this)."""
+        return f"pip install {' '.join(cls.requires)}"
+
+    def weight_path(self, set_name: str) -> Path:
+        """The folder of one of this reward's weight sets, or a one-line error with the command that fetches it."""
+        from flowopd.reward_models.weights import get_weight_set
+
+        if set_name not in self.weight_sets:
+            raise ValueError(f"{self.name} does not declare weight set {set_name!r}")
+        return get_weight_set(set_name).require(self.name, self.weights.get(set_name))
 
     def load(self) -> None:
         """Load weights onto ``self.device``; called once, lazily, before the first score."""
@@ -96,7 +150,7 @@ class RewardModel:
                 prompts[start : start + self.batch_size],
                 meta[start : start + self.batch_size],
             )
-            raws.extend(float(x) for x in r)
+            raws.extend(math.nan if x is None else float(x) for x in r)
             details.extend(d)
         raw = torch.tensor(raws, dtype=torch.float32)
         return Scores(raw=raw, normalized=self.normalize(raw), details=details)

@@ -26,6 +26,19 @@ BUILTIN: dict[str, str] = {
     "mini_ocr": "flowopd.reward_models.mini:MiniOCR",
     "mini_preference": "flowopd.reward_models.mini:MiniPreference",
     "mini_quality": "flowopd.reward_models.mini:MiniQuality",
+    "geneval": "flowopd.reward_models.geneval:GenEvalMMDet",
+    "geneval@hf-m2f": "flowopd.reward_models.geneval:GenEvalHFMask2Former",
+    "ocr": "flowopd.reward_models.ocr:RapidOCRReward",
+    "ocr@paddle": "flowopd.reward_models.ocr:PaddleOCRReward",
+    "pickscore_v1": "flowopd.reward_models.clip_rewards:PickScore",
+    "clipscore": "flowopd.reward_models.clip_rewards:CLIPScore",
+    "aesthetic_laion_v2": "flowopd.reward_models.clip_rewards:AestheticLaionV2",
+    "hpsv2": "flowopd.reward_models.hps:HPSv2",
+    "hpsv2.1": "flowopd.reward_models.hps:HPSv21",
+    "imagereward_v1": "flowopd.reward_models.imagereward:ImageRewardV1",
+    "deqa": "flowopd.reward_models.deqa:DeQA",
+    "unifiedreward": "flowopd.reward_models.judges:UnifiedReward",
+    "qwenvl_judge": "flowopd.reward_models.judges:QwenVLJudge",
 }
 
 
@@ -66,6 +79,7 @@ class RewardInfo:
     reason: str | None
     higher_is_better: bool | None
     description: str
+    weight_sets: list[str] = dataclasses.field(default_factory=list)
 
 
 _entries: dict[str, Entry] = {name: Entry(name, target, "builtin") for name, target in BUILTIN.items()}
@@ -152,7 +166,9 @@ def list_rewards() -> list[RewardInfo]:
         try:
             cls = entry.resolve()
             available, reason = cls.weights_status()
-            out.append(RewardInfo(name, cls.version, entry.source, available, reason, cls.higher_is_better, cls.description))
+            out.append(
+                RewardInfo(name, cls.version, entry.source, available, reason, cls.higher_is_better, cls.description, list(cls.weight_sets))
+            )
         except Exception as exc:  # a broken plugin must not hide the others
             out.append(RewardInfo(name, None, entry.source, False, f"cannot import {entry.target}: {exc}", None, ""))
     return out

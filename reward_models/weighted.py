@@ -35,7 +35,12 @@ class WeightedReward:
     def __call__(
         self, images: torch.Tensor, prompts: Sequence[str], metadata: Sequence[dict[str, Any] | None], tasks: Sequence[str | None]
     ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-        """``(total [N], {reward name: normalised score [N], NaN where it was not applied})``."""
+        """``(total [N], {reward name: normalised score [N], NaN where it was not applied or failed})``.
+
+        An image that any of its weighted rewards failed to score (a judge
+        server error, an unparseable reply) gets a NaN total: it is left out
+        of the advantages rather than scored by the rewards that happened to work.
+        """
         n = len(prompts)
         per_reward = {name: torch.full((n,), math.nan) for name in self.models}
         total = torch.zeros(n)
@@ -47,7 +52,7 @@ class WeightedReward:
             scores = model.score(images[idx], [prompts[i] for i in idx], [metadata[i] for i in idx])
             w = torch.tensor([self.weights_for(tasks[i])[name] for i in idx])
             per_reward[name][idx] = scores.normalized
-            total[idx] += w * scores.normalized
+            total[idx] += w * scores.normalized  # NaN where this reward failed the image
             wsum[idx] += w
         if (wsum == 0).any():
             i = int((wsum == 0).nonzero()[0])

@@ -19,14 +19,21 @@ STD_MODES = ("global", "group")
 
 
 def group_advantages(rewards: torch.Tensor, group_ids: torch.Tensor, std_mode: str = "global", clip: float = 5.0) -> torch.Tensor:
-    """Per-sample advantages from per-sample rewards; ``group_ids`` says which prompt each sample belongs to (eq. 3)."""
+    """Per-sample advantages from per-sample rewards; ``group_ids`` says which prompt each sample belongs to (eq. 3).
+
+    A NaN reward marks an image its reward model failed to score: it gets
+    advantage 0 and is left out of its group's mean and of the std.
+    """
     if std_mode not in STD_MODES:
         raise ValueError(f"unknown advantage std mode {std_mode!r}; choose one of {', '.join(STD_MODES)}")
     rewards = rewards.double()
-    adv = torch.empty_like(rewards)
-    global_std = rewards.std(unbiased=False)  # numpy's np.std, as Flow-GRPO
+    scored = ~torch.isnan(rewards)
+    adv = torch.zeros_like(rewards)
+    global_std = rewards[scored].std(unbiased=False)  # numpy's np.std, as Flow-GRPO
     for g in torch.unique(group_ids):
-        members = group_ids == g
+        members = (group_ids == g) & scored
+        if not members.any():
+            continue
         r = rewards[members]
         std = global_std if std_mode == "global" else r.std(unbiased=False)
         adv[members] = (r - r.mean()) / (std + 1e-4)
