@@ -244,6 +244,45 @@ def rewards_score(
     _print_table(f"{name} (version {cls.version})", ("image", "raw", "normalized", "details"), rows)
 
 
+@rewards_app.command("agreement")
+def rewards_agreement(
+    pairs: Path = typer.Option(..., "--pairs", help="JSONL of {prompt, images: [a, b, ...], preferred: 0|1 | rank: [...]} records."),
+    reward: list[str] = typer.Option(
+        [], "--reward", "-r", help="Reward to test (repeat); default: every available reward that needs no metadata."
+    ),
+    out: Path | None = typer.Option(None, "--out", help="Also write the results as JSON here."),
+    fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
+) -> None:
+    """Each reward's accuracy at picking the human-preferred image (HPD v2 / Pick-a-Pic pairs), with a 95% bootstrap CI."""
+    from flowopd.benchmarks.agreement import load_pairs, run_agreement
+    from flowopd.reward_models import get_reward_class, list_rewards
+    from flowopd.runinfo import atomic_file
+
+    records = load_pairs(pairs)
+    names = list(reward) or [i.name for i in list_rewards() if i.available and not get_reward_class(i.name).needs_metadata]
+    for n in names:
+        ok, why = get_reward_class(n).weights_status()
+        if not ok:
+            _fail(f"reward {n!r} is not available: {why}")
+    n_cmp = sum(len(r.comparisons) for r in records)
+    err_console.print(f"{len(records)} records, {n_cmp} comparisons, {len(names)} rewards")
+    rows = run_agreement(records, names, progress=lambda what, k, n: err_console.print(f"[{k}/{n}] {what}"))
+    result = {"pairs": str(pairs), "records": len(records), "comparisons": n_cmp, "rewards": rows}
+    if out is not None:
+        with atomic_file(out) as f:
+            f.write(json.dumps(result, indent=2).encode())
+    if fmt is Format.json:
+        print(json.dumps(result, indent=2))
+        return
+    table_rows = [
+        (r["reward"], f"{r['mean']:.3f}", f"[{r['lo']:.3f}, {r['hi']:.3f}]", str(r["n"]), str(r["dropped_failed"]))
+        for r in sorted(rows, key=lambda r: -r["mean"] if r["n"] else 1.0)
+    ]
+    _print_table(
+        f"agreement with human preference ({pairs.name})", ("reward", "accuracy", "95% CI", "comparisons", "dropped (failed)"), table_rows
+    )
+
+
 def _parse_metadata(text: str, n: int) -> list[dict]:
     from flowopd.errors import InputError
 
@@ -289,6 +328,70 @@ def weights_list(fmt: Format = typer.Option(Format.table, "--format", help="tabl
         return
     table_rows = [(r["name"], _yes_no(r["present"]), str(r["size_mb"]), (r["sha256"] or "-")[:12], r["path"]) for r in rows]
     _print_table("weights", ("name", "present", "size MB", "sha256", "path"), table_rows)
+
+
+def _reward_sets(name: str | None) -> dict[str, list[str]]:
+    """reward name -> its weight-set names; ``name`` may be a reward or a weight set (then the rewards that use it)."""
+    from flowopd.reward_models import get_reward_class, names
+    from flowopd.reward_models.weights import WEIGHT_SETS
+
+    by_reward = {}
+    for n in names():
+        try:
+            by_reward[n] = list(get_reward_class(n).weight_sets)
+        except Exception:  # a broken plugin is reported by `rewards list`
+            continue
+    if name is None:
+        return by_reward
+    if name in by_reward:
+        return {name: by_reward[name]}
+    if name in WEIGHT_SETS:
+        return {r: [name] for r, sets in by_reward.items() if name in sets} or {"(unused)": [name]}
+    get_reward_class(name)  # raises with "did you mean"
+    return {}
+
+
+@weights_app.command("status")
+def weights_status(
+    name: str | None = typer.Argument(None, help="A reward (e.g. pickscore_v1) or a weight set; all rewards if omitted."),
+    fmt: Format = typer.Option(Format.table, "--format", help="table or json."),
+) -> None:
+    """Each reward's required weight files: where they were looked for, and whether they were found."""
+    from flowopd.reward_models.weights import WEIGHT_SETS, env_var, status_rows, weights_dir
+
+    rows = []
+    for reward, sets in _reward_sets(name).items():
+        for row in status_rows({s: WEIGHT_SETS[s] for s in sets}):
+            rows.append({"reward": reward, **row, "override_env": env_var(row["set"])})
+    if fmt is Format.json:
+        print(json.dumps({"weights_dir": str(weights_dir()), "files": rows}, indent=2))
+        return
+    console.print(f"weights dir: {weights_dir()} (set $FLOWOPD_WEIGHTS_DIR to move it; ${{FLOWOPD_WEIGHTS_<SET>}} overrides one set)")
+    table_rows = [(r["reward"], r["set"], r["file"], _yes_no(r["found"]), r["path"], r["chosen_by"]) for r in rows]
+    _print_table("reward weights", ("reward", "set", "file", "found", "looked for at", "chosen by"), table_rows)
+    rewards_without = [r for r, sets in _reward_sets(name).items() if not sets]
+    if rewards_without:
+        console.print(f"no weight files needed: {', '.join(rewards_without)}")
+
+
+@weights_app.command("download")
+def weights_download(
+    name: str | None = typer.Argument(None, help="A reward or a weight set; every set of every reward if omitted."),
+) -> None:
+    """Fetch reward weights into the weights dir (from the hub, or the set's URL); offline this fails at once."""
+    from flowopd.reward_models.weights import WEIGHT_SETS, download
+
+    wanted = sorted({s for sets in _reward_sets(name).values() for s in sets})
+    if not wanted:
+        console.print(f"{name} needs no weight files")
+        return
+    todo = [WEIGHT_SETS[s] for s in wanted if WEIGHT_SETS[s].missing()]
+    for s in wanted:
+        if not WEIGHT_SETS[s].missing():
+            console.print(f"{s}: present at {WEIGHT_SETS[s].path()}")
+    for ws in todo:
+        path = download(ws, progress=lambda msg: err_console.print(f"downloading {msg}"))
+        console.print(f"{ws.name}: downloaded to {path}")
 
 
 # ------------------------------------------------------------------ train
