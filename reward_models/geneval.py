@@ -28,11 +28,9 @@ colour, and the per-class text classifier is cached.
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
-import importlib.util
-from collections.abc import Callable, Iterator, Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -375,37 +373,6 @@ class _GenEvalBase(RewardModel):
 # ------------------------------------------------------------------ transformers Mask2Former
 
 
-@contextlib.contextmanager
-def _inference_only_mask2former() -> Iterator[None]:
-    """Build transformers' Mask2Former without its training loss when scipy is missing.
-
-    ``Mask2FormerForUniversalSegmentation.__init__`` always builds
-    ``Mask2FormerLoss``, whose Hungarian matcher needs scipy; inference never
-    calls it. Without scipy, a stand-in with the same buffer (so checkpoints
-    load without unexpected keys) is used while the model is built.
-    """
-    if importlib.util.find_spec("scipy") is not None:
-        yield
-        return
-    from unittest import mock
-
-    from transformers.models.mask2former import modeling_mask2former
-
-    class InferenceOnlyLoss(torch.nn.Module):
-        def __init__(self, config: Any, weight_dict: dict[str, float]):
-            super().__init__()
-            self.num_labels, self.eos_coef, self.weight_dict = config.num_labels, config.no_object_weight, weight_dict
-            empty_weight = torch.ones(self.num_labels + 1)
-            empty_weight[-1] = self.eos_coef
-            self.register_buffer("empty_weight", empty_weight)
-
-        def forward(self, *args: Any, **kwargs: Any) -> Any:
-            raise RuntimeError("Mask2Former was loaded for inference only (scipy is not installed): no training loss")
-
-    with mock.patch.object(modeling_mask2former, "Mask2FormerLoss", InferenceOnlyLoss):
-        yield
-
-
 class GenEvalHFMask2Former(_GenEvalBase):
     """GenEval with transformers' Mask2Former Swin-S COCO instance model: ``geneval@hf-m2f``.
 
@@ -436,8 +403,7 @@ class GenEvalHFMask2Former(_GenEvalBase):
         longest = size.get("longest_edge") if isinstance(size, Mapping) else getattr(size, "longest_edge", None)
         if shortest and not longest:  # an older config ("size": 384): the processor's documented default longest edge
             self._processor_kwargs["size"] = {"shortest_edge": shortest, "longest_edge": getattr(self._processor, "_max_size", 1333)}
-        with _inference_only_mask2former():
-            self._model = Mask2FormerForUniversalSegmentation.from_pretrained(path).to(self.device).eval()
+        self._model = Mask2FormerForUniversalSegmentation.from_pretrained(path).to(self.device).eval()
         self._labels = geneval_label_map(self._model.config.id2label)
 
     @torch.no_grad()

@@ -68,8 +68,7 @@ def m2f_dir(tmp_path_factory):
         id2label=dict(enumerate(HF_NAMES)), label2id={n: i for i, n in enumerate(HF_NAMES)},
     )  # fmt: skip
     torch.manual_seed(0)
-    with G._inference_only_mask2former():  # scipy (the training loss's matcher) is not installed here
-        Mask2FormerForUniversalSegmentation(config).save_pretrained(path)
+    Mask2FormerForUniversalSegmentation(config).save_pretrained(path)
     Mask2FormerImageProcessor(size={"shortest_edge": 64, "longest_edge": 128}, size_divisor=32).save_pretrained(path)
     return path
 
