@@ -133,7 +133,7 @@ class PickScore(_CLIPReward):
     """
 
     name = "pickscore_v1"
-    version = "v1"
+    version = "1"
     description = "PickScore v1 (CLIP-H fine-tuned on Pick-a-Pic): logit_scale.exp() * cos(text, image); trained at /26"
     weight_sets = ("pickscore_v1", "clip-vit-h-14-processor")
     model_set = "pickscore_v1"
@@ -163,7 +163,7 @@ class CLIPScore(_CLIPReward):
     """
 
     name = "clipscore"
-    version = "vit-l-14"
+    version = "1-openai-vit-l-14"
     description = "CLIPScore: CLIP ViT-L/14 logits_per_image diagonal (100 * cos); trained at /30"
     weight_sets = ("clip-vit-large-patch14",)
     model_set = processor_set = "clip-vit-large-patch14"
@@ -222,7 +222,7 @@ class AestheticLaionV2(_CLIPReward):
     """
 
     name = "aesthetic_laion_v2"
-    version = "laion-v2"
+    version = "1-sac-logos-ava1-l14-mse"
     description = "LAION aesthetic predictor v2 (MLP on L2-normalised CLIP ViT-L/14 image embeddings), raw ~1-10; trained at /10"
     weight_sets = ("clip-vit-large-patch14", "aesthetic-mlp-laion-v2")
     model_set = processor_set = "clip-vit-large-patch14"

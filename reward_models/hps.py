@@ -357,7 +357,7 @@ class HPSv2(RewardModel):
     """
 
     name = "hpsv2"
-    version = "v2.0"
+    version = "1-hps-v2.0"
     description = "HPS v2 (open_clip ViT-H-14 fine-tuned on HPD v2): cos(image, text), x100 in benchmarks; trained as is"
     weight_sets = ("hpsv2", "clip-vit-h-14-processor")
     checkpoint_set = "hpsv2"
@@ -440,7 +440,7 @@ class HPSv21(HPSv2):
     """HPS v2.1: the same model and score as :class:`HPSv2`, trained on HPD v2.1 (``HPS_v2.1_compressed.pt``)."""
 
     name = "hpsv2.1"
-    version = "v2.1"
+    version = "1-hps-v2.1"
     description = "HPS v2.1 (open_clip ViT-H-14 fine-tuned on HPD v2.1): cos(image, text), x100 in benchmarks; trained as is"
     weight_sets = ("hpsv2.1", "clip-vit-h-14-processor")
     checkpoint_set = "hpsv2.1"

@@ -24,6 +24,7 @@ import os
 import re
 import socket
 import tempfile
+import urllib.error
 import urllib.parse
 import urllib.request
 from collections.abc import Callable, Mapping
@@ -227,6 +228,13 @@ def check_reachable(ws: WeightSet, timeout: float = 5.0) -> None:
 def download(ws: WeightSet, progress: Callable[[str], None] | None = None) -> Path:
     """Fetch a set into its folder (files land whole: the hub client and our URL fetch both write to temp files first)."""
     check_reachable(ws)
+    try:
+        return _download(ws, progress)
+    except urllib.error.URLError as exc:  # HTTPError included: a moved or missing file on the server
+        raise FlowOPDError(f"cannot download {ws.name!r} from {ws.repo}: {getattr(exc, 'code', None) or exc.reason}") from None
+
+
+def _download(ws: WeightSet, progress: Callable[[str], None] | None) -> Path:
     root = ws.path()
     root.mkdir(parents=True, exist_ok=True)
     if ws.archives:

@@ -167,7 +167,7 @@ def test_pickscore_is_logit_scale_times_cosine(assets, images):
     torch.testing.assert_close(scores.raw, expected, atol=1e-4, rtol=1e-5)
     torch.testing.assert_close(scores.normalized, scores.raw / 26)
     assert [d["cosine"] for d in scores.details] == pytest.approx(cos.tolist(), abs=1e-5)
-    assert reward.version == "v1" and reward.name == "pickscore_v1"
+    assert reward.version == "1" and reward.name == "pickscore_v1"
 
 
 def test_clipscore_is_logits_per_image_diagonal(assets, images):
@@ -526,3 +526,19 @@ def test_missing_weights_is_one_line_with_the_download_command(name, tmp_path, i
     msg = str(err.value)
     assert "\n" not in msg
     assert f"flowopd weights download {name}" in msg
+
+
+def test_a_teacher_trains_on_pickscore_with_the_same_trainer(assets, tiny_policy_dir, tmp_path, monkeypatch):
+    """The real reward in the one trainer: a GRPO step on tiny PickScore weights found through $FLOWOPD_WEIGHTS_DIR."""
+    from test_trainer import tiny_config
+
+    from flowopd.trainer import Trainer
+
+    monkeypatch.setenv("FLOWOPD_WEIGHTS_DIR", str(assets["root"]))
+    cfg = tiny_config(tiny_policy_dir, steps=1, rewards={"pickscore_v1": 1.0}, tasks={"preference": 1.0})
+    trainer = Trainer(cfg, tmp_path / "run")
+    metrics = trainer.train_step()
+    assert math.isfinite(metrics["reward/pickscore_v1"]) and metrics["reward_failed"] == 0
+    rewards = trainer.last_batch["rewards"]
+    assert metrics["reward/pickscore_v1"] == pytest.approx(float(rewards.mean()), abs=1e-5)
+    assert rewards.std() > 0 and trainer.last_batch["advantages"].abs().sum() > 0  # distinct images, distinct scores

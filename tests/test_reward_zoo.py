@@ -216,3 +216,71 @@ def test_agreement_cli_on_mini_rewards(tmp_path, run_cli):
     assert result["comparisons"] == 6 and [r["reward"] for r in result["rewards"]] == ["mini_quality", "mini_preference"]
     assert all(0 <= r["mean"] <= 1 and r["n"] == 6 for r in result["rewards"])
     assert "agreement with human preference" in res.stdout
+
+
+def test_download_of_url_and_archive_sets_from_a_local_server(tmp_path, monkeypatch):
+    """`download` end to end against a real HTTP server on 127.0.0.1: single files, and tars unpacked by base name only."""
+    import functools
+    import http.server
+    import io
+    import tarfile
+    import threading
+
+    from flowopd.errors import FlowOPDError
+    from flowopd.reward_models.weights import WeightSet, download
+
+    served = tmp_path / "served"
+    (served / "v1").mkdir(parents=True)
+    (served / "v1" / "model.pth").write_bytes(b"weights")
+    with tarfile.open(served / "v1" / "det.tar", "w") as tar:
+        for name, data in (("en_det_infer/inference.pdmodel", b"graph"), ("../evil/inference.pdiparams", b"params")):
+            info = tarfile.TarInfo(name)
+            info.size = len(data)
+            tar.addfile(info, io.BytesIO(data))
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    base = f"http://127.0.0.1:{server.server_address[1]}/v1"
+    monkeypatch.setenv("FLOWOPD_WEIGHTS_DIR", str(tmp_path / "weights"))
+    try:
+        single = WeightSet("test-single", base, ("model.pth",))
+        assert download(single) == tmp_path / "weights" / "test-single"
+        assert (tmp_path / "weights" / "test-single" / "model.pth").read_bytes() == b"weights"
+        packed = WeightSet("test-packed", base, ("det/inference.pdmodel", "det/inference.pdiparams"), archives=(("det", "det.tar"),))
+        root = download(packed)
+        assert sorted(p.name for p in (root / "det").iterdir()) == ["inference.pdiparams", "inference.pdmodel"]
+        assert not (tmp_path / "weights" / "evil").exists() and not list(root.glob(".*"))
+        broken = WeightSet("test-broken", base, ("missing.pth",))
+        with pytest.raises(FlowOPDError, match="cannot download 'test-broken' from .*: 404"):
+            download(broken)
+        assert not list((tmp_path / "weights" / "test-broken").iterdir())  # no partial file left behind
+    finally:
+        server.shutdown()
+
+
+@register_reward("test_first_fails")
+class FirstFails(RewardModel):
+    """Fails the first image of every call (``everything=True``: all of them), as a judge server with a bad moment would."""
+
+    version = "1"
+    everything = False
+
+    def _score(self, images, prompts, metadata):
+        raws = [None if (k == 0 or self.everything) else float(img.mean() / 255) for k, img in enumerate(images)]
+        return raws, [{"error": "server said 500"} if r is None else {} for r in raws]
+
+
+def test_the_trainer_leaves_failed_images_out_and_stops_when_all_fail(tiny_policy_dir, tmp_path, monkeypatch):
+    from test_trainer import tiny_config
+
+    from flowopd.errors import FlowOPDError
+    from flowopd.trainer import Trainer
+
+    trainer = Trainer(tiny_config(tiny_policy_dir, steps=1, rewards={"test_first_fails": 1.0}), tmp_path / "run")
+    metrics = trainer.train_step()
+    rewards, adv = trainer.last_batch["rewards"], trainer.last_batch["advantages"]
+    assert torch.isnan(rewards).sum() == 1 and metrics["reward_failed"] == 1
+    assert adv[torch.isnan(rewards)].item() == 0 and math.isfinite(metrics["reward"]) and math.isfinite(metrics["loss"])
+    monkeypatch.setattr(FirstFails, "everything", True)
+    with pytest.raises(FlowOPDError, match="every image of step 2 failed to score"):
+        trainer.train_step()
