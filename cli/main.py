@@ -240,7 +240,12 @@ def rewards_score(
     if fmt is Format.json:
         print(json.dumps([{"image": str(p), "prompt": t, **r} for p, t, r in zip(images, prompts, records)], indent=2))
         return
-    rows = [(str(p), f"{r['raw']:.4f}", f"{r['normalized']:.4f}", json.dumps(r["details"])[:120]) for p, r in zip(images, records)]
+    rows = [
+        (str(p), "[red]failed[/]", "-", r["details"].get("error", "")[:120])
+        if r.get("failed")
+        else (str(p), f"{r['raw']:.4f}", f"{r['normalized']:.4f}", json.dumps(r["details"])[:120])
+        for p, r in zip(images, records)
+    ]
     _print_table(f"{name} (version {cls.version})", ("image", "raw", "normalized", "details"), rows)
 
 

@@ -284,3 +284,38 @@ def test_the_trainer_leaves_failed_images_out_and_stops_when_all_fail(tiny_polic
     monkeypatch.setattr(FirstFails, "everything", True)
     with pytest.raises(FlowOPDError, match="every image of step 2 failed to score"):
         trainer.train_step()
+
+
+def test_rewards_score_cli_shows_a_failed_judge_reply(tmp_path, run_cli):
+    """`flowopd rewards score` against a local chat-completions server whose judge answers without a score."""
+    import http.server
+    import threading
+
+    from PIL import Image
+
+    class Judge(http.server.BaseHTTPRequestHandler):
+        def do_POST(self):  # noqa: N802 (http.server's naming)
+            self.rfile.read(int(self.headers["Content-Length"]))
+            body = json.dumps({"choices": [{"message": {"role": "assistant", "content": "A lovely image, I would say."}}]}).encode()
+            self.send_response(200)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(body)))
+            self.end_headers()
+            self.wfile.write(body)
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Judge)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    Image.new("RGB", (16, 16), "white").save(tmp_path / "a.png")
+    env = {"FLOWOPD_UNIFIEDREWARD_URL": f"http://127.0.0.1:{server.server_address[1]}/v1", "FLOWOPD_UNIFIEDREWARD_MODEL": "judge"}
+    try:
+        res = run_cli("rewards", "score", "unifiedreward", str(tmp_path / "a.png"), "-p", "a cat", env=env)
+        assert res.returncode == 0, res.stderr
+        assert "failed" in res.stdout and "no score found" in res.stdout
+        res = run_cli("rewards", "score", "unifiedreward", str(tmp_path / "a.png"), "-p", "a cat", "--format", "json", env=env)
+        (rec,) = json.loads(res.stdout)
+        assert rec["raw"] is None and rec["failed"] is True and "A lovely image" in rec["details"]["error"]
+    finally:
+        server.shutdown()
