@@ -388,7 +388,10 @@ def weights_download(
 
     wanted = sorted({s for sets in _reward_sets(name).values() for s in sets})
     if not wanted:
-        console.print(f"{name} needs no weight files")
+        from flowopd.reward_models import get_reward_class
+
+        available, why = get_reward_class(name).weights_status() if name else (True, None)
+        console.print(f"{name} needs no weight files" + ("" if available else f"; to run it: {why}"))
         return
     todo = [WEIGHT_SETS[s] for s in wanted if WEIGHT_SETS[s].missing()]
     for s in wanted:
