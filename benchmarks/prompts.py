@@ -1,4 +1,4 @@
-"""Prompt files: GenEval metadata JSONL and plain text (one prompt per line).
+"""Prompt files: GenEval metadata JSONL, plain text (one prompt per line), and JSON lists (the HPS v2 benchmark).
 
 A malformed line is reported with its file and line number, and what a good
 line looks like. The records keep any metadata the line carries (``tag``,
@@ -47,8 +47,26 @@ def _jsonl(path: Path, lines: list[str]) -> list[Prompt]:
     return out
 
 
+def _json_list(path: Path, text: str) -> list[Prompt]:
+    try:
+        items = json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise InputError(f"{path}:{exc.lineno}: not valid JSON ({exc.msg}); a .json prompt file is a list of strings") from None
+    if not isinstance(items, list):
+        raise InputError(f"{path}: a .json prompt file must be a list of prompt strings (or of objects with a 'prompt')")
+    out = []
+    for i, item in enumerate(items):
+        if isinstance(item, dict) and isinstance(item.get("prompt"), str):
+            out.append(Prompt(item["prompt"], {k: v for k, v in item.items() if k not in ("prompt", "task")}, item.get("task")))
+        elif isinstance(item, str) and item.strip():
+            out.append(Prompt(item.strip(), {}))
+        else:
+            raise InputError(f"{path}: item {i} is not a non-empty prompt string (or an object with a 'prompt')")
+    return out
+
+
 def load_prompt_file(path: str | Path, task: str | None = None) -> list[Prompt]:
-    """Read a ``.jsonl`` (GenEval metadata format) or ``.txt`` prompt file."""
+    """Read a ``.jsonl`` (GenEval metadata format), ``.txt`` or ``.json`` (a list of prompts) file."""
     path = Path(path)
     if not path.is_file():
         raise InputError(f"prompt file {path} does not exist; pass a .txt (one prompt per line) or .jsonl file")
@@ -60,8 +78,12 @@ def load_prompt_file(path: str | Path, task: str | None = None) -> list[Prompt]:
         prompts = _jsonl(path, lines)
     elif path.suffix == ".txt":
         prompts = [Prompt(line.strip(), {}, task) for line in lines if line.strip()]
+    elif path.suffix == ".json":
+        prompts = _json_list(path, "\n".join(lines))
     else:
-        raise InputError(f"{path}: unknown prompt file type {path.suffix!r}; use .txt (one prompt per line) or .jsonl (GenEval metadata)")
+        raise InputError(
+            f"{path}: unknown prompt file type {path.suffix!r}; use .txt (one prompt per line), .jsonl (GenEval metadata) or .json (a list)"
+        )
     if not prompts:
         raise InputError(f"{path}: no prompts in the file")
     return [p if p.task or not task else dataclasses.replace(p, task=task) for p in prompts]
