@@ -90,6 +90,18 @@ def text_inputs(tokenizer, prompts: Sequence[str], device: torch.device, padding
     return {k: enc[k].to(device) for k in ("input_ids", "attention_mask")}
 
 
+def image_embeddings(model, processor, images: np.ndarray | Sequence[np.ndarray], device: torch.device) -> torch.Tensor:
+    """L2-normalised projected image embeddings ``[B, D]`` of a ``transformers`` CLIP."""
+    emb = projected_features(model.get_image_features(pixel_values=pixel_values(processor, images, device)))
+    return emb / emb.norm(dim=-1, keepdim=True)
+
+
+def text_embeddings(model, tokenizer, prompts: Sequence[str], device: torch.device, padding: bool | str = True) -> torch.Tensor:
+    """L2-normalised projected text embeddings ``[B, D]`` of a ``transformers`` CLIP."""
+    emb = projected_features(model.get_text_features(**text_inputs(tokenizer, prompts, device, padding=padding)))
+    return emb / emb.norm(dim=-1, keepdim=True)
+
+
 class _CLIPReward(RewardModel):
     """A ``transformers`` CLIP with its tokenizer and image processor (subclasses pick the weight sets)."""
 
@@ -105,13 +117,11 @@ class _CLIPReward(RewardModel):
 
     def image_embeddings(self, images) -> torch.Tensor:
         """L2-normalised projected image embeddings ``[B, D]``."""
-        emb = projected_features(self.model.get_image_features(pixel_values=pixel_values(self.processor, images, self.device)))
-        return emb / emb.norm(dim=-1, keepdim=True)
+        return image_embeddings(self.model, self.processor, images, self.device)
 
     def text_embeddings(self, prompts: Sequence[str]) -> torch.Tensor:
         """L2-normalised projected text embeddings ``[B, D]``."""
-        emb = projected_features(self.model.get_text_features(**text_inputs(self.tokenizer, prompts, self.device)))
-        return emb / emb.norm(dim=-1, keepdim=True)
+        return text_embeddings(self.model, self.tokenizer, prompts, self.device)
 
 
 # ------------------------------------------------------------------ PickScore

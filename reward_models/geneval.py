@@ -40,6 +40,7 @@ import torch
 from flowopd.errors import FlowOPDError
 from flowopd.reward_models import geneval_rules
 from flowopd.reward_models.base import RewardModel
+from flowopd.reward_models.clip_rewards import projected_features
 
 # GenEval's class names in the detector's (mmdet COCO) label order: djghosh13/geneval
 # evaluation/object_names.txt, which the official evaluator indexes by mmdet label id.
@@ -219,18 +220,13 @@ class ClipColorClassifier:
         self.device = torch.device(device)
         self._classifiers: dict[str, torch.Tensor] = {}
 
-    @staticmethod
-    def _features(out: Any) -> torch.Tensor:
-        # transformers < 5 returns the projected tensor, 5.x a BaseModelOutputWithPooling whose pooler_output is projected.
-        return out if isinstance(out, torch.Tensor) else out.pooler_output
-
     @torch.no_grad()
     def text_classifier(self, classname: str) -> torch.Tensor:
         """``[10, D]``: per colour, the normalised mean of the normalised embeddings of the three templates (cached per class)."""
         if classname not in self._classifiers:
             texts = [t.format(c=c, classname=classname) for c in COLORS for t in COLOR_TEMPLATES]
             tok = self.tokenizer(texts, padding=True, return_tensors="pt").to(self.device)
-            emb = self._features(self.model.get_text_features(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]))
+            emb = projected_features(self.model.get_text_features(input_ids=tok["input_ids"], attention_mask=tok["attention_mask"]))
             emb = torch.nn.functional.normalize(emb.float(), dim=-1).view(len(COLORS), len(COLOR_TEMPLATES), -1).mean(dim=1)
             self._classifiers[classname] = torch.nn.functional.normalize(emb, dim=-1)
         return self._classifiers[classname]
@@ -260,7 +256,7 @@ class ClipColorClassifier:
         """``[N, D]`` L2-normalised CLIP image embeddings of PIL crops."""
         pixels = self.image_processor(images=list(crops), return_tensors="pt")["pixel_values"].to(self.device)
         pixels = pixels.to(next(self.model.parameters()).dtype)
-        emb = self._features(self.model.get_image_features(pixel_values=pixels))
+        emb = projected_features(self.model.get_image_features(pixel_values=pixels))
         return torch.nn.functional.normalize(emb.float(), dim=-1)
 
     def similarities(self, image: np.ndarray, objects: Sequence[tuple[Sequence[float], np.ndarray | None]], classname: str) -> torch.Tensor:
@@ -307,12 +303,11 @@ class _GenEvalBase(RewardModel):
         raise NotImplementedError
 
     def _load_clip(self) -> None:
-        from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
+        from flowopd.reward_models.clip_rewards import load_clip_image_processor, load_clip_model, load_clip_tokenizer
 
         path = self.weight_path(self.clip_weight_set)
-        model = CLIPModel.from_pretrained(path).to(self.device).eval()
         self._colors = ClipColorClassifier(
-            model, AutoTokenizer.from_pretrained(path), CLIPImageProcessor.from_pretrained(path), self.device
+            load_clip_model(path, self.device), load_clip_tokenizer(path), load_clip_image_processor(path), self.device
         )
 
     # ----------------------------------------------------------- scoring

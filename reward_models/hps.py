@@ -44,12 +44,11 @@ from flowopd.errors import FlowOPDError
 from flowopd.reward_models.base import RewardModel
 from flowopd.reward_models.clip_rewards import (
     CONTEXT_LENGTH,
+    image_embeddings,
     load_clip_image_processor,
     load_clip_model,
     load_clip_tokenizer,
-    pixel_values,
-    projected_features,
-    text_inputs,
+    text_embeddings,
 )
 
 BACKENDS = ("auto", "open_clip", "transformers")
@@ -422,12 +421,8 @@ class HPSv2(RewardModel):
             out = self.model(pix, text)
             img, txt = out["image_features"], out["text_features"]  # already L2-normalised by open_clip
         else:
-            pix = pixel_values(self.processor, images, self.device)
-            tok = text_inputs(self.tokenizer, prompts, self.device, padding="max_length")  # open_clip pads to 77 as well
-            img = projected_features(self.model.get_image_features(pixel_values=pix))
-            txt = projected_features(self.model.get_text_features(**tok))
-            img = img / img.norm(dim=-1, keepdim=True)
-            txt = txt / txt.norm(dim=-1, keepdim=True)
+            img = image_embeddings(self.model, self.processor, images, self.device)
+            txt = text_embeddings(self.model, self.tokenizer, prompts, self.device, padding="max_length")  # open_clip pads to 77 too
         return (img * txt).sum(dim=-1)
 
     def _score(self, images, prompts, metadata):
