@@ -4,7 +4,7 @@ Scores are keyed by ``(image sha256, prompt + metadata digest, reward name,
 reward version, reward identity)``: the same pixels scored for the same
 prompt by the same version of the same reward. The identity is what else
 decides a score, e.g. the model a served judge runs
-(:func:`reward_identity`). Failed scores are never cached, so they are
+(:meth:`RewardModel.identity`). Failed scores are never cached, so they are
 retried on the next run.
 
 The store is one SQLite file (stdlib ``sqlite3``, WAL journal), so several
@@ -47,14 +47,6 @@ def image_digest(image: np.ndarray) -> str:
 def context_digest(prompt: str, metadata: dict[str, Any] | None) -> str:
     """sha256 of the prompt and its metadata (key order does not matter)."""
     return hashlib.sha256(json.dumps([prompt, metadata or {}], sort_keys=True, default=str).encode()).hexdigest()
-
-
-def reward_identity(reward: RewardModel) -> str:
-    """What decides a reward's scores besides its name and version: the served model of a judge, else nothing."""
-    endpoint = getattr(reward, "endpoint", None)
-    if endpoint is not None and getattr(reward, "backend", "served") == "served":
-        return f"served:{endpoint.model or '?'}"
-    return ""
 
 
 class ScoreCache:
@@ -111,7 +103,7 @@ class ScoreCache:
         arrays = to_uint8_hwc(images)
         meta = list(metadata) if metadata is not None else [None] * len(prompts)
         keys = [(image_digest(a), context_digest(p, m)) for a, p, m in zip(arrays, prompts, meta)]
-        identity = reward_identity(reward)
+        identity = reward.identity()
         cached = self.get(keys, reward.name, reward.version, identity)
         todo = [k for k, c in enumerate(cached) if c is None]
         self.hits += len(keys) - len(todo)

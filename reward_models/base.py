@@ -124,6 +124,10 @@ class RewardModel:
 
     # ----------------------------------------------------------- scoring
 
+    def identity(self) -> str:
+        """What decides this reward's scores besides its name and version (a served judge: its model); part of score-cache keys."""
+        return ""
+
     def applies_to(self, prompt: str, metadata: dict[str, Any] | None) -> bool:
         """Whether this reward can score an image of ``prompt`` (a weighted mix of rewards skips it where it cannot)."""
         return True

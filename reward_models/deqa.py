@@ -131,6 +131,9 @@ class DeQA(RewardModel):
     def normalize(self, raw: torch.Tensor) -> torch.Tensor:
         return raw.float() / 5.0
 
+    def identity(self) -> str:
+        return f"served:{self.endpoint.model or '?'}" if self.backend == "served" else ""
+
     def __repr__(self) -> str:
         return f"<{type(self).__name__} {self.name}@{self.version} backend={self.backend}>"
 

@@ -153,6 +153,9 @@ class _ChatJudge(RewardModel):
     def normalize(self, raw: torch.Tensor) -> torch.Tensor:
         return raw.float() / 5.0
 
+    def identity(self) -> str:
+        return f"served:{self.endpoint.model or '?'}"
+
     def question(self, prompt: str) -> str:
         return self.prompt_template.replace("{prompt}", prompt)
 

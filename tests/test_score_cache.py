@@ -6,7 +6,7 @@ import multiprocessing
 import pytest
 import torch
 
-from flowopd.benchmarks.score_cache import ScoreCache, reward_identity
+from flowopd.benchmarks.score_cache import ScoreCache
 from flowopd.reward_models import RewardModel, load_reward, register_reward
 
 CALLS: list[int] = []
@@ -60,8 +60,8 @@ def test_prompt_metadata_version_and_pixels_are_part_of_the_key(tmp_path, monkey
 
 def test_served_judges_key_on_the_served_model():
     judge = load_reward("unifiedreward", base_url="http://127.0.0.1:9/v1", model="CodeGoat24/UnifiedReward-7b-v1.5")
-    assert reward_identity(judge) == "served:CodeGoat24/UnifiedReward-7b-v1.5"
-    assert reward_identity(load_reward("mini_ocr")) == ""
+    assert judge.identity() == "served:CodeGoat24/UnifiedReward-7b-v1.5"
+    assert load_reward("mini_ocr").identity() == ""
 
 
 def _worker(path, offset, queue):
