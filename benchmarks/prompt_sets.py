@@ -17,14 +17,13 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
-import tempfile
 import urllib.error
-import urllib.request
 from pathlib import Path
 
 from flowopd.benchmarks.prompts import Prompt, load_prompt_file
+from flowopd.config import env_var_name
 from flowopd.errors import FlowOPDError, InputError
+from flowopd.reward_models.weights import fetch_file
 
 DATA_ENV = "FLOWOPD_DATA_DIR"
 DEFAULT_DATA_DIR = Path("~/.cache/flowopd/data")
@@ -54,7 +53,7 @@ class PromptSet:
 
     @property
     def env_var(self) -> str:
-        return "FLOWOPD_PROMPTS_" + re.sub(r"[^A-Z0-9]", "_", self.name.upper())
+        return env_var_name("FLOWOPD_PROMPTS_", self.name)
 
     def path(self) -> Path:
         override = os.environ.get(self.env_var)
@@ -164,17 +163,10 @@ def download(name: str) -> list[Path]:
         if target.is_file():
             out.append(target)
             continue
-        target.parent.mkdir(parents=True, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".part")
-        os.close(fd)
         try:
-            urllib.request.urlretrieve(ps.url, tmp)
-            os.replace(tmp, target)
+            fetch_file(ps.url, target)
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "code", None) or getattr(exc, "reason", None) or exc
             raise FlowOPDError(f"cannot download prompt set {n!r} from {ps.url} ({reason}); copy the file to {target}") from None
-        finally:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
         out.append(target)
     return out

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -10,6 +11,11 @@ from pydantic import BaseModel, ValidationError
 from flowopd.errors import ConfigError
 
 C = TypeVar("C", bound=BaseModel)
+
+
+def env_var_name(prefix: str, name: str) -> str:
+    """A setting's environment variable: ``prefix`` + ``name`` upper-cased, other characters as ``_`` (``hpsv2.1`` -> ``HPSV2_1``)."""
+    return prefix + re.sub(r"[^A-Z0-9]", "_", name.upper())
 
 
 def _describe(err: dict[str, Any], model: type[BaseModel], source: str) -> str:

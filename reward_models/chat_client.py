@@ -50,7 +50,6 @@ import json
 import logging
 import os
 import random
-import re
 import socket
 import threading
 import time
@@ -62,6 +61,7 @@ from typing import Any
 
 import numpy as np
 
+from flowopd.config import env_var_name
 from flowopd.errors import FlowOPDError
 
 logger = logging.getLogger(__name__)
@@ -77,7 +77,7 @@ _EXCERPT = 300
 
 def env_prefix(reward: str) -> str:
     """``FLOWOPD_<REWARD>``: the prefix of a reward's server variables (``qwenvl_judge`` -> ``FLOWOPD_QWENVL_JUDGE``)."""
-    return "FLOWOPD_" + re.sub(r"[^A-Z0-9]", "_", reward.upper())
+    return env_var_name("FLOWOPD_", reward)
 
 
 def served_status(reward: str, serves: str) -> tuple[bool, str | None]:

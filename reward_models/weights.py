@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import dataclasses
 import os
-import re
+import shutil
 import socket
 import tempfile
 import urllib.error
@@ -30,7 +30,9 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+from flowopd.config import env_var_name
 from flowopd.errors import FlowOPDError
+from flowopd.runinfo import atomic_file
 
 ENV_DIR = "FLOWOPD_WEIGHTS_DIR"
 DEFAULT_DIR = Path("~/.cache/flowopd/weights")
@@ -48,7 +50,7 @@ def weights_dir() -> Path:
 
 def env_var(set_name: str) -> str:
     """The per-set override variable, e.g. ``FLOWOPD_WEIGHTS_CLIP_VIT_LARGE_PATCH14``."""
-    return "FLOWOPD_WEIGHTS_" + re.sub(r"[^A-Z0-9]", "_", set_name.upper())
+    return env_var_name("FLOWOPD_WEIGHTS_", set_name)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -249,14 +251,7 @@ def _download(ws: WeightSet, progress: Callable[[str], None] | None) -> Path:
                 continue
             if progress:
                 progress(f"{ws.name}: {name}")
-            fd, tmp = tempfile.mkstemp(dir=root, prefix=f".{name}.", suffix=".part")
-            os.close(fd)
-            try:
-                urllib.request.urlretrieve(f"{ws.repo.rstrip('/')}/{name}", tmp)
-                os.replace(tmp, target)
-            finally:
-                if os.path.exists(tmp):
-                    os.unlink(tmp)
+            fetch_file(f"{ws.repo.rstrip('/')}/{name}", target)
     else:
         from huggingface_hub import snapshot_download
 
@@ -278,9 +273,14 @@ def _download(ws: WeightSet, progress: Callable[[str], None] | None) -> Path:
     return root
 
 
+def fetch_file(url: str, target: Path) -> None:
+    """Download ``url`` to ``target``; through :func:`atomic_file`, so it lands whole or not at all."""
+    with urllib.request.urlopen(url) as src, atomic_file(target) as dst:
+        shutil.copyfileobj(src, dst)
+
+
 def _fetch_archive(url: str, folder: Path) -> None:
     """Download a tar and put its regular files (by base name only: no paths from the archive) into ``folder``, whole or not at all."""
-    import shutil
     import tarfile
 
     folder.parent.mkdir(parents=True, exist_ok=True)
