@@ -129,24 +129,41 @@ def run_agreement(
     rewards: Sequence[str],
     device: str = "cpu",
     progress: Callable[[str, int, int], None] | None = None,
+    chunk_images: int = 64,
 ) -> list[dict[str, Any]]:
-    """Score every image of every record with each reward; one result row per reward."""
+    """Score every image of every record with each reward; one result row per reward.
+
+    Records are taken in chunks of about ``chunk_images`` images: each chunk
+    is decoded once and scored by every reward in one batched call.
+    """
     from PIL import Image
 
     from flowopd.reward_models import load_reward
 
-    rows = []
-    for k, name in enumerate(rewards):
+    models = {name: load_reward(name, device=device) for name in rewards}
+    scores: dict[str, list[list[float]]] = {name: [] for name in rewards}
+    start = 0
+    while start < len(records):
+        stop = start
+        n_images = 0
+        while stop < len(records) and (stop == start or n_images + len(records[stop].images) <= chunk_images):
+            n_images += len(records[stop].images)
+            stop += 1
+        chunk = records[start:stop]
+        images = [Image.open(p).convert("RGB") for rec in chunk for p in rec.images]
+        prompts = [rec.prompt for rec in chunk for _ in rec.images]
+        metas = [rec.metadata for rec in chunk for _ in rec.images]
+        for name, model in models.items():
+            raw = model.score(images, prompts, metas).raw
+            flat = (raw if model.higher_is_better else -raw).tolist()
+            for rec in chunk:
+                scores[name].append(flat[: len(rec.images)])
+                flat = flat[len(rec.images) :]
         if progress:
-            progress(name, k, len(rewards))
-        model = load_reward(name, device=device)
-        scores = []
-        for rec in records:
-            images = [Image.open(p).convert("RGB") for p in rec.images]
-            result = model.score(images, [rec.prompt] * len(images), [rec.metadata] * len(images))
-            scores.append(result.raw.tolist() if model.higher_is_better else (-result.raw).tolist())
-        per_record, dropped = agreement_of(scores, records)
+            progress(f"{stop} of {len(records)} records scored", stop, len(records))
+        start = stop
+    rows = []
+    for name, model in models.items():
+        per_record, dropped = agreement_of(scores[name], records)
         rows.append({"reward": name, "version": model.version, **bootstrap_ci(per_record), "dropped_failed": dropped})
-    if progress:
-        progress("done", len(rewards), len(rewards))
     return rows

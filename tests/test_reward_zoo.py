@@ -188,6 +188,7 @@ def test_agreement_accuracy_and_bootstrap_interval(tmp_path):
     assert row["n"] == 6 and row["mean"] == pytest.approx(5 / 6)
     assert 0 <= row["lo"] <= row["mean"] <= row["hi"] <= 1 and row["lo"] < row["hi"]
     assert row["dropped_failed"] == 0
+    assert run_agreement(records, ["test_brightness"], chunk_images=3) == [row]  # chunk boundaries change nothing
 
 
 def test_agreement_input_errors_name_file_and_line(tmp_path):
