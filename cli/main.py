@@ -366,8 +366,9 @@ def weights_status(
     """Each reward's required weight files: where they were looked for, and whether they were found."""
     from flowopd.reward_models.weights import WEIGHT_SETS, env_var, status_rows, weights_dir
 
+    by_reward = _reward_sets(name)
     rows = []
-    for reward, sets in _reward_sets(name).items():
+    for reward, sets in by_reward.items():
         for row in status_rows({s: WEIGHT_SETS[s] for s in sets}):
             rows.append({"reward": reward, **row, "override_env": env_var(row["set"])})
     if fmt is Format.json:
@@ -376,7 +377,7 @@ def weights_status(
     console.print(f"weights dir: {weights_dir()} (set $FLOWOPD_WEIGHTS_DIR to move it; ${{FLOWOPD_WEIGHTS_<SET>}} overrides one set)")
     table_rows = [(r["reward"], r["set"], r["file"], _yes_no(r["found"]), r["path"], r["chosen_by"]) for r in rows]
     _print_table("reward weights", ("reward", "set", "file", "found", "looked for at", "chosen by"), table_rows)
-    rewards_without = [r for r, sets in _reward_sets(name).items() if not sets]
+    rewards_without = [r for r, sets in by_reward.items() if not sets]
     if rewards_without:
         console.print(f"no weight files needed: {', '.join(rewards_without)}")
 
