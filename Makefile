@@ -1,5 +1,5 @@
 # flowopd, two commands from nothing:
-#   make demo   set up .venv if missing, then run the main job on the mini default (flowopd train opd, eval, report)
+#   make demo   set up .venv if missing, then run the main job on the mini default (flowopd train opd, eval --suite all, report)
 #   make test   set up .venv if missing, then run the test suite (what CI runs)
 PYTHON ?= python3
 VENV ?= .venv
@@ -17,15 +17,17 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# the main job: distil the four shipped mini teachers into one student (Flow-OPD, 2.5 min on 2 cores; the whole demo 6 min from a fresh clone),
-# then evaluate student and base on held-out prompts and compare them image by image
+# the main job: distil the four shipped mini teachers into one student (Flow-OPD, 3.5 min on 2 cores; the whole demo ~7 min from a
+# fresh clone), evaluate student and base on every suite they can run (`flowopd eval --suite all`), and the leaderboard report
+# (Markdown and a self-contained HTML page) with the student compared to the base image by image
 demo: $(STAMP)
 	$(BIN)/flowopd train opd --out $(DEMO)/opd $(if $(wildcard $(DEMO)/opd/run.json),--resume,)
 	$(BIN)/flowopd eval --suite all --model $(DEMO)/opd/lora --out $(DEMO)/eval-student
-	$(BIN)/flowopd eval --suite all --out $(DEMO)/eval-base
+	$(BIN)/flowopd eval --suite all --model mini-base --out $(DEMO)/eval-base
+	$(BIN)/flowopd report $(DEMO)/eval-student $(DEMO)/eval-base --baseline $(DEMO)/eval-base --format html --out $(DEMO)/report.html
 	$(BIN)/flowopd report $(DEMO)/eval-student $(DEMO)/eval-base --baseline $(DEMO)/eval-base --out $(DEMO)/report.md
-	$(BIN)/flowopd sample --prompt 'the text "42"' --model $(DEMO)/opd/lora --n 8 --out $(DEMO)/student-text-42.png
 	@cat $(DEMO)/report.md
+	@echo "HTML report: $(DEMO)/report.html"
 
 test: $(STAMP)
 	$(BIN)/ruff check .
@@ -40,6 +42,7 @@ bench: $(STAMP)
 	$(BIN)/python tests/bench/grpo_step.py
 	$(BIN)/python tests/bench/opd_time.py
 	$(BIN)/python tests/bench/opd_memory.py
+	$(BIN)/python tests/bench/eval_mini.py
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -57,6 +57,9 @@ def _root(
 ) -> None:
     if debug:
         os.environ["FLOWOPD_DEBUG"] = "1"
+    else:  # our own progress bars and one-line errors; the libraries' loading bars and advisories are noise here
+        for var, value in (("HF_HUB_DISABLE_PROGRESS_BARS", "1"), ("TRANSFORMERS_VERBOSITY", "error"), ("DIFFUSERS_VERBOSITY", "error")):
+            os.environ.setdefault(var, value)
 
 
 # ------------------------------------------------------------------ helpers
@@ -628,80 +631,177 @@ def train_opd(
 # ------------------------------------------------------------------ eval / report
 
 
+def _print_skipped(skipped: dict[str, str]) -> None:
+    """Suites not run, one paragraph each; a reason shared by several (the model's world) is said once."""
+    from flowopd.benchmarks.suites import WORLD_REASON
+
+    if not skipped:
+        return
+    shared = [name for name, reason in skipped.items() if reason.startswith(WORLD_REASON)]
+    if shared:
+        console.print(f"[bold]not run[/] ({WORLD_REASON}): {', '.join(shared)}", highlight=False)
+    for name, reason in skipped.items():
+        rest = reason[len(WORLD_REASON) :].removeprefix("; also ") if name in shared else reason
+        if rest:
+            label = f"  {name} would also need" if name in shared else f"[bold]not run[/] {name}:"
+            console.print(f"{label} {rest}", highlight=False)
+
+
 @app.command("eval")
 def eval_cmd(
-    suite: str = typer.Option("all", "--suite", "-s", help="Suite name, or all."),
-    model: str = typer.Option(
-        "mini-base", "--model", "-m", help="mini-base, a mini teacher (mini-teacher-text...), a model or LoRA folder."
+    suite: list[str] = typer.Option(
+        ["all"],
+        "--suite",
+        "-s",
+        help="A suite (mini, geneval, geneval@hf-m2f, ocr, pickscore, deqa, quality, hpsv2, t2i-compbench) or all; repeatable.",
     ),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (default runs/eval-<suite>-<model>)."),
-    limit: int | None = typer.Option(None, "--limit", min=1, help="Prompts per task (compose: per tag)."),
-    steps: int | None = typer.Option(None, "--steps", min=1, help="ODE steps."),
-    cfg: float | None = typer.Option(None, "--cfg", min=1.0, help="Guidance scale."),
-    seed: int | None = typer.Option(None, "--seed", help="Suite seed."),
-    split: str | None = typer.Option(None, "--split", help="test (held-out prompts, default), train or all."),
+    model: str | None = typer.Option(
+        None,
+        "--model",
+        "-m",
+        help="mini-student (default), mini-base, a shipped teacher, a model or LoRA folder, a diffusers SD3 folder, or sd3:<hub id>.",
+    ),
+    lora: Path | None = typer.Option(None, "--lora", help="A diffusers-format LoRA on an SD3 base."),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (default runs/eval-<model>); an unfinished one is resumed."),
+    limit: int | None = typer.Option(
+        None, "--limit", min=1, help="Prompts per group (GenEval tag, HPS style, T2I-CompBench category, mini task)."
+    ),
+    images: int | None = typer.Option(None, "--images-per-prompt", min=1, help="Override the suites' images per prompt."),
+    steps: int | None = typer.Option(None, "--steps", min=1, help="ODE steps (default: the model's; SD3 40)."),
+    cfg: float | None = typer.Option(None, "--cfg", min=1.0, help="Guidance scale (default: the model's; SD3 4.5)."),
+    resolution: int | None = typer.Option(None, "--resolution", min=8, help="Image size in pixels (SD3 default 512)."),
+    seed: int = typer.Option(0, "--seed", help="Suite seed: image seeds derive from (prompt, image index, seed)."),
+    batch_size: int = typer.Option(16, "--batch-size", min=1, help="Images sampled per batch (per process)."),
+    strict: bool = typer.Option(False, "--strict", help="Fail when any requested suite cannot run."),
+    cache: Path | None = typer.Option(None, "--cache", help="Score cache (default $FLOWOPD_CACHE_DIR/scores.sqlite, ~/.cache/flowopd)."),
+    no_report: bool = typer.Option(False, "--no-report", help="Do not write report.md / report.html into the run folder."),
 ) -> None:
-    """Evaluate a model on benchmark suites; writes summary.json, samples.jsonl and images/."""
-    from flowopd.config import build_config
+    """Evaluate a model on benchmark suites: images, per-sample JSONL, summary.json with CIs, and a report.
 
-    suites = {"mini": "the mini world's four tasks (held-out prompts)"}
-    names = list(suites) if suite == "all" else [suite]
-    for s in names:
-        if s not in suites:
-            import difflib
+    `flowopd eval` alone evaluates the shipped mini student on every suite it can run and lists the others with the reason.
+    Under `accelerate launch` the images are split across processes.
+    """
+    from diffusers.utils import logging as diffusers_logging
 
-            close = difflib.get_close_matches(s, list(suites) + ["all"], n=2)
-            hint = f"did you mean {', '.join(close)}?" if close else f"available: {', '.join(suites)}, all"
-            _fail(f"unknown suite {s!r}; {hint}")
-    from flowopd.benchmarks.mini_suite import MiniSuiteConfig, run_mini_suite
+    from flowopd.benchmarks.runner import EvalConfig, run_eval
+    from flowopd.models import KNOWN_WEIGHTS
 
-    overrides = {"model": model, "prompts_per_task": limit, "steps": steps, "cfg": cfg, "seed": seed, "split": split}
-    cfg_obj = build_config(MiniSuiteConfig, {k: v for k, v in overrides.items() if v is not None}, "command-line options")
-    label = Path(model).parent.name if Path(model).name == "lora" else Path(model).name  # runs/teacher-x/lora -> teacher-x
-    out = out or Path("runs") / f"eval-mini-{label}"
+    if os.environ.get("FLOWOPD_DEBUG") != "1":
+        diffusers_logging.disable_progress_bar()  # "Loading pipeline components": ours shows the eval's progress
+
+    if model is None:
+        model = "mini-student" if KNOWN_WEIGHTS["mini-student"].present else "mini-base"
+    ecfg = EvalConfig(
+        suites=suite,
+        model=model,
+        lora=str(lora) if lora else None,
+        limit=limit,
+        images_per_prompt=images,
+        steps=steps,
+        cfg=cfg,
+        resolution=resolution,
+        seed=seed,
+        batch_size=batch_size,
+        strict=strict,
+    )
+    from flowopd.models import resolve_model
+
+    ref = resolve_model(model, ecfg.lora)
+    out = out or Path("runs") / f"eval-{ref.label}"
     t0 = time.time()
-    with progress_bar("eval mini", None) as advance:
+    with progress_bar(f"eval {ref.label}", None) as advance:
 
         def show(stage: str, done: int, total: int) -> None:
-            advance(description=f"eval mini: {stage}", completed=done, total=total)
+            advance(description=f"eval: {stage}", completed=done, total=total)
 
-        summary = run_mini_suite(cfg_obj, out, progress=show)
+        summary = run_eval(ecfg, out, cache_path=cache, progress=show)
+    if not summary:  # not the main process
+        return
+    for w in summary.get("warnings", []):
+        err_console.print(f"[yellow]warning:[/] {w}")
     rows = []
-    for task, key in summary["headline"].items():
-        m = summary["metrics"][key]
-        rows.append((task, key, f"{m['mean']:.3f}", f"[{m['ci95'][0]:.3f}, {m['ci95'][1]:.3f}]", str(m["n"])))
-    _print_table(f"mini suite: {model}", ("task", "metric", "mean", "95% CI", "n"), rows)
-    console.print(f"wrote {out}/summary.json, samples.jsonl and images/ in {time.time() - t0:.0f} s")
+    for name, s in summary["suites"].items():
+        for key, m in s["metrics"].items():
+            rows.append((name, key, f"{m['mean']:.4g}", f"[{m['ci95'][0]:.4g}, {m['ci95'][1]:.4g}]", str(m["n"])))
+    _print_table(f"{ref.label}: metrics (mean, 95% CI, n)", ("suite", "metric", "mean", "95% CI", "n"), rows)
+    _print_skipped(summary["skipped"])
+    img, c = summary["images"], summary["cache"]
+    console.print(
+        f"images: {img['generated']} generated, {img['reused']} reused from {out}/images; "
+        f"scores: {c['hits']} from the cache, {c['misses']} computed ({c['path']})"
+    )
+    if not no_report:
+        from flowopd.benchmarks.report import write_run_report
+
+        written = write_run_report(out)
+        console.print(f"report: {', '.join(str(p) for p in written)}")
+    console.print(f"wrote {out}/summary.json and per-suite samples.jsonl in {time.time() - t0:.0f} s")
+
+
+class ReportFormat(str, Enum):
+    md = "md"
+    html = "html"
+    json = "json"
+    model_index = "model-index"
 
 
 @app.command()
 def report(
-    summaries: list[Path] = typer.Argument(..., help="summary.json files or run folders."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="Write the Markdown here (default: print)."),
-    baseline: Path | None = typer.Option(None, "--baseline", "-b", help="A run folder to compare every run with, image by image."),
+    results: list[Path] = typer.Argument(..., help="Evaluation run folders written by `flowopd eval` (or their summary.json)."),
+    fmt: ReportFormat = typer.Option(
+        ReportFormat.md, "--format", "-f", help="md, html (one self-contained page), json, or model-index (Hugging Face model card YAML)."
+    ),
+    out: Path | None = typer.Option(None, "--out", "-o", help="Write the report here (default: print it; html needs --out)."),
+    baselines: Path | None = typer.Option(
+        None,
+        "--baselines",
+        help="Published numbers to show beside the runs, marked as reported: a CSV or JSON of model, metric, value, source "
+        "(or a shipped file by name: flow-opd-paper).",
+    ),
+    baseline: Path | None = typer.Option(None, "--baseline", "-b", help="A mini run folder to compare every run with, image by image."),
 ) -> None:
-    """A Markdown leaderboard from evaluation summaries (one row per run), optionally with paired changes against a baseline."""
-    from flowopd.benchmarks.report import deltas_markdown, load_samples, load_summary, paired_deltas, to_markdown
+    """A leaderboard like the paper's tables: mean [95% CI] and n per metric, best and second best marked, published rows beside."""
+    from flowopd.benchmarks import report as rep
     from flowopd.runinfo import atomic_file
 
-    loaded, folders = {}, {}
-    for p in summaries:
-        s = load_summary(p)
-        name = s.get("run", {}).get("config", {}).get("model") or p.stem
-        name = name if name not in loaded else f"{name} ({p})"
-        loaded[name], folders[name] = s, p
-    md = to_markdown(loaded)
-    if baseline is not None:
-        base_name = load_summary(baseline).get("run", {}).get("config", {}).get("model") or str(baseline)
-        base_samples = load_samples(baseline)
-        deltas = {name: paired_deltas(load_samples(folders[name]), base_samples) for name in loaded}
-        md = md + "\n" + deltas_markdown(deltas, base_name)
+    if fmt is ReportFormat.html and out is None:
+        _fail("--format html writes one page with every image embedded; pass --out report.html")
+    lb = rep.build_report(results, baselines, baseline)
+    if fmt is ReportFormat.md:
+        text = rep.to_markdown(lb)
+    elif fmt is ReportFormat.json:
+        text = json.dumps(rep.to_json(lb), indent=2, default=str) + "\n"
+    elif fmt is ReportFormat.model_index:
+        text = rep.model_index_yaml(lb.entries)
+    else:
+        from flowopd.benchmarks.html_report import render_report
+
+        text = render_report(lb)
     if out is None:
-        print(md, end="")
+        print(text, end="")
         return
     with atomic_file(out, "w") as f:
-        f.write(md)
+        f.write(text)
     console.print(f"wrote {out}")
+
+
+@app.command()
+def publish(
+    results: list[Path] = typer.Argument(..., help="Evaluation run folders written by `flowopd eval`."),
+    out: Path = typer.Option(..., "--out", "-o", help="Site folder to write (an earlier site there is replaced whole)."),
+    baselines: Path | None = typer.Option(
+        None,
+        "--baselines",
+        help="Published numbers to show beside the runs (CSV or JSON of model, metric, value, source; or flow-opd-paper).",
+    ),
+) -> None:
+    """A static leaderboard site: index.html, one page per model, results.json and model-index YAML; relative links only."""
+    from flowopd.benchmarks.html_report import publish as write_site
+    from flowopd.benchmarks.report import build_report
+
+    lb = build_report(results, baselines)
+    write_site(lb, out)
+    console.print(f"wrote {out}/index.html, {len(lb.runs)} model page(s) in models/, results.json and model-index/")
 
 
 # ------------------------------------------------------------------ mini

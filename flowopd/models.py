@@ -13,6 +13,7 @@ from flowopd.lora import LORA_FILE
 MINI_BASE_DIR = Path(__file__).resolve().parent / "mini" / "assets" / "mini-base"
 MINI_TEACHERS_DIR = Path(__file__).resolve().parent / "mini" / "assets" / "teachers"
 MINI_MIX_DIR = Path(__file__).resolve().parent / "mini" / "assets" / "mix"
+MINI_STUDENT_DIR = Path(__file__).resolve().parent / "mini" / "assets" / "student"
 MINI_SAMPLING = {"steps": 20, "cfg": 3.0, "shift": 1.0}  # chosen by tests/bench/mini_base_scores.py (docs/mini-world.md)
 
 
@@ -66,6 +67,13 @@ KNOWN_WEIGHTS = {
         )
         for variant in ("weighted", "alternate")
     },
+    "mini-student": WeightSet(
+        "mini-student",
+        "mini-lora",
+        MINI_STUDENT_DIR,
+        "the mini Flow-OPD student (the four mini teachers distilled with MAR by `flowopd train opd`; ships with the package)",
+        "flowopd train opd --out runs/opd  (then pass --model runs/opd/lora)",
+    ),
 }
 
 
@@ -133,3 +141,122 @@ def _digest(path: Path, files: tuple[tuple[str, int, int], ...]) -> str:
         h.update(name.encode())
         h.update((path / name).read_bytes())
     return h.hexdigest()
+
+
+# ------------------------------------------------------------------ model specs for evaluation
+
+SD3_PREFIX = "sd3:"
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelRef:
+    """What ``--model SPEC`` names, resolved without loading weights.
+
+    SPEC is a mini model (``mini-base``, a shipped teacher or student, a
+    ``flowopd mini pretrain`` folder), a LoRA folder written by ``flowopd
+    train`` (its base is read from ``lora_info.json``), a diffusers SD3 folder
+    (``model_index.json``), or ``sd3:<hub id or folder>``; ``lora`` puts a
+    diffusers-format LoRA on an SD3 base.
+    """
+
+    spec: str
+    world: str  # "mini" (the mini world's vocabulary and rewards) or "real" (real prompts and reward models)
+    label: str
+    sd3_source: str | None = None
+    lora: Path | None = None
+
+    def load(self, device: str = "cpu"):
+        """The backbone, in eval mode."""
+        if self.sd3_source is None:
+            return load_backbone(self.spec, device)
+        from flowopd.sd3 import SD3Backbone
+
+        return SD3Backbone.from_pretrained(self.sd3_source, lora=str(self.lora) if self.lora else None, device=device)
+
+    def digest(self) -> str:
+        """Identifies the weights: images made by another model never count as this one's."""
+        parts = []
+        if self.sd3_source is None:
+            lora = self.lora_folder()
+            if lora is not None:
+                parts += [model_digest(read_lora_base(lora)), model_digest(str(lora))]
+            else:
+                parts.append(model_digest(self.spec))
+        else:
+            source = Path(self.sd3_source)
+            if source.is_dir():  # names, sizes and times: hashing gigabytes of weights per eval would take minutes
+                files = sorted(f for f in source.rglob("*") if f.is_file())
+                parts += [f"{f.relative_to(source)}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
+            else:
+                parts.append(self.sd3_source)
+            if self.lora is not None:
+                parts.append(model_digest(str(self.lora)))
+        return hashlib.sha256("|".join(parts).encode()).hexdigest()
+
+    def lora_folder(self) -> Path | None:
+        """The mini LoRA folder this spec names (a shipped teacher or student, or a `flowopd train` output), if any."""
+        if self.sd3_source is not None:
+            return self.lora
+        if self.spec in KNOWN_WEIGHTS:
+            ws = KNOWN_WEIGHTS[self.spec]
+            return ws.path if ws.kind == "mini-lora" else None
+        return Path(self.spec) if (Path(self.spec) / LORA_FILE).is_file() else None
+
+    def train_log(self) -> Path | None:
+        """The trainer's ``log.jsonl`` behind this model (beside or above its LoRA folder), for training curves."""
+        lora = self.lora_folder()
+        if lora is None:
+            return None
+        for candidate in (lora / "log.jsonl", lora.parent / "log.jsonl"):
+            if candidate.is_file():
+                return candidate.resolve()
+        return None
+
+
+def read_lora_base(folder: Path) -> str:
+    from flowopd.lora import read_lora_info
+
+    base = read_lora_info(folder).get("base")
+    if not base:
+        raise FlowOPDError(f"{folder}/lora_info.json does not name its base model; pass a LoRA written by `flowopd train`")
+    return base
+
+
+def resolve_model(spec: str, lora: str | Path | None = None) -> ModelRef:
+    """``--model SPEC [--lora DIR]`` -> a :class:`ModelRef`, with a one-line error naming the fix for a bad spec."""
+    if spec.startswith(SD3_PREFIX) or (Path(spec) / "model_index.json").is_file():
+        source = spec[len(SD3_PREFIX) :] if spec.startswith(SD3_PREFIX) else spec
+        if not source:
+            raise FlowOPDError("--model sd3: needs a hub id or a folder, e.g. sd3:stabilityai/stable-diffusion-3.5-medium")
+        lora_path = Path(lora) if lora else None
+        if lora_path is not None and not (lora_path / LORA_FILE).is_file():
+            raise FlowOPDError(f"--lora {lora_path} has no {LORA_FILE}; pass a diffusers-format LoRA folder")
+        name = Path(source.rstrip("/")).name or source
+        label = name + (f"+{lora_path.name if lora_path.name != 'lora' else lora_path.parent.name}" if lora_path else "")
+        return ModelRef(spec, "real", label, sd3_source=source, lora=lora_path)
+    if lora is not None:
+        raise FlowOPDError("--lora applies to an SD3 base (--model sd3:...); for a mini LoRA pass its folder as --model")
+    if spec in KNOWN_WEIGHTS:
+        ws = KNOWN_WEIGHTS[spec]
+        if not ws.present:
+            raise FlowOPDError(f"weights {spec!r} are not in this install ({ws.path}); get them with: {ws.how_to_get}")
+        return ModelRef(spec, "mini", spec)
+    path = Path(spec)
+    if (path / LORA_FILE).is_file():
+        base = read_lora_base(path)
+        if base.startswith(SD3_PREFIX) or (Path(base) / "model_index.json").is_file():
+            return resolve_model(base, lora=path)
+        resolve_model(base)  # the base must resolve too
+        return ModelRef(spec, "mini", path.parent.name if path.name == "lora" else path.name)
+    if (path / "model_info.json").is_file():
+        return ModelRef(spec, "mini", path.name)
+    if path.exists():
+        raise FlowOPDError(
+            f"{path} is not a model folder (no model_info.json, model_index.json or {LORA_FILE}); "
+            "pass a mini model, a LoRA folder from `flowopd train`, or a diffusers SD3 folder"
+        )
+    known = ", ".join(KNOWN_WEIGHTS)
+    raise FlowOPDError(
+        f"model {spec!r} is neither a known model ({known}), an existing folder, nor sd3:<hub id>; "
+        "pass --model mini-base, a folder, or sd3:stabilityai/stable-diffusion-3.5-medium"
+    )

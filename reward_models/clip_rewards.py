@@ -191,6 +191,17 @@ class CLIPScore(_CLIPReward):
         return raw.float().cpu().tolist(), [{"cosine": float(c)} for c in cos.float().cpu().tolist()]
 
 
+class CLIPScoreViTB32(CLIPScore):
+    """CLIPScore with OpenAI CLIP ViT-B/32 (``openai/clip-vit-base-patch32``), the model T2I-CompBench's non-spatial
+    metric uses (its script reports the cosine, ``details["cosine"]`` = raw / 100)."""
+
+    name = "clipscore@vit-b-32"
+    version = "1-openai-vit-b-32"
+    description = "CLIPScore with CLIP ViT-B/32 (T2I-CompBench non-spatial): logits_per_image diagonal (100 * cos); /30"
+    weight_sets = ("clip-vit-base-patch32",)
+    model_set = processor_set = "clip-vit-base-patch32"
+
+
 # ------------------------------------------------------------------ LAION aesthetic predictor
 
 

@@ -32,6 +32,7 @@ BUILTIN: dict[str, str] = {
     "ocr@paddle": "flowopd.reward_models.ocr:PaddleOCRReward",
     "pickscore_v1": "flowopd.reward_models.clip_rewards:PickScore",
     "clipscore": "flowopd.reward_models.clip_rewards:CLIPScore",
+    "clipscore@vit-b-32": "flowopd.reward_models.clip_rewards:CLIPScoreViTB32",
     "aesthetic_laion_v2": "flowopd.reward_models.clip_rewards:AestheticLaionV2",
     "hpsv2": "flowopd.reward_models.hps:HPSv2",
     "hpsv2.1": "flowopd.reward_models.hps:HPSv21",

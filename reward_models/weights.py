@@ -137,6 +137,13 @@ for _ws in (
         license="MIT",
     ),
     WeightSet(
+        "clip-vit-base-patch32",
+        "openai/clip-vit-base-patch32",
+        (*_CLIP_FILES, "model.safetensors"),
+        "OpenAI CLIP ViT-B/32 (T2I-CompBench's non-spatial CLIP similarity)",
+        license="MIT",
+    ),
+    WeightSet(
         "clip-vit-h-14-processor",
         "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
         ("tokenizer.json", "preprocessor_config.json"),

@@ -11,6 +11,12 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_DATA = REPO.parent / "shared" / "data"
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _private_score_cache(tmp_path_factory):
+    """Evaluations in tests (and the CLI subprocesses they start) cache scores in a temp dir, never in ~/.cache."""
+    os.environ["FLOWOPD_CACHE_DIR"] = str(tmp_path_factory.mktemp("score-cache"))
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     """The read-only reference prompt files (../shared/data); skipped where a checkout has none beside it."""

@@ -20,10 +20,10 @@ def test_shipped_base_loads_and_records_its_training():
 @pytest.mark.slow
 def test_base_scores_leave_room_to_improve(tmp_path):
     """Like SD3.5-M in the paper (GenEval 0.63, OCR 0.59), the base is neither useless nor solved."""
-    from flowopd.benchmarks.mini_suite import MiniSuiteConfig, run_mini_suite
+    from flowopd.benchmarks.runner import EvalConfig, run_eval
 
-    summary = run_mini_suite(MiniSuiteConfig(prompts_per_task=24), tmp_path / "eval")
-    m = summary["metrics"]
+    summary = run_eval(EvalConfig(suites=["mini"], model="mini-base", limit=24), tmp_path / "eval", cache_path=tmp_path / "c.sqlite")
+    m = summary["suites"]["mini"]["metrics"]
     assert 0.02 < m["compose/geneval_overall"]["mean"] < 0.85  # measured 0.075 (96 prompts a tag): docs/training.md
     assert 0.15 < m["text/mini_ocr"]["mean"] < 0.9
     assert 0.3 < m["preference/mini_preference"]["mean"] < 0.95
@@ -32,10 +32,10 @@ def test_base_scores_leave_room_to_improve(tmp_path):
 
 def test_every_suite_image_has_its_own_seed():
     """The mini world has three single-object prompts, so prompts recur within a tag; their images must still differ."""
-    from flowopd.benchmarks.mini_suite import MiniSuiteConfig, image_seed, suite_jobs
+    from flowopd.benchmarks.suites import SUITES
 
     for images in (1, 2):
-        jobs = suite_jobs(MiniSuiteConfig(images_per_prompt=images))
-        seeds = [image_seed(rec.prompt, i, 0) for _, rec, i in jobs]
-        assert len(set(seeds)) == len(seeds)
-        assert len({rec.prompt for t, rec, _ in jobs if rec.metadata.get("tag") == "single_object"}) == 3
+        jobs = SUITES["mini"].jobs(None, 0, images_per_prompt=images)
+        assert len(jobs) == 432 * images
+        assert len({j.seed for j in jobs}) == len(jobs)
+        assert len({j.prompt for j in jobs if j.metadata.get("tag") == "single_object"}) == 3

@@ -161,15 +161,16 @@ def test_eval_and_report(tiny_model_dir, tmp_path, run_cli):
     res = run_cli("eval", "--suite", "mini", "--model", str(tiny_model_dir), "--out", str(out), "--limit", "1", "--steps", "1")
     assert res.returncode == 0, res.stderr
     summary = json.loads((out / "summary.json").read_text())
-    assert set(summary["headline"]) == {"compose", "text", "preference", "quality"}
-    m = summary["metrics"]["compose/geneval_overall"]
+    assert set(summary["suites"]["mini"]["headline"]) == {"compose", "text", "preference", "quality"}
+    m = summary["metrics"]["mini/compose/geneval_overall"]
     assert m["n"] == 6 and m["ci95"][0] <= m["mean"] <= m["ci95"][1]
     assert summary["run"]["config"]["steps"] == 1 and summary["run"]["versions"]["diffusers"]
-    lines = (out / "samples.jsonl").read_text().splitlines()
-    assert len(lines) == summary["n_images"] == 9
+    lines = (out / "mini" / "samples.jsonl").read_text().splitlines()
+    assert len(lines) == summary["suites"]["mini"]["n_images"] == 9
     assert all((out / json.loads(ln)["image"]).is_file() for ln in lines)
+    assert (out / "report.md").is_file() and (out / "report.html").is_file()  # eval writes its own report
     rep = run_cli("report", str(out))
-    assert rep.returncode == 0 and "compose/geneval_overall" in rep.stdout and str(tiny_model_dir) in rep.stdout
+    assert rep.returncode == 0 and tiny_model_dir.name in rep.stdout
     one_line_error(run_cli("eval", "--suite", "minii"), "unknown suite 'minii'", "did you mean mini")
     one_line_error(run_cli("report", str(tmp_path / "none.json")), "does not exist")
 

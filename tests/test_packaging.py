@@ -56,6 +56,9 @@ def test_wheel_has_one_namespace_and_the_base(wheel):
         assert f"flowopd/mini/assets/teachers/{task}/pytorch_lora_weights.safetensors" in names, task
     for variant in ("weighted", "alternate"):  # and the GRPO-Mix baselines
         assert f"flowopd/mini/assets/mix/{variant}/pytorch_lora_weights.safetensors" in names, variant
+    for f in ("pytorch_lora_weights.safetensors", "lora_info.json", "log.jsonl"):  # the mini student and its training curves
+        assert f"flowopd/mini/assets/student/{f}" in names, f
+    assert "flowopd/benchmarks/baselines/flow-opd-paper.csv" in names  # `--baselines flow-opd-paper`
     entry_points = next(n for n in names if n.endswith("entry_points.txt"))
     assert "flowopd = flowopd.cli.main:main" in zipfile.ZipFile(wheel).read(entry_points).decode()
 

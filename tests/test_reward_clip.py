@@ -179,6 +179,18 @@ def test_clipscore_is_logits_per_image_diagonal(assets, images):
     torch.testing.assert_close(scores.normalized, scores.raw / 30)
 
 
+def test_clipscore_vit_b_32_reads_its_own_weight_set(assets, images):
+    """T2I-CompBench's non-spatial model: the same formula on the ViT-B/32 weight set; details carry the cosine it reports."""
+    reward = load_reward("clipscore@vit-b-32", weights={"clip-vit-base-patch32": assets["clip_l"]})
+    scores = reward.score(images, PROMPTS)
+    model, cos, _ = _hand_cosines(assets["clip_l"], assets["clip_l"], images, PROMPTS)
+    torch.testing.assert_close(scores.raw, model.logit_scale.exp().detach() * cos, atol=1e-4, rtol=1e-5)
+    assert [d["cosine"] for d in scores.details] == pytest.approx(cos.tolist(), abs=1e-5)
+    assert reward.version != load_reward("clipscore").version  # another model: another cache key and metric
+    with pytest.raises(ValueError, match="clip-vit-base-patch32"):
+        load_reward("clipscore@vit-b-32", weights={"clip-vit-large-patch14": assets["clip_l"]})
+
+
 class _RefAestheticMLP(nn.Module):
     """The improved-aesthetic-predictor MLP, written out independently (keys layers.0/2/4/6/7)."""
 

@@ -16,6 +16,7 @@ ZOO = [
     "ocr",
     "pickscore_v1",
     "clipscore",
+    "clipscore@vit-b-32",
     "aesthetic_laion_v2",
     "hpsv2",
     "hpsv2.1",

@@ -4,7 +4,7 @@ From the shipped base, teachers and GRPO-Mix baselines it makes both cold starts
 trains five OPD students (the main one, one from the SFT cold start, one without
 MAR, one per other objective), evaluates all 14 models on the same held-out
 mini prompts and seeds, and writes one evaluation folder per model
-(``evals/<row>/summary.json``, what `flowopd report` reads), ``results.json``
+(``evals/<row>``, written by the evaluation runner and read by `flowopd report`), ``results.json``
 and ``results.md``. Every stage is skipped when its output is already there,
 so a killed reproduction continues where it stopped.
 """
@@ -68,7 +68,7 @@ def reproduce(
     out: Path, config: str = "mini/opd", limit: int = 32, steps: int | None = None, progress: Callable[[str, int, int], None] | None = None
 ) -> dict[str, Any]:
     """Run every stage (skipping those already done) and write ``results.json`` and ``results.md`` into ``out``."""
-    from flowopd.benchmarks.mini_suite import MiniSuiteConfig, run_mini_suite
+    from flowopd.benchmarks.runner import EvalConfig, run_eval
     from flowopd.coldstart import merge_teachers, sft_cold_start
     from flowopd.config import load_config
     from flowopd.lora import LORA_FILE
@@ -118,8 +118,8 @@ def reproduce(
     specs.update({name: str(out / "runs" / name / "lora") for name in variants})
     for row, _, _ in ROWS:
         target = out / "evals" / row
-        suite = MiniSuiteConfig(model=specs[row], prompts_per_task=limit)
-        stage(f"eval {row}", lambda suite=suite, target=target: run_mini_suite(suite, target), (target / "summary.json").is_file())
+        ecfg = EvalConfig(suites=["mini"], model=specs[row], limit=limit)
+        stage(f"eval {row}", lambda ecfg=ecfg, target=target: run_eval(ecfg, target), (target / "summary.json").is_file())
     if progress:
         progress("tables", stages, stages)
     results = summarise(out, specs)
@@ -140,12 +140,12 @@ def _norm(m: dict[str, Any], task: str) -> tuple[float, float]:
 
 def summarise(out: Path, specs: dict[str, str]) -> dict[str, Any]:
     """Per row: the four headline metrics and their normalised mean; the paired comparisons the issue asks about."""
-    from flowopd.benchmarks.report import load_samples, paired_deltas
+    from flowopd.benchmarks.report import paired_deltas
 
     rows: dict[str, Any] = {}
     for row, table, what in ROWS:
-        s = json.loads((out / "evals" / row / "summary.json").read_text())
-        cells = {t: s["metrics"][s["headline"][t]] for t in TASKS}
+        mini = json.loads((out / "evals" / row / "summary.json").read_text())["suites"]["mini"]
+        cells = {t: mini["metrics"][mini["headline"][t]] for t in TASKS}
         parts = [_norm(cells[t], t) for t in TASKS]
         mean = sum(p[0] for p in parts) / 4
         se = math.sqrt(sum(p[1] ** 2 for p in parts)) / 4
@@ -156,7 +156,7 @@ def summarise(out: Path, specs: dict[str, str]) -> dict[str, Any]:
             "metrics": cells,
             "mean4": {"mean": mean, "ci95": [mean - Z95 * se, mean + Z95 * se]},
         }
-    samples = {row: load_samples(out / "evals" / row) for row, _, _ in ROWS}
+    samples = {row: _records(out / "evals" / row / "mini" / "samples.jsonl") for row, _, _ in ROWS}
 
     def paired(a: str, b: str) -> dict[str, Any]:
         """Paired changes a - b per task (normalised) and of the four-task mean."""
@@ -177,6 +177,10 @@ def summarise(out: Path, specs: dict[str, str]) -> dict[str, Any]:
         d = paired("opd", f"teacher-{t}")["tasks"][t]
         teachers[t] = {**d, "within_0.03": d["mean"] >= -0.03}
     return {"rows": rows, "comparisons": comparisons, "student_vs_teachers": teachers}
+
+
+def _records(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
 
 
 def _scaled(m: dict[str, Any], k: float) -> dict[str, Any]:

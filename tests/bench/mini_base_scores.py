@@ -21,25 +21,22 @@ def main() -> None:
     parser.add_argument("--cfg", type=float, nargs="+", default=[2.0])
     parser.add_argument("--steps", type=int, nargs="+", default=[20])
     parser.add_argument("--prompts", type=int, default=48, help="prompts per task (compose: per tag)")
-    parser.add_argument("--split", default="test")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
-    from flowopd.benchmarks.mini_suite import MiniSuiteConfig, run_mini_suite
+    from flowopd.benchmarks.runner import EvalConfig, run_eval
     from flowopd.mini.world import COMPOSE_TAGS
 
-    print(f"model {args.model}, split {args.split}, {args.prompts} prompts per task (compose: per tag), seed {args.seed}")
+    print(f"model {args.model}, held-out prompts, {args.prompts} prompts per task (compose: per tag), seed {args.seed}")
     header = ["cfg", "steps", "compose", *COMPOSE_TAGS, "text", "text_exact", "preference", "quality", "seconds"]
     print(" | ".join(header))
     for steps in args.steps:
         for cfg in args.cfg:
-            config = MiniSuiteConfig(
-                model=args.model, prompts_per_task=args.prompts, steps=steps, cfg=cfg, split=args.split, seed=args.seed
-            )
+            config = EvalConfig(suites=["mini"], model=args.model, limit=args.prompts, steps=steps, cfg=cfg, seed=args.seed)
             t0 = time.perf_counter()
             with tempfile.TemporaryDirectory() as tmp:
-                summary = run_mini_suite(config, Path(tmp) / "run")
-            m = summary["metrics"]
+                summary = run_eval(config, Path(tmp) / "run", cache_path=Path(tmp) / "scores.sqlite")
+            m = summary["suites"]["mini"]["metrics"]
             cells = [m["compose/geneval_overall"]["mean"], *[m[f"compose/geneval_{t}"]["mean"] for t in COMPOSE_TAGS]]
             cells += [
                 m["text/mini_ocr"]["mean"],

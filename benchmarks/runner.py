@@ -1,0 +1,386 @@
+"""The evaluation runner: ``flowopd eval --suite NAME|all --model SPEC``.
+
+For each suite it makes the jobs (prompt, image index, seed), samples the
+images that are not on disk yet, scores them through the persistent score
+cache, and aggregates. The run folder:
+
+```
+OUT/eval.json              what was asked (model, suites, limit, sampling, seed), written first
+OUT/summary.json           every metric with its n and 95% CI, skipped suites and why, config, seeds, versions, git
+OUT/images/<key>.png       each generated image, with OUT/images/<key>.json (prompt, seed, sampling, model)
+OUT/<suite>/samples.jsonl  one record per image: prompt, metadata, index, seed, image path, every reward's score
+OUT/<suite>/summary.json   the suite's metrics
+```
+
+An image's key hashes (prompt, seed, sampling), so suites that share prompts
+share images (``deqa`` and ``quality`` both use DrawBench), and a run killed
+midway resumes where it stopped: images already on disk are read back, scores
+already in the cache are not recomputed. Under ``accelerate launch`` jobs are
+split across processes (``jobs[rank::world]``); rank 0 merges and aggregates.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from flowopd.benchmarks.suites import SUITES, Job, Suite, get_suite
+from flowopd.errors import FlowOPDError, InputError
+from flowopd.models import ModelRef, resolve_model
+
+Progress = Callable[[str, int, int], None]
+MARKER = "eval.json"
+CACHE_ENV = "FLOWOPD_CACHE_DIR"
+
+
+def default_cache_path() -> Path:
+    """``$FLOWOPD_CACHE_DIR/scores.sqlite`` (default ``~/.cache/flowopd``): shared by every evaluation of this user."""
+    return Path(os.environ.get(CACHE_ENV) or "~/.cache/flowopd").expanduser() / "scores.sqlite"
+
+
+@dataclasses.dataclass
+class EvalPlan:
+    """Which suites run and which are skipped (with the reason) for one model."""
+
+    model: ModelRef
+    run: list[Suite]
+    skipped: dict[str, str]
+    warnings: list[str]
+
+
+def plan_eval(suites: Sequence[str], model: ModelRef) -> EvalPlan:
+    """``all`` = every suite the model's world and the present prompts and weights allow; a named suite must be runnable.
+
+    A suite named explicitly for a model of the other world runs anyway, with a
+    warning (a mini model on real prompts sees mostly unknown words).
+    """
+    explicit = [s for s in suites if s != "all"]
+    names = list(SUITES) if "all" in suites else explicit
+    run, skipped, warnings = [], {}, []
+    for name in dict.fromkeys(names):
+        suite = get_suite(name)
+        world_reason = suite.unavailable_reason(model.world) if suite.world != model.world else None
+        if world_reason and name not in explicit:
+            missing = suite.missing_inputs() if suite.world == "real" else None
+            skipped[name] = world_reason + (f"; also {missing}" if missing else "")
+            continue
+        if world_reason:
+            if suite.world == "mini":
+                raise InputError(f"suite {name!r} {world_reason}; pick a real suite (see `flowopd eval --help`) for {model.spec}")
+            warnings.append(f"{model.label} is a mini-world model: most words of the {name} prompts are unknown to it")
+        reason = suite.missing_inputs()
+        if reason:
+            skipped[name] = reason
+            continue
+        run.append(suite)
+    return EvalPlan(model, run, skipped, warnings)
+
+
+@dataclasses.dataclass
+class EvalConfig:
+    """What ``flowopd eval`` was asked; with the seed it reproduces the run."""
+
+    suites: list[str]
+    model: str
+    lora: str | None = None
+    limit: int | None = None
+    images_per_prompt: int | None = None
+    steps: int | None = None
+    cfg: float | None = None
+    shift: float | None = None
+    resolution: int | None = None
+    negative_prompt: str = ""
+    seed: int = 0
+    batch_size: int = 16
+    strict: bool = False
+
+
+def sampling_for(backbone: Any, cfg: EvalConfig) -> dict[str, Any]:
+    """The model's evaluation sampling (mini: its shipped settings; SD3: 40 steps, CFG 4.5, 512 px) with the user's overrides."""
+    if hasattr(backbone, "default_sampling"):
+        base = dict(backbone.default_sampling)
+    else:
+        from flowopd.models import MINI_SAMPLING
+
+        base = {**MINI_SAMPLING, "resolution": backbone.latent_shape[-1]}
+    for key in ("steps", "cfg", "shift", "resolution"):
+        if getattr(cfg, key) is not None:
+            base[key] = getattr(cfg, key)
+    base["negative_prompt"] = cfg.negative_prompt
+    return base
+
+
+def image_key(job: Job, sampling: dict[str, Any]) -> str:
+    """Names an image by what decides its pixels (for one model): prompt, seed and sampling."""
+    return hashlib.sha256(json.dumps([job.prompt, job.seed, sampling], sort_keys=True).encode()).hexdigest()[:20]
+
+
+class ImageStore:
+    """``OUT/images/<key>.png`` + ``.json``, each written atomically, so a killed run leaves only whole images."""
+
+    def __init__(self, root: Path):
+        self.root = root / "images"
+        self.root.mkdir(parents=True, exist_ok=True)
+
+    def path(self, key: str) -> Path:
+        return self.root / f"{key}.png"
+
+    def has(self, key: str) -> bool:
+        return self.path(key).is_file() and self.path(key).with_suffix(".json").is_file()
+
+    def load(self, key: str) -> np.ndarray:
+        from PIL import Image
+
+        with Image.open(self.path(key)) as im:
+            return np.asarray(im.convert("RGB"), dtype=np.uint8)
+
+    def save(self, key: str, image: np.ndarray, meta: dict[str, Any]) -> None:
+        from PIL import Image
+
+        from flowopd.runinfo import atomic_file, write_json_atomic
+
+        with atomic_file(self.path(key)) as f:
+            Image.fromarray(image).save(f, format="PNG")
+        write_json_atomic(self.path(key).with_suffix(".json"), meta)  # written last: its presence marks a whole image
+
+
+def _check_out(out: Path, config: dict[str, Any], digest: str) -> None:
+    """An existing run folder is resumed only when it holds an eval of the same model with the same settings."""
+    from flowopd.runinfo import check_output_dir
+
+    check_output_dir(out, MARKER)
+    marker = out / MARKER
+    if marker.is_file():
+        old = json.loads(marker.read_text())
+        if old.get("model_digest") != digest:
+            raise InputError(f"{out} holds an evaluation of another model ({old.get('config', {}).get('model')}); pass a new --out")
+        keep = {k: v for k, v in config.items() if k not in ("suites", "strict", "batch_size", "limit")}
+        before = {k: v for k, v in old.get("config", {}).items() if k in keep}
+        if before != {k: keep[k] for k in before}:
+            diff = ", ".join(f"{k}: {before[k]!r} -> {keep[k]!r}" for k in before if before[k] != keep[k])
+            raise InputError(f"{out} holds an evaluation with other settings ({diff}); pass a new --out or the same settings")
+
+
+def run_eval(cfg: EvalConfig, out: str | Path, cache_path: str | Path | None = None, progress: Progress | None = None) -> dict[str, Any]:
+    """Plan, sample, score and summarise; returns the run's summary (``OUT/summary.json``)."""
+    from accelerate import PartialState
+
+    from flowopd.benchmarks.score_cache import ScoreCache
+    from flowopd.runinfo import run_info, write_json_atomic
+
+    t0 = time.time()
+    out = Path(out)
+    model = resolve_model(cfg.model, cfg.lora)
+    plan = plan_eval(cfg.suites, model)
+    if cfg.strict and plan.skipped:
+        name, reason = next(iter(plan.skipped.items()))
+        raise FlowOPDError(
+            f"--strict: suite {name} cannot run: {reason}" + (f" (and {len(plan.skipped) - 1} more)" if len(plan.skipped) > 1 else "")
+        )
+    if not plan.run:
+        reasons = "; ".join(f"{k}: {v}" for k, v in plan.skipped.items())
+        raise FlowOPDError(f"no suite can run for {model.spec}: {reasons}")
+    from accelerate.utils import parse_flag_from_env
+
+    # on a machine without CUDA, processes started by `accelerate launch` talk over gloo (PartialState() alone would not)
+    state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
+    config = dataclasses.asdict(cfg)
+    digest = model.digest()
+    if state.is_main_process:
+        _check_out(out, config, digest)
+        out.mkdir(parents=True, exist_ok=True)
+        write_json_atomic(out / MARKER, {"kind": "flowopd-eval", "config": config, "model_digest": digest})
+    state.wait_for_everyone()
+    say = progress if (progress and state.is_main_process) else None
+
+    backbone = model.load(str(state.device))
+    sampling = sampling_for(backbone, cfg)
+    if hasattr(backbone, "set_resolution") and sampling.get("resolution"):
+        backbone.set_resolution(int(sampling["resolution"]))
+    store = ImageStore(out)
+    cache = ScoreCache(cache_path or default_cache_path())
+    rewards: dict[str, Any] = {}
+    counts = {"generated": 0, "reused": 0}
+    try:
+        for suite in plan.run:
+            jobs = suite.jobs(cfg.limit, cfg.seed, cfg.images_per_prompt)
+            mine = list(range(state.process_index, len(jobs), state.num_processes))
+            available = suite.available_rewards()
+            records = _run_suite(
+                suite, [jobs[i] for i in mine], backbone, sampling, model, store, cache, rewards, available, cfg, counts, say
+            )
+            for rec, i in zip(records, mine):
+                rec["order"] = i
+            write_json_atomic(out / suite.name / f".records.rank{state.process_index}.json", records)
+    finally:
+        hits, misses = cache.hits, cache.misses
+        cache.close()
+    write_json_atomic(out / f".stats.rank{state.process_index}.json", {"hits": hits, "misses": misses, **counts})
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        return {}
+    stats = {"hits": 0, "misses": 0, "generated": 0, "reused": 0}
+    for r in range(state.num_processes):
+        part = out / f".stats.rank{r}.json"
+        for k, v in json.loads(part.read_text()).items():
+            stats[k] += v
+        part.unlink()
+    summary: dict[str, Any] = {
+        "kind": "flowopd-eval",
+        "model": {"spec": model.spec, "label": model.label, "world": model.world, "digest": digest, "train_log": _str(model.train_log())},
+        "suites": {},
+        "skipped": dict(plan.skipped),
+        "warnings": plan.warnings,
+        "metrics": {},
+    }
+    for suite in plan.run:
+        parts = [out / suite.name / f".records.rank{r}.json" for r in range(state.num_processes)]
+        records = sorted((rec for p in parts for rec in json.loads(p.read_text())), key=lambda rec: rec.pop("order"))
+        suite_summary = _summarise(suite, records, sampling, suite.available_rewards())
+        _write_jsonl(out / suite.name / "samples.jsonl", records)
+        write_json_atomic(out / suite.name / "summary.json", suite_summary)
+        for p in parts:
+            p.unlink()
+        summary["suites"][suite.name] = suite_summary
+        summary["metrics"].update({f"{suite.name}/{k}": v for k, v in suite_summary["metrics"].items()})
+    summary["run"] = run_info({**config, "sampling": sampling, "processes": state.num_processes}, cfg.seed)
+    summary["cache"] = {"hits": stats["hits"], "misses": stats["misses"], "path": str(cache_path or default_cache_path())}
+    summary["images"] = {"generated": stats["generated"], "reused": stats["reused"]}
+    summary["seconds"] = round(time.time() - t0, 1)
+    write_json_atomic(out / "summary.json", summary)
+    return summary
+
+
+def _str(p: Path | None) -> str | None:
+    return None if p is None else str(p)
+
+
+def _run_suite(
+    suite: Suite,
+    jobs: list[Job],
+    backbone: Any,
+    sampling: dict[str, Any],
+    model: ModelRef,
+    store: ImageStore,
+    cache: Any,
+    rewards: dict[str, Any],
+    available: list[str],
+    cfg: EvalConfig,
+    counts: dict[str, int],
+    say: Progress | None,
+) -> list[dict[str, Any]]:
+    """Sample the missing images of ``jobs`` batch by batch, then score every image with its rewards through the cache."""
+    from flowopd.reward_models import load_reward
+    from flowopd.sampling import sample_ode
+
+    keys = [image_key(j, sampling) for j in jobs]
+    todo = [k for k, key in enumerate(keys) if not store.has(key)]
+    counts["reused"] += len(jobs) - len(todo)
+    for start in range(0, len(todo), cfg.batch_size):
+        batch = todo[start : start + cfg.batch_size]
+        if say:
+            say(f"{suite.name}: sampling", start, len(todo))
+        images = sample_ode(
+            backbone,
+            [jobs[k].prompt for k in batch],
+            [jobs[k].seed for k in batch],
+            steps=int(sampling["steps"]),
+            cfg=float(sampling["cfg"]),
+            shift=float(sampling["shift"]),
+            negative_prompt=sampling["negative_prompt"],
+            batch_size=cfg.batch_size,
+        )
+        arrays = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        for k, arr in zip(batch, arrays):
+            job = jobs[k]
+            meta = {"prompt": job.prompt, "seed": job.seed, "sampling": sampling, "model": model.spec, "model_label": model.label}
+            store.save(keys[k], arr, meta)
+        counts["generated"] += len(batch)
+    if say:
+        say(f"{suite.name}: sampled", len(todo), max(len(todo), 1))
+    records = [
+        {
+            "suite": suite.name,
+            "task": j.task,
+            "prompt": j.prompt,
+            "metadata": j.metadata,
+            "index": j.index,
+            "seed": j.seed,
+            "image": f"images/{key}.png",
+            "scores": {},
+        }
+        for j, key in zip(jobs, keys)
+    ]
+    by_reward: dict[str, list[int]] = {}
+    for k, job in enumerate(jobs):
+        for name in suite.job_rewards(job, available):
+            by_reward.setdefault(name, []).append(k)
+    chunk = max(cfg.batch_size, 64)
+    total = sum(len(v) for v in by_reward.values())
+    done = 0
+    for name, idx in by_reward.items():
+        if name not in rewards:
+            rewards[name] = load_reward(name, device=str(getattr(backbone, "device", "cpu")))
+        for start in range(0, len(idx), chunk):
+            part = idx[start : start + chunk]
+            if say:
+                say(f"{suite.name}: scoring {name}", done, total)
+            pixels = torch.from_numpy(np.stack([store.load(keys[k]) for k in part])).permute(0, 3, 1, 2)  # uint8: the saved pixels
+            scores = cache.score(rewards[name], pixels, [jobs[k].prompt for k in part], [jobs[k].metadata for k in part])
+            for k, rec in zip(part, scores.to_records()):
+                records[k]["scores"][name] = rec
+            done += len(part)
+    if say:
+        say(f"{suite.name}: scored", total, max(total, 1))
+    return records
+
+
+def _summarise(suite: Suite, records: list[dict[str, Any]], sampling: dict[str, Any], rewards: list[str]) -> dict[str, Any]:
+    metrics = suite.aggregate(suite, records, rewards) if suite.aggregate else {}
+    failed = {}
+    for rec in records:
+        for name, s in rec["scores"].items():
+            if s.get("failed") or s.get("raw") is None or (isinstance(s.get("raw"), float) and math.isnan(s["raw"])):
+                failed[name] = failed.get(name, 0) + 1
+    skipped_metrics = {}
+    if suite.optional_rewards:
+        from flowopd.benchmarks.suites import reward_statuses
+
+        for name, (ok, reason) in reward_statuses(list(suite.optional_rewards)).items():
+            if not ok:
+                skipped_metrics[name] = reason
+    out = {
+        "suite": suite.name,
+        "description": suite.description,
+        "n_images": len(records),
+        "n_prompts": len({(r["prompt"], json.dumps(r["metadata"], sort_keys=True, default=str)) for r in records}),
+        "metrics": metrics,
+        "failed": failed,
+        "sampling": sampling,
+        "notes": list(suite.notes),
+    }
+    if skipped_metrics:
+        out["skipped_metrics"] = skipped_metrics
+    if suite.name == "mini":
+        from flowopd.benchmarks.mini_suite import summarise
+
+        out["headline"] = summarise(records)["headline"]
+    return out
+
+
+def _write_jsonl(path: Path, records: list[dict[str, Any]]) -> None:
+    from flowopd.runinfo import atomic_file
+
+    with atomic_file(path, "w") as f:
+        for rec in records:
+            f.write(json.dumps(rec, default=str) + "\n")

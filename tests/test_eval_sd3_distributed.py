@@ -1,0 +1,93 @@
+"""The runner on a real-model backbone (a tiny random SD3 pipeline) with real suites, and sharded over two processes."""
+
+import json
+import math
+import os
+import socket
+import subprocess
+import sys
+
+import pytest
+from test_reward_clip import _tiny_clip, _write_processor
+from test_sd3_backbone import save_tiny_sd3
+
+
+@pytest.fixture(scope="module")
+def tiny_sd3(tmp_path_factory):
+    return save_tiny_sd3(tmp_path_factory.mktemp("sd3-eval"))
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory):
+    """Tiny random CLIPs in the layouts of PickScore (+ its processor) and CLIP ViT-B/32: the real loaders read them."""
+    root = tmp_path_factory.mktemp("eval-weights")
+    for name in ("pickscore_v1", "clip-vit-h-14-processor", "clip-vit-base-patch32"):
+        (root / name).mkdir()
+    _write_processor(root / "clip-vit-h-14-processor")
+    _tiny_clip(root / "pickscore_v1", projection_dim=24, seed=0, logit_scale=math.log(100.0))
+    _tiny_clip(root / "clip-vit-base-patch32", projection_dim=16, seed=1, logit_scale=math.log(100.0))
+    _write_processor(root / "clip-vit-base-patch32")
+    return root
+
+
+def _env(shared_data, weights, tmp_path):
+    env = {k: v for k, v in os.environ.items() if not (k.startswith("FLOWOPD_") and k.endswith("_URL"))}
+    return {**env, "FLOWOPD_DATA_DIR": str(shared_data), "FLOWOPD_WEIGHTS_DIR": str(weights), "FLOWOPD_CACHE_DIR": str(tmp_path / "cache")}
+
+
+def test_eval_all_on_an_sd3_checkpoint_runs_the_real_suites_it_can(tiny_sd3, tiny_weights, shared_data, tmp_path, run_cli):
+    out = tmp_path / "eval"
+    res = run_cli(
+        "eval", "--model", str(tiny_sd3), "--limit", "2", "--out", str(out), "--no-report", env=_env(shared_data, tiny_weights, tmp_path)
+    )
+    assert res.returncode == 0, res.stderr
+    s = json.loads((out / "summary.json").read_text())
+    assert s["model"]["world"] == "real"
+    assert sorted(s["suites"]) == ["ocr", "pickscore", "t2i-compbench"]
+    assert "mmdet" in s["skipped"]["geneval"] and "flowopd prompts download hpsv2" in s["skipped"]["hpsv2"]
+    assert "runs on mini-world models only" in s["skipped"]["mini"]
+    assert s["suites"]["ocr"]["sampling"] == {"steps": 40, "cfg": 4.5, "shift": 3.0, "resolution": 16, "negative_prompt": ""}
+    assert s["metrics"]["ocr/accuracy"]["n"] == 2 and s["metrics"]["pickscore/pickscore"]["n"] == 2
+    assert s["metrics"]["t2i-compbench/non_spatial"]["n"] == 20  # 2 prompts x 10 images
+    t2i = [json.loads(line) for line in (out / "t2i-compbench" / "samples.jsonl").read_text().splitlines()]
+    cos = [r["scores"]["clipscore@vit-b-32"]["details"]["cosine"] for r in t2i]
+    assert s["metrics"]["t2i-compbench/non_spatial"]["mean"] == pytest.approx(sum(cos) / len(cos), abs=1e-5)  # the cosine, not x100
+    assert len({r["seed"] for r in t2i}) == 20
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_two_processes_split_the_images_and_agree_with_one(shared_data, tmp_path, run_cli):
+    env = {**os.environ, "FLOWOPD_CACHE_DIR": str(tmp_path / "cache2"), "ACCELERATE_USE_CPU": "1", "OMP_NUM_THREADS": "1"}
+    out2 = tmp_path / "two"
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--num_processes", "2", "--num_machines", "1", "--multi_gpu"]
+    cmd += ["--mixed_precision", "no", "--dynamo_backend", "no", "--main_process_port", str(_free_port())]
+    cmd += ["-m", "flowopd.cli.main", "eval", "--suite", "mini", "--model", "mini-base", "--limit", "2", "--out", str(out2), "--no-report"]
+    proc = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    two = json.loads((out2 / "summary.json").read_text())
+    assert two["run"]["config"]["processes"] == 2
+    assert not list(out2.rglob(".records.rank*")) and not list(out2.glob(".stats.rank*"))
+    one_out = tmp_path / "one"
+    res = run_cli(
+        "eval",
+        "--suite",
+        "mini",
+        "--model",
+        "mini-base",
+        "--limit",
+        "2",
+        "--out",
+        str(one_out),
+        "--no-report",
+        env={"FLOWOPD_CACHE_DIR": str(tmp_path / "cache1")},
+    )
+    assert res.returncode == 0, res.stderr
+    one = json.loads((one_out / "summary.json").read_text())
+    assert two["metrics"] == one["metrics"]
+    assert (out2 / "mini" / "samples.jsonl").read_text() == (one_out / "mini" / "samples.jsonl").read_text()
+    assert two["images"]["generated"] == one["images"]["generated"] == 18
