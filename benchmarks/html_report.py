@@ -64,6 +64,10 @@ table.lb td.best .v{color:#0b4fd6;font-weight:700}
 table.lb tr td.second{background:#e2f5e7}
 table.lb td.second .v{color:#137b35;font-weight:700}
 table.lb td.teacher .v{text-decoration:underline;font-weight:700}
+table.lb tr td.up{background:#e2f5e7}
+table.lb td.up .v{color:#137b35;font-weight:700}
+table.lb tr td.down{background:#fde8e8}
+table.lb td.down .v{color:#b42318;font-weight:700}
 .ci,.n{display:block;color:#57606a;font-size:11px;line-height:1.2}
 .mark{color:#8250df;font-size:11px;margin-left:2px}
 .key{font-family:ui-monospace,SFMono-Regular,Menlo,Consolas,monospace;font-size:12px}
@@ -199,13 +203,13 @@ def deltas_html(lb: Leaderboard) -> str:
                 continue
             lo, hi = d[c]["ci95"]
             sig = lo > 0 or hi < 0
-            cls = ' class="best"' if sig and lo > 0 else ' class="second"' if sig else ""
+            cls = ' class="up"' if sig and lo > 0 else ' class="down"' if sig else ""  # green a clear gain, red a clear loss
             cells.append(f'<td{cls}><span class="v">{d[c]["mean"]:+.3f}</span><span class="ci">[{lo:+.3f}, {hi:+.3f}]</span></td>')
         rows.append(f"<tr><td>{esc(name)}</td>{''.join(cells)}</tr>")
     head = "".join(f"<th>{esc(c)}</th>" for c in cols)
     return (
         f'<section id="deltas"><h2>Change against {esc(lb.delta_baseline)}</h2>'
-        '<p class="note">Paired by prompt, image index and seed; mean [95% CI]; coloured where the interval excludes 0.</p>'
+        '<p class="note">Paired by prompt, image index and seed; mean [95% CI]; green a gain and red a loss whose interval excludes 0.</p>'
         f'<div class="scroll"><table class="lb"><thead><tr><th>model</th>{head}</tr></thead><tbody>{"".join(rows)}</tbody></table></div></section>'
     )
 
@@ -410,9 +414,8 @@ def curves_html(run: Run, heading: str = "h3") -> str:
 
 def skipped_html(runs: Sequence[Run]) -> str:
     items = [
-        f"<li><b>{esc(r.label)}</b>: <span class='key'>{esc(', '.join(suites))}</span>: {esc(why)}</li>"
-        for r in runs
-        for suites, why in skipped_groups(r)
+        f"<li><span class='key'>{esc(', '.join(suites))}</span> (<b>{esc(', '.join(models))}</b>): {esc(why)}</li>"
+        for suites, models, why in skipped_groups(runs)
     ]
     return f'<section id="skipped"><h2>Skipped suites</h2><ul class="prov">{"".join(items)}</ul></section>' if items else ""
 

@@ -701,7 +701,8 @@ def add_deltas(lb: Leaderboard, baseline: Run) -> None:
         raise InputError(
             f"--baseline {baseline.folder} has no mini/samples.jsonl; pass a run folder written by `flowopd eval --suite mini`"
         )
-    lb.deltas = {r.label: paired_deltas(r.samples("mini"), base) for r in lb.runs if r.samples("mini")}
+    same = baseline.folder.resolve()
+    lb.deltas = {r.label: paired_deltas(r.samples("mini"), base) for r in lb.runs if r.samples("mini") and r.folder.resolve() != same}
     lb.delta_baseline = str(baseline.model.get("label") or baseline.model.get("spec") or baseline.folder.name)
 
 
@@ -773,12 +774,16 @@ def table_markdown(lb: Leaderboard, t: Table) -> str:
     return "\n".join(lines) + "\n"
 
 
-def skipped_groups(run: Run) -> list[tuple[list[str], str]]:
-    """The run's skipped suites, those skipped for the same reason together: [(suites, reason)]."""
-    groups: dict[str, list[str]] = {}
-    for suite, why in (run.summary.get("skipped") or {}).items():
-        groups.setdefault(str(why), []).append(str(suite))
-    return [(suites, why) for why, suites in groups.items()]
+def skipped_groups(runs: Sequence[Run]) -> list[tuple[list[str], list[str], str]]:
+    """Skipped suites over runs, said once per reason: ``[(suites, models, reason)]``."""
+    by_suite: dict[tuple[str, str], list[str]] = {}
+    for r in runs:
+        for suite, why in (r.summary.get("skipped") or {}).items():
+            by_suite.setdefault((str(suite), str(why)), []).append(r.label)
+    groups: dict[tuple[str, tuple[str, ...]], list[str]] = {}
+    for (suite, why), models in by_suite.items():
+        groups.setdefault((why, tuple(models)), []).append(suite)
+    return [(suites, list(models), why) for (why, models), suites in groups.items()]
 
 
 def provenance(run: Run) -> dict[str, Any]:
@@ -867,10 +872,10 @@ def to_markdown(lb: Leaderboard) -> str:
         out.append("")
     if lb.deltas is not None:
         out.append(deltas_markdown(lb.deltas, lb.delta_baseline or "baseline"))
-    skipped = [(r, suites, why) for r in lb.runs for suites, why in skipped_groups(r)]
+    skipped = skipped_groups(lb.runs)
     if skipped:
         out += ["## Skipped suites", ""]
-        out += [f"- {_md(r.label)}: **{_md(', '.join(suites))}**: {_md(why)}" for r, suites, why in skipped]
+        out += [f"- **{_md(', '.join(suites))}** ({_md(', '.join(models))}): {_md(why)}" for suites, models, why in skipped]
         out.append("")
     out += ["## All measured metrics", ""]
     for r in lb.runs:

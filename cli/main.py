@@ -115,7 +115,9 @@ def _print_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...
 
 
 def _yes_no(flag: bool, why: str | None = None) -> str:
-    return "[green]yes[/]" if flag else "[red]no[/]" + (f": {why}" if why else "")
+    from rich.markup import escape
+
+    return "[green]yes[/]" if flag else "[red]no[/]" + (f": {escape(why)}" if why else "")  # reasons name extras like [paddle]
 
 
 def _load_image(path: Path):
@@ -633,18 +635,20 @@ def train_opd(
 
 def _print_skipped(skipped: dict[str, str]) -> None:
     """Suites not run, one paragraph each; a reason shared by several (the model's world) is said once."""
+    from rich.markup import escape
+
     from flowopd.benchmarks.suites import WORLD_REASON
 
     if not skipped:
         return
     shared = [name for name, reason in skipped.items() if reason.startswith(WORLD_REASON)]
     if shared:
-        console.print(f"[bold]not run[/] ({WORLD_REASON}): {', '.join(shared)}", highlight=False)
+        console.print(f"[bold]not run[/] ({escape(WORLD_REASON)}): {', '.join(shared)}", highlight=False)
     for name, reason in skipped.items():
         rest = reason[len(WORLD_REASON) :].removeprefix("; also ") if name in shared else reason
         if rest:
             label = f"  {name} would also need" if name in shared else f"[bold]not run[/] {name}:"
-            console.print(f"{label} {rest}", highlight=False)
+            console.print(f"{label} {escape(rest)}", highlight=False)  # reasons hold [extras] that are not markup
 
 
 @app.command("eval")
@@ -718,7 +722,9 @@ def eval_cmd(
     if not summary:  # not the main process
         return
     for w in summary.get("warnings", []):
-        err_console.print(f"[yellow]warning:[/] {w}")
+        from rich.markup import escape
+
+        err_console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
     rows = []
     for name, s in summary["suites"].items():
         for key, m in s["metrics"].items():

@@ -121,6 +121,17 @@ def test_all_runs_what_the_model_allows_and_says_why_not_the_rest(data_env):
         plan_eval(["genevall"], resolve_model("mini-base"))
 
 
+def test_the_cli_lists_skipped_suites_with_their_commands_verbatim(data_env, tmp_path, run_cli):
+    """Reasons carry `[extras]` and `<placeholders>`: printed as text, not eaten as console markup."""
+    res = run_cli("eval", "--model", "mini-base", "--limit", "1", "--steps", "1", "--out", str(tmp_path / "e"), "--no-report", env=data_env)
+    assert res.returncode == 0, res.stderr
+    text = " ".join(res.stdout.split())
+    assert "pip install 'flowopd[geneval-mmdet]'" in text and "--model sd3:<hub id or folder>" in text
+    assert "run `flowopd weights download pickscore_v1`" in text
+    for name in set(SUITES) - {"mini"}:
+        assert name in text
+
+
 def test_strict_fails_on_any_skipped_suite(data_env, tmp_path):
     with pytest.raises(FlowOPDError, match="--strict: suite geneval cannot run"):
         run_eval(EvalConfig(suites=["all"], model="mini-base", strict=True), tmp_path / "out")

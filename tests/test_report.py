@@ -151,10 +151,14 @@ def test_mini_tables_skipped_suites_provenance_and_duplicate_labels(tmp_path):
     rewards = _main(lb, "mini-rewards")
     assert "mini/quality/mini_geneval" in [c.key for c in rewards.columns]  # a secondary reward on another task's images
     md = to_markdown(lb)
-    assert "## Skipped suites" in md and "**geneval**: needs a model for real prompts (--model sd3:&lt;hub id or folder&gt;)" in md
+    skipped = (
+        "**geneval** (mini-student (run-a), mini-student (run-b)): needs a model for real prompts (--model sd3:&lt;hub id or folder&gt;)"
+    )
+    assert "## Skipped suites" in md and skipped in md  # said once for both runs
     assert "## Provenance" in md and "git abc1234" in md and "torch 2.13.0" in md and '"seed": 0' in md
     assert "mini/compose/geneval_overall" in md  # the per-model listing names every key
-    assert "change against mini-student" in md and "+0.000 [+0.000, +0.000]" in md
+    changes = md.split("change against mini-student")[1].split("##")[0]
+    assert "| mini-student (run-a) |" in changes and "run-b" not in changes  # the baseline gets no row of zeros
 
 
 def test_missing_metrics_render_na_and_avg_needs_all_four(tmp_path):

@@ -83,6 +83,14 @@ def test_html_is_self_contained_and_escapes_every_string(report_html):
     assert XSS in text and "sd3.5-m <opd>" in text and "run `flowopd prompts download hpsv2`" in text
 
 
+def test_paired_changes_are_green_for_a_clear_gain_and_red_for_a_clear_loss(runs):
+    gains = render_report(build_report(runs[:2], baseline_run=runs[1])).split('id="deltas"')[1].split("</section>")[0]
+    assert 'class="up"' in gains and 'class="down"' not in gains
+    assert "<td>mini-student</td>" in gains and "<td>mini-base</td>" not in gains  # the baseline gets no row of zeros
+    losses = render_report(build_report(runs[:2], baseline_run=runs[0])).split('id="deltas"')[1].split("</section>")[0]
+    assert 'class="down"' in losses and 'class="up"' not in losses
+
+
 def test_html_has_tables_marks_charts_and_galleries(report_html):
     tags = parse(report_html)
     classes = [a.get("class", "") for _, a in tags.tags]
