@@ -9,6 +9,7 @@ import sys
 
 import pytest
 from test_reward_clip import _tiny_clip, _write_processor
+from test_reward_geneval import CLIP_SET, M2F_SET, clip_dir, m2f_dir  # noqa: F401  (fixtures: tiny Mask2Former and CLIP)
 from test_sd3_backbone import save_tiny_sd3
 
 
@@ -18,9 +19,12 @@ def tiny_sd3(tmp_path_factory):
 
 
 @pytest.fixture(scope="module")
-def tiny_weights(tmp_path_factory):
-    """Tiny random CLIPs in the layouts of PickScore (+ its processor) and CLIP ViT-B/32: the real loaders read them."""
+def tiny_weights(tmp_path_factory, m2f_dir, clip_dir):  # noqa: F811  (the imported fixtures)
+    """Tiny random weights in the layouts of PickScore (+ its processor), CLIP ViT-B/32, and GenEval's Mask2Former + CLIP
+    ViT-L/14: the real loaders read them."""
     root = tmp_path_factory.mktemp("eval-weights")
+    (root / M2F_SET).symlink_to(m2f_dir, target_is_directory=True)
+    (root / CLIP_SET).symlink_to(clip_dir, target_is_directory=True)
     for name in ("pickscore_v1", "clip-vit-h-14-processor", "clip-vit-base-patch32"):
         (root / name).mkdir()
     _write_processor(root / "clip-vit-h-14-processor")
@@ -43,7 +47,7 @@ def test_eval_all_on_an_sd3_checkpoint_runs_the_real_suites_it_can(tiny_sd3, tin
     assert res.returncode == 0, res.stderr
     s = json.loads((out / "summary.json").read_text())
     assert s["model"]["world"] == "real"
-    assert sorted(s["suites"]) == ["ocr", "pickscore", "t2i-compbench"]
+    assert sorted(s["suites"]) == ["geneval@hf-m2f", "ocr", "pickscore", "t2i-compbench"]
     assert "mmdet" in s["skipped"]["geneval"] and "flowopd prompts download hpsv2" in s["skipped"]["hpsv2"]
     assert "runs on mini-world models only" in s["skipped"]["mini"]
     assert s["suites"]["ocr"]["sampling"] == {"steps": 40, "cfg": 4.5, "shift": 3.0, "resolution": 16, "negative_prompt": ""}
@@ -53,6 +57,13 @@ def test_eval_all_on_an_sd3_checkpoint_runs_the_real_suites_it_can(tiny_sd3, tin
     cos = [r["scores"]["clipscore@vit-b-32"]["details"]["cosine"] for r in t2i]
     assert s["metrics"]["t2i-compbench/non_spatial"]["mean"] == pytest.approx(sum(cos) / len(cos), abs=1e-5)  # the cosine, not x100
     assert len({r["seed"] for r in t2i}) == 20
+    # GenEval through the real detector code: 2 prompts per tag x 4 images, the official summary over the strict verdicts
+    g = s["suites"]["geneval@hf-m2f"]
+    assert g["n_images"] == 6 * 2 * 4 and g["n_prompts"] == 12
+    recs = [json.loads(line) for line in (out / "geneval@hf-m2f" / "samples.jsonl").read_text().splitlines()]
+    correct = [float(r["scores"]["geneval@hf-m2f"]["details"]["correct"]) for r in recs]
+    assert s["metrics"]["geneval@hf-m2f/image_accuracy"]["mean"] == pytest.approx(sum(correct) / 48)
+    assert {k.split("/")[1] for k in s["metrics"] if k.startswith("geneval@")} >= {"overall", "counting", "prompt_accuracy"}
 
 
 def _free_port() -> int:
