@@ -176,7 +176,7 @@ def run_eval(cfg: EvalConfig, out: str | Path, cache_path: str | Path | None = N
     from accelerate import PartialState
 
     from flowopd.benchmarks.score_cache import ScoreCache
-    from flowopd.runinfo import run_info, write_json_atomic
+    from flowopd.runinfo import write_json_atomic
 
     t0 = time.time()
     out = Path(out)
@@ -227,10 +227,37 @@ def run_eval(cfg: EvalConfig, out: str | Path, cache_path: str | Path | None = N
         cache.close()
     write_json_atomic(out / f".stats.rank{state.process_index}.json", {"hits": hits, "misses": misses, **counts})
     state.wait_for_everyone()
-    if not state.is_main_process:
-        return {}
+    summary = _merge(plan, out, state.num_processes, digest, config, sampling, cfg, cache_path, t0) if state.is_main_process else {}
+    _end_processes(state)
+    return summary
+
+
+def _end_processes(state: Any) -> None:
+    """Wait for process 0's summary, then close the process group: a gloo group left to interpreter exit can abort."""
+    import torch.distributed as dist
+
+    if state.num_processes > 1 and dist.is_available() and dist.is_initialized():
+        state.wait_for_everyone()
+        dist.destroy_process_group()
+
+
+def _merge(
+    plan: EvalPlan,
+    out: Path,
+    processes: int,
+    digest: str,
+    config: dict[str, Any],
+    sampling: dict[str, Any],
+    cfg: EvalConfig,
+    cache_path: str | Path | None,
+    t0: float,
+) -> dict[str, Any]:
+    """Process 0: every process's records in job order, the metrics, and ``summary.json``."""
+    from flowopd.runinfo import run_info, write_json_atomic
+
+    model = plan.model
     stats = {"hits": 0, "misses": 0, "generated": 0, "reused": 0}
-    for r in range(state.num_processes):
+    for r in range(processes):
         part = out / f".stats.rank{r}.json"
         for k, v in json.loads(part.read_text()).items():
             stats[k] += v
@@ -244,7 +271,7 @@ def run_eval(cfg: EvalConfig, out: str | Path, cache_path: str | Path | None = N
         "metrics": {},
     }
     for suite in plan.run:
-        parts = [out / suite.name / f".records.rank{r}.json" for r in range(state.num_processes)]
+        parts = [out / suite.name / f".records.rank{r}.json" for r in range(processes)]
         records = sorted((rec for p in parts for rec in json.loads(p.read_text())), key=lambda rec: rec.pop("order"))
         suite_summary = _summarise(suite, records, sampling, suite.available_rewards())
         _write_jsonl(out / suite.name / "samples.jsonl", records)
@@ -253,7 +280,7 @@ def run_eval(cfg: EvalConfig, out: str | Path, cache_path: str | Path | None = N
             p.unlink()
         summary["suites"][suite.name] = suite_summary
         summary["metrics"].update({f"{suite.name}/{k}": v for k, v in suite_summary["metrics"].items()})
-    summary["run"] = run_info({**config, "sampling": sampling, "processes": state.num_processes}, cfg.seed)
+    summary["run"] = run_info({**config, "sampling": sampling, "processes": processes}, cfg.seed)
     summary["cache"] = {"hits": stats["hits"], "misses": stats["misses"], "path": str(cache_path or default_cache_path())}
     summary["images"] = {"generated": stats["generated"], "reused": stats["reused"]}
     summary["seconds"] = round(time.time() - t0, 1)
