@@ -47,7 +47,7 @@ class PromptSet:
     relpath: str
     task: str
     url: str
-    size: int  # prompts in the upstream file (shown by `flowopd prompts list`)
+    size: int | None  # prompts in the upstream file (shown by `flowopd prompts list`); None where we have not counted them
     description: str
     metadata: tuple[tuple[str, str], ...] = ()  # added to every prompt's metadata (e.g. the HPS style)
 
@@ -101,6 +101,24 @@ def _sets() -> dict[str, PromptSet]:
             f"{FLOW_GRPO}/drawbench/test.txt",
             1000,
             "DrawBench-style prompts (Flow-GRPO)",
+        ),
+        # training splits (Flow-GRPO's), what `prompts:` in a training recipe names for an SD3 model
+        PromptSet(
+            "geneval-train",
+            "flow-grpo/geneval/train_metadata.jsonl",
+            "compose",
+            f"{FLOW_GRPO}/geneval/train_metadata.jsonl",
+            None,
+            "Flow-GRPO GenEval-style training prompts (metadata JSONL, the GenEval rules' clauses)",
+        ),
+        PromptSet("ocr-train", "flow-grpo/ocr/train.txt", "text", f"{FLOW_GRPO}/ocr/train.txt", None, "Flow-GRPO visual-text train split"),
+        PromptSet(
+            "pickscore-train",
+            "flow-grpo/pickscore_sfw/train.txt",
+            "preference",
+            f"{FLOW_GRPO}/pickscore_sfw/train.txt",
+            None,
+            "Flow-GRPO Pick-a-Pic (SFW) train split",
         ),
     ]
     for cat in T2I_CATEGORIES:

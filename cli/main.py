@@ -437,7 +437,7 @@ def prompts_list(fmt: Format = typer.Option(Format.table, "--format", help="tabl
     _print_table(
         "prompt sets",
         ("name", "task", "prompts", "present", "path"),
-        [(r["name"], r["task"], str(r["size"]), _yes_no(r["present"]), r["path"]) for r in rows],
+        [(r["name"], r["task"], "?" if r["size"] is None else str(r["size"]), _yes_no(r["present"]), r["path"]) for r in rows],
     )
 
 

@@ -35,6 +35,7 @@ class SamplerConfig(BaseModel):
     same_latent: bool = Field(
         False, description="a group shares its initial noise (Flow-GRPO's same_latent): rewards then differ only by the SDE noise"
     )
+    negative_prompt: str = Field("", description="the unconditional branch of CFG (SD3 evaluates with the empty prompt)")
 
 
 class GRPOConfig(BaseModel):
@@ -137,10 +138,17 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field("run", description="a label for logs and the LoRA's info")
-    model: str = Field("mini-base", description="the base model: mini-base or a model folder")
+    model: str = Field(
+        "mini-base", description="the base model: mini-base, a mini model folder, a diffusers SD3 folder, or sd3:<hub id>"
+    )
     seed: int = 0
     steps: int = Field(100, ge=1, description="training steps (one rollout each)")
     tasks: dict[str, float] = Field(default_factory=lambda: {"compose": 1.0}, description="prompt mix: mini task -> weight")
+    prompts: dict[str, str] = Field(
+        default_factory=dict,
+        description="task -> training prompts: a named set (geneval-train, ocr-train, pickscore-train) or a .txt/.jsonl/.json "
+        "file; a task without one draws from the mini world's generator (mini models only)",
+    )
     task_sampling: Literal["mixed", "alternate"] = Field(
         "mixed", description="mixed: every batch draws tasks by weight; alternate: one task per step, cycling by the integer ratio"
     )
@@ -157,6 +165,8 @@ class TrainConfig(BaseModel):
     keep_checkpoints: int = Field(2, ge=1, description="how many recent checkpoints to keep")
     threads: int = Field(0, ge=0, description="torch CPU threads (0: leave torch's default)")
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field("auto", description="auto: bf16 on a GPU, none on CPU")
+    gradient_checkpointing: bool = Field(False, description="recompute the transformer's activations in backward (SD3.5-M: on)")
+    resolution: int | None = Field(None, ge=8, description="image size in pixels for an SD3 model (the paper: 512); None: the model's")
     trackers: list[Literal["tensorboard"]] = Field(default_factory=lambda: ["tensorboard"], description="accelerate trackers")
     opd: OPDConfig | None = Field(None, description="on-policy distillation from teachers instead of GRPO on rewards")
 
@@ -171,6 +181,16 @@ class TrainConfig(BaseModel):
         if any(v < 0 for v in tasks.values()) or sum(tasks.values()) <= 0:
             raise ValueError("task weights must be >= 0 with a positive sum")
         return tasks
+
+    @field_validator("prompts")
+    @classmethod
+    def _valid_prompts(cls, prompts: dict[str, str]) -> dict[str, str]:
+        from flowopd.mini.world import TASKS
+
+        unknown = sorted(set(prompts) - set(TASKS))
+        if unknown:
+            raise ValueError(f"prompts names unknown tasks {unknown}; use {', '.join(TASKS)}")
+        return prompts
 
     @field_validator("rewards")
     @classmethod

@@ -105,7 +105,7 @@ def test_prompts_cli_lists_and_shows(data, run_cli):
     res = run_cli("prompts", "list", "--format", "json", env={"FLOWOPD_DATA_DIR": str(data)})
     assert res.returncode == 0, res.stderr
     rows = {r["name"]: r for r in json.loads(res.stdout)["sets"]}
-    assert rows["geneval"]["present"] is True and rows["hpsv2/photo"]["present"] is False and len(rows) == 16
+    assert rows["geneval"]["present"] is True and rows["hpsv2/photo"]["present"] is False and len(rows) == 19
     res = run_cli("prompts", "show", "ocr", "-n", "2", "--format", "json", env={"FLOWOPD_DATA_DIR": str(data)})
     shown = json.loads(res.stdout)
     assert len(shown) == 2 and all(s["task"] == "text" and '"' in s["prompt"] for s in shown)
