@@ -53,8 +53,12 @@ COLDSTART_DIR = "coldstart"  # an OPD run's cold-start LoRA (a fresh start left 
 
 def check_plan(cfg: TrainConfig, num_processes: int = 1) -> None:
     """Every batch/group/process/window/reward problem as a one-line error naming the fix, before a model loads."""
-    from flowopd.mini import world
-    from flowopd.reward_models.registry import get_reward_class
+    check_arithmetic(cfg, num_processes)
+    check_inputs(cfg)
+
+
+def check_arithmetic(cfg: TrainConfig, num_processes: int = 1) -> None:
+    """The plan's numbers: batch, groups, processes, updates, sampler window, OPD's trained steps; reads no file."""
     from flowopd.rollout import check_window
 
     b, g = cfg.batch_size, cfg.group_size
@@ -80,6 +84,18 @@ def check_plan(cfg: TrainConfig, num_processes: int = 1) -> None:
         raise ConfigError(
             "one task per step (task_sampling: alternate or opd.routing: epoch) needs integer task weights (e.g. {compose: 3, text: 1})"
         )
+    if cfg.opd is not None:
+        from flowopd.teachers import Router
+
+        Router(cfg.opd.teachers, cfg.opd.routing).check([t for t, w in cfg.tasks.items() if w > 0])
+        _check_kl_weights(cfg)
+
+
+def check_inputs(cfg: TrainConfig) -> None:
+    """What the run reads: the base model, reward weights, prompt files, teachers and anchor (a one-line error each)."""
+    from flowopd.mini import world
+    from flowopd.reward_models.registry import get_reward_class
+
     if cfg.opd is not None:
         _check_opd(cfg)
         return
@@ -107,11 +123,8 @@ def _check_opd(cfg: TrainConfig) -> None:
     """OPD's own problems: a task without a teacher, a teacher or anchor that is not there, bad merge weights."""
     from flowopd.coldstart import merge_weights
     from flowopd.lora import check_lora_base
-    from flowopd.teachers import Router
 
     opd = cfg.opd
-    Router(opd.teachers, opd.routing).check([t for t, w in cfg.tasks.items() if w > 0])
-    _check_kl_weights(cfg)
     digest = model_digest(cfg.model)
     for spec in opd.teachers:  # a teacher (or anchor) recorded as trained on another base: refused before the cold start
         check_lora_base(spec.lora_folder(), digest, cfg.model)
