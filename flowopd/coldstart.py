@@ -90,7 +90,7 @@ def merge_teachers(cfg: TrainConfig, out: Path) -> Path:
     from flowopd.runinfo import atomic_dir
 
     cs = cfg.opd.cold_start
-    backbone = load_backbone(cfg.model)
+    backbone = load_backbone(cfg.model, device=_device())
     transformer = backbone.transformer
     adapters = load_teachers(backbone, cfg)
     check_mergeable(transformer, adapters, cs.merge)
@@ -135,6 +135,16 @@ def _elementwise(transformer, names: list[str], weights: list[float]) -> dict[st
     return {k: sum(wk * s[k] for wk, s in zip(weights, states)) for k in states[0]}
 
 
+def _device() -> str:
+    """Cold starts run in one process before training: on the GPU when there is one (SD3.5 on a CPU would take days)."""
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
+def _draw(pool: tuple, n: int, rng: np.random.Generator) -> list:
+    """``n`` distinct records of ``pool`` (all of them when it is smaller)."""
+    return [pool[int(i)] for i in rng.choice(len(pool), size=min(n, len(pool)), replace=False)]
+
+
 def sft_cold_start(cfg: TrainConfig, out: Path, progress: Callable[[str, int, int], None] | None = None) -> Path:
     """The SFT cold start into ``out``: teacher images for their routed prompts, then flow matching (eq. 1) on a fresh LoRA."""
     from flowopd.lora import add_lora, save_lora, use_adapter
@@ -143,9 +153,10 @@ def sft_cold_start(cfg: TrainConfig, out: Path, progress: Callable[[str, int, in
     from flowopd.models import load_backbone, model_digest
     from flowopd.runinfo import atomic_dir
     from flowopd.sampling import sample_ode
+    from flowopd.trainer import training_prompts
 
     sft = cfg.opd.cold_start.sft
-    backbone = load_backbone(cfg.model)
+    backbone = load_backbone(cfg.model, device=_device(), resolution=cfg.resolution)
     backbone.requires_grad_(False)
     torch.manual_seed(cfg.seed)
     add_lora(backbone.transformer, cfg.lora.rank, cfg.lora.alpha, tuple(cfg.lora.targets))
@@ -158,7 +169,11 @@ def sft_cold_start(cfg: TrainConfig, out: Path, progress: Callable[[str, int, in
         recs = [
             r
             for i, task in enumerate(served)
-            for r in world.make_prompts(task, sft.prompts_per_teacher, 31_000 + 10 * t_index + i, split="train")
+            for r in (
+                _draw(training_prompts(cfg.prompts[task], task), sft.prompts_per_teacher, rng)
+                if task in cfg.prompts
+                else world.make_prompts(task, sft.prompts_per_teacher, 31_000 + 10 * t_index + i, split="train")
+            )
         ]
         if not recs:
             continue

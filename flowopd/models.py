@@ -14,6 +14,7 @@ MINI_BASE_DIR = Path(__file__).resolve().parent / "mini" / "assets" / "mini-base
 MINI_TEACHERS_DIR = Path(__file__).resolve().parent / "mini" / "assets" / "teachers"
 MINI_MIX_DIR = Path(__file__).resolve().parent / "mini" / "assets" / "mix"
 MINI_STUDENT_DIR = Path(__file__).resolve().parent / "mini" / "assets" / "student"
+SD3_PREFIX = "sd3:"  # --model sd3:<hub id or folder>
 MINI_SAMPLING = {"steps": 20, "cfg": 3.0, "shift": 1.0}  # chosen by tests/bench/mini_base_scores.py (docs/mini-world.md)
 
 
@@ -77,11 +78,20 @@ KNOWN_WEIGHTS = {
 }
 
 
-def load_backbone(spec: str = "mini-base", device: str = "cpu"):
-    """``mini-base``, a model folder (``flowopd mini pretrain``) or a LoRA folder (``flowopd train``: its base with the
-    LoRA fused in) -> a MiniBackbone in eval mode."""
+def is_sd3(spec: str) -> bool:
+    """An SD3 base: ``sd3:<hub id or folder>`` or a diffusers folder with ``model_index.json``."""
+    return spec.startswith(SD3_PREFIX) or (Path(spec) / "model_index.json").is_file()
+
+
+def load_backbone(spec: str = "mini-base", device: str = "cpu", resolution: int | None = None):
+    """``mini-base``, a model folder (``flowopd mini pretrain``), an SD3 base (``sd3:<hub id>`` or a diffusers folder),
+    or a LoRA folder (``flowopd train``: its base with the LoRA fused in) -> a backbone in eval mode."""
     from flowopd.mini.model import MiniBackbone
 
+    if is_sd3(spec):
+        from flowopd.sd3 import SD3Backbone
+
+        return SD3Backbone.from_pretrained(spec.removeprefix(SD3_PREFIX), device=device, resolution=resolution)
     if spec not in KNOWN_WEIGHTS and (Path(spec) / LORA_FILE).is_file():
         return _load_with_lora(Path(spec), device)
     if spec in KNOWN_WEIGHTS:
@@ -129,6 +139,12 @@ def model_digest(spec: str) -> str:
     Cached per process on the files' names, sizes and modification times, so a
     run that checks its base several times (resume, LoRA loads) reads it once.
     """
+    if is_sd3(spec):  # names, sizes and times of a diffusers folder (hashing gigabytes per run would take minutes); a hub id as is
+        source = Path(spec.removeprefix(SD3_PREFIX))
+        if not source.is_dir():
+            return hashlib.sha256(spec.removeprefix(SD3_PREFIX).encode()).hexdigest()
+        stats = [f"{f.relative_to(source)}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in sorted(source.rglob("*")) if f.is_file()]
+        return hashlib.sha256("|".join(stats).encode()).hexdigest()
     path = Path(KNOWN_WEIGHTS[spec].path if spec in KNOWN_WEIGHTS else spec).resolve()
     files = sorted(path.rglob("*.safetensors"))
     return _digest(path, tuple((str(f.relative_to(path)), f.stat().st_size, f.stat().st_mtime_ns) for f in files))
@@ -144,8 +160,6 @@ def _digest(path: Path, files: tuple[tuple[str, int, int], ...]) -> str:
 
 
 # ------------------------------------------------------------------ model specs for evaluation
-
-SD3_PREFIX = "sd3:"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -183,12 +197,7 @@ class ModelRef:
             else:
                 parts.append(model_digest(self.spec))
         else:
-            source = Path(self.sd3_source)
-            if source.is_dir():  # names, sizes and times: hashing gigabytes of weights per eval would take minutes
-                files = sorted(f for f in source.rglob("*") if f.is_file())
-                parts += [f"{f.relative_to(source)}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in files]
-            else:
-                parts.append(self.sd3_source)
+            parts.append(model_digest(SD3_PREFIX + self.sd3_source))
             if self.lora is not None:
                 parts.append(model_digest(str(self.lora)))
         return hashlib.sha256("|".join(parts).encode()).hexdigest()

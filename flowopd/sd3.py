@@ -14,6 +14,7 @@ reproduces ``StableDiffusion3Pipeline.__call__`` with ``negative_prompt=""``
 from __future__ import annotations
 
 import warnings
+from collections import OrderedDict
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ EVAL_STEPS = 40  # SPEC section 8
 EVAL_CFG = 4.5
 EVAL_RESOLUTION = 512
 MAX_SEQUENCE_LENGTH = 256  # the pipeline's default T5 length
+EMBED_CACHE = 64  # prompt embeddings kept on the device (SD3.5: 333 x 4096 values each, 2.7 MB in bf16): a step's prompts + the negative
 
 
 def _first_line(exc: BaseException) -> str:
@@ -61,6 +63,7 @@ class SD3Backbone:
         self.native_resolution = int(self.transformer.config.sample_size) * self.vae_scale_factor
         self.resolution = self.native_resolution
         self.latent_shape: tuple[int, int, int] = (self.latent_channels, 0, 0)
+        self._embeds: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
         self.set_resolution(resolution if resolution is not None else self.native_resolution)
 
     # -------------------------------------------------------------- loading
@@ -120,7 +123,27 @@ class SD3Backbone:
     def to(self, device: str | torch.device) -> SD3Backbone:
         """Move every component to ``device``."""
         self.pipe.to(device)
+        self._embeds.clear()
         return self
+
+    def requires_grad_(self, flag: bool = True) -> SD3Backbone:
+        """Text encoders and VAE stay frozen whatever ``flag`` says (they are off the training path); the transformer follows it."""
+        self.transformer.requires_grad_(flag)
+        return self
+
+    def parameters(self):
+        return self.transformer.parameters()
+
+    def eval(self) -> SD3Backbone:
+        """Every component in eval mode (sampling)."""
+        for module in (self.transformer, self.vae, self.pipe.text_encoder, self.pipe.text_encoder_2, self.pipe.text_encoder_3):
+            if module is not None:
+                module.eval()
+        return self
+
+    def enable_gradient_checkpointing(self) -> None:
+        """Recompute the transformer blocks' activations in backward (diffusers' own switch): memory for time."""
+        self.transformer.enable_gradient_checkpointing()
 
     # -------------------------------------------------------------- resolution and defaults
 
@@ -149,16 +172,35 @@ class SD3Backbone:
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> PromptEmbeds:
-        """CLIP-L, CLIP-G and T5 states ``[B, 77 + 256, 4096]`` and pooled CLIP projections ``[B, 2048]`` (the pipeline's)."""
-        tokens, _, pooled, _ = self.pipe.encode_prompt(
-            prompt=list(prompts),
-            prompt_2=None,
-            prompt_3=None,
-            device=self.device,
-            do_classifier_free_guidance=False,
-            max_sequence_length=self.max_sequence_length,
-        )
-        return PromptEmbeds(tokens, pooled)
+        """CLIP-L, CLIP-G and T5 states ``[B, 77 + 256, 4096]`` and pooled CLIP projections ``[B, 2048]`` (the pipeline's).
+
+        The last ``EMBED_CACHE`` prompts' embeddings are kept: a training step encodes each group's prompt for rollout and
+        update and the negative prompt every time, and three text encoders (T5-XXL among them) are not cheap.
+        """
+        todo = list(dict.fromkeys(p for p in prompts if p not in self._embeds))
+        if todo:
+            tokens, _, pooled, _ = self.pipe.encode_prompt(
+                prompt=todo,
+                prompt_2=None,
+                prompt_3=None,
+                device=self.device,
+                do_classifier_free_guidance=False,
+                max_sequence_length=self.max_sequence_length,
+            )
+            for k, p in enumerate(todo):
+                self._embeds[p] = (tokens[k], pooled[k])
+                self._embeds.move_to_end(p)
+            while len(self._embeds) > EMBED_CACHE:
+                self._embeds.popitem(last=False)
+        return PromptEmbeds(torch.stack([self._embeds[p][0] for p in prompts]), torch.stack([self._embeds[p][1] for p in prompts]))
+
+    @torch.no_grad()
+    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
+        """Images ``[B, 3, H, W]`` in [0, 1] -> the transformer's latent space (the VAE's mean, shifted and scaled): what a
+        flow-matching (SFT) loss trains on; the inverse of :meth:`decode`."""
+        config = self.vae.config
+        posterior = self.vae.encode((images * 2.0 - 1.0).to(self.vae.device, self.vae.dtype)).latent_dist
+        return ((posterior.mean - (config.shift_factor or 0.0)) * config.scaling_factor).float()
 
     def velocity(
         self, x: torch.Tensor, sigma: torch.Tensor, cond: PromptEmbeds, transformer: torch.nn.Module | None = None

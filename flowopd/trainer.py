@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import json
 import math
 import shutil
@@ -96,6 +97,7 @@ def check_inputs(cfg: TrainConfig) -> None:
     from flowopd.mini import world
     from flowopd.reward_models.registry import get_reward_class
 
+    _check_prompts(cfg)
     if cfg.opd is not None:
         _check_opd(cfg)
         return
@@ -110,13 +112,35 @@ def check_inputs(cfg: TrainConfig) -> None:
         raise ConfigError(f"task_rewards names unknown tasks {bad_tasks}; use {', '.join(world.TASKS)}")
     rewards = {n: get_reward_class(n)() for n in names}
     for t_index, task in enumerate(t for t, w in cfg.tasks.items() if w > 0):
-        rec = world.make_prompts(task, 1, seed=t_index, split="train")[0]
+        rec = (
+            training_prompts(cfg.prompts[task], task)[0]
+            if task in cfg.prompts
+            else world.make_prompts(task, 1, seed=t_index, split="train")[0]
+        )
         weights = cfg.task_rewards.get(task, cfg.rewards)
         if not any(w > 0 and rewards[n].applies_to(rec.prompt, rec.metadata) for n, w in weights.items()):
             raise ConfigError(
                 f"no reward in {sorted(weights)} can score {task} prompts such as {rec.prompt!r}; "
                 f"add one (e.g. task_rewards: {{{task}: {{...}}}}) or drop {task} from tasks"
             )
+
+
+def _check_prompts(cfg: TrainConfig) -> None:
+    """An SD3 base needs a prompt file for every task it trains on (the mini generator speaks only the mini vocabulary)."""
+    from flowopd.models import is_sd3
+
+    if is_sd3(cfg.model):
+        missing = [t for t, w in cfg.tasks.items() if w > 0 and t not in cfg.prompts]
+        if missing:
+            raise ConfigError(
+                f"tasks {missing} have no training prompts for {cfg.model}; add e.g. prompts: {{{missing[0]}: "
+                f"{ {'compose': 'geneval-train', 'text': 'ocr-train'}.get(missing[0], 'pickscore-train') }}} (a named set or a file)"
+            )
+    elif cfg.resolution not in (None, 32):
+        raise ConfigError(f"resolution {cfg.resolution}: the mini world is 32 px; leave resolution unset for a mini model")
+    for task, spec in cfg.prompts.items():
+        if cfg.tasks.get(task, 0) > 0:
+            training_prompts(spec, task)  # a missing or malformed file fails here, with its fix
 
 
 def _check_opd(cfg: TrainConfig) -> None:
@@ -205,7 +229,8 @@ def alternate_schedule(tasks: dict[str, float]) -> list[str]:
 
 
 def draw_prompts(cfg: TrainConfig, step: int, n: int) -> list:
-    """``n`` training-split prompt records for ``step``."""
+    """``n`` training prompt records for ``step``: a task by weight (or the step's task), then a prompt of that task from its
+    ``prompts:`` file, or from the mini world's generator (training split) for a task without one."""
     from flowopd.mini import world
 
     rng = np.random.default_rng([cfg.seed, step, 1])
@@ -218,10 +243,26 @@ def draw_prompts(cfg: TrainConfig, step: int, n: int) -> list:
         tasks = [str(t) for t in rng.choice(names, size=n, p=p / p.sum())]
     records = []
     for task in tasks:
+        if task in cfg.prompts:
+            pool = training_prompts(cfg.prompts[task], task)
+            records.append(pool[int(rng.integers(len(pool)))])
+            continue
         while not world.in_split(rec := world.PROMPT_MAKERS[task](rng), "train"):
             pass
         records.append(rec)
     return records
+
+
+@functools.lru_cache(maxsize=16)
+def training_prompts(spec: str, task: str) -> tuple:
+    """The records of a ``prompts:`` entry (a named set or a file), each tagged with ``task``; read once per process."""
+    from flowopd.benchmarks.prompt_sets import resolve
+    from flowopd.mini.world import PromptRecord
+
+    prompts = resolve(spec, task=task)
+    if not prompts:
+        raise ConfigError(f"prompts: {task}: {spec} holds no prompts; pass a non-empty prompt set or file")
+    return tuple(PromptRecord(p.text, task, dict(p.metadata)) for p in prompts)
 
 
 def sample_seeds(cfg: TrainConfig, step: int) -> list[int]:
@@ -336,9 +377,9 @@ class Trainer:
         from flowopd.rollout import plan_steps
 
         cfg, acc = self.cfg, self.accelerator
-        self.backbone = load_backbone(cfg.model, device=str(acc.device))
+        self.backbone = load_backbone(cfg.model, device=str(acc.device), resolution=cfg.resolution)
         self.base_digest = model_digest(cfg.model)
-        self.backbone.requires_grad_(False)
+        self.backbone.requires_grad_(False)  # text encoders and VAE (SD3) are never trained; the LoRA alone is
         transformer = self.backbone.transformer
         torch.manual_seed(cfg.seed)  # the LoRA's initial A: part of the run's seed, whatever ran before in this process
         init = self._cold_start() if cfg.opd is not None else None
@@ -351,6 +392,10 @@ class Trainer:
         self.params = [p for p in transformer.parameters() if p.requires_grad]
         if not self.params:
             raise ConfigError(f"lora.targets {cfg.lora.targets} match no module of the transformer; use the defaults")
+        for p in self.params:  # a bf16 base (SD3 on a GPU) trains its LoRA in float32, under accelerate's autocast
+            p.data = p.data.float()
+        if cfg.gradient_checkpointing:
+            transformer.enable_gradient_checkpointing()
         if cfg.opd is not None:
             self._load_teachers()
         optimizer = torch.optim.AdamW(self.params, lr=cfg.optim.lr, weight_decay=cfg.optim.weight_decay, betas=cfg.optim.betas)
@@ -512,7 +557,7 @@ class Trainer:
         plan = self.plans[window_start(cfg, self.step)]
         with torch.no_grad():
             cond = self.backbone.encode_prompts(prompts)
-            uncond = self.backbone.encode_prompts([""] * len(prompts)) if scfg.cfg != 1.0 else None
+            uncond = self.backbone.encode_prompts([scfg.negative_prompt] * len(prompts)) if scfg.cfg != 1.0 else None
         latent = [seeds[(n // g) * g] if scfg.same_latent else seeds[n] for n in local]
         self.model.eval()
         with acc.autocast():

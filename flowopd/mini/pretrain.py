@@ -67,10 +67,11 @@ def render_batch(rng: np.random.Generator, n: int, dropout: float, mix: dict[str
 
 
 def flow_matching_loss(model: MiniBackbone, images: torch.Tensor, prompts: list[str], gen: torch.Generator) -> torch.Tensor:
-    """Eq. 1: regress the velocity ``eps - x0`` at a logit-normal ``sigma``."""
-    x0 = model.encode_images(images)
-    eps = torch.randn(x0.shape, generator=gen)
-    sigma = torch.sigmoid(torch.randn(x0.shape[0], generator=gen))
+    """Eq. 1: regress the velocity ``eps - x0`` at a logit-normal ``sigma`` (any backbone with ``encode_images``: the mini
+    model's pixels, SD3's VAE latents)."""
+    x0 = model.encode_images(images.to(model.device))
+    eps = torch.randn(x0.shape, generator=gen).to(x0.device)  # drawn on the CPU generator: the same numbers on any device
+    sigma = torch.sigmoid(torch.randn(x0.shape[0], generator=gen)).to(x0.device)
     s = sigma.view(-1, 1, 1, 1)
     x_sigma = (1 - s) * x0 + s * eps
     v = model.velocity(x_sigma, sigma, model.encode_prompts(prompts))

@@ -1,0 +1,144 @@
+"""The one trainer on an SD3 backbone: a tiny random StableDiffusion3Pipeline saved to disk and loaded through the real
+``from_pretrained``; a GRPO step, an OPD step with two teacher adapters and an anchor, and the LoRA in plain diffusers."""
+
+import json
+
+import pytest
+import torch
+from test_opd import opd_config
+from test_sd3_backbone import save_tiny_sd3
+from test_trainer import tiny_config
+
+from flowopd.errors import ConfigError
+from flowopd.reward_models import RewardModel, register_reward
+from flowopd.trainer import Trainer, check_plan
+
+PROMPTS = ["a red apple on a table", "a photo of a blue bus", "a green field under a grey sky", "a yellow taxi at night"]
+SAMPLER = {"steps": 4, "cfg": 4.5, "shift": 3.0, "kind": "sde", "noise_level": 0.7, "window_size": 2, "window_start_max": 1}
+
+
+@register_reward("test_sd3_redness")
+class Redness(RewardModel):
+    """Mean red minus mean green: a reward any image has, so advantages are never all zero."""
+
+    version = "1"
+
+    def _score(self, images, prompts, metadata):
+        return [float(img[..., 0].mean() - img[..., 1].mean()) / 255 for img in images], [{} for _ in images]
+
+
+@pytest.fixture(scope="module")
+def sd3_dir(tmp_path_factory):
+    return save_tiny_sd3(tmp_path_factory.mktemp("sd3-train"))
+
+
+@pytest.fixture(scope="module")
+def prompt_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("prompts") / "train.txt"
+    path.write_text("\n".join(PROMPTS) + "\n")
+    return path
+
+
+@pytest.fixture(scope="module")
+def sd3_teachers(sd3_dir, tmp_path_factory):
+    """Three random LoRAs on the tiny SD3 (compose, text, and the MAR anchor), saved as `flowopd train` saves them."""
+    from flowopd.lora import add_lora, save_lora
+    from flowopd.models import load_backbone, model_digest
+
+    root = tmp_path_factory.mktemp("sd3-teachers")
+    out = {}
+    for i, task in enumerate(("compose", "text", "quality")):
+        backbone = load_backbone(str(sd3_dir))
+        torch.manual_seed(20 + i)
+        add_lora(backbone.transformer, 4, 8)
+        with torch.no_grad():
+            for name, p in backbone.transformer.named_parameters():
+                if "lora_B" in name:
+                    p.normal_(std=0.05)
+        info = {"kind": "flowopd-lora", "name": f"teacher-{task}", "base": str(sd3_dir), "base_digest": model_digest(str(sd3_dir))}
+        save_lora(backbone.transformer, root / task, info)
+        out[task] = root / task
+    return out
+
+
+def _lora(trainer):
+    return torch.cat([p.detach().flatten().clone() for p in trainer.params])
+
+
+def test_a_grpo_step_trains_the_lora_of_an_sd3_model(sd3_dir, prompt_file, tmp_path):
+    cfg = tiny_config(
+        sd3_dir,
+        tasks={"preference": 1.0},
+        prompts={"preference": str(prompt_file)},
+        rewards={"test_sd3_redness": 1.0},
+        sampler=SAMPLER,
+        gradient_checkpointing=True,
+        steps=1,
+    )
+    trainer = Trainer(cfg, tmp_path / "run")
+    before = _lora(trainer)
+    assert all(not p.requires_grad for n, p in trainer.backbone.pipe.text_encoder_3.named_parameters())  # T5 frozen
+    assert not any(p.requires_grad for p in trainer.backbone.vae.parameters())
+    assert trainer.backbone.transformer.is_gradient_checkpointing
+    metrics = trainer.train_step()
+    assert torch.isfinite(torch.tensor(metrics["loss"])) and metrics["reward"] == metrics["reward"]
+    assert not torch.equal(before, _lora(trainer))  # the update reached the LoRA through the SD3 transformer
+    assert set(trainer.last_batch["prompts"]) <= set(PROMPTS)  # training prompts come from the prompts: file
+    assert trainer.backbone._embeds  # prompt embeddings cached (the negative prompt and each group's prompt)
+
+
+def test_an_sd3_lora_trained_here_loads_in_plain_diffusers_and_gives_our_images(sd3_dir, prompt_file, tmp_path):
+    """The LoRA `flowopd train` writes: `StableDiffusion3Pipeline.load_lora_weights` + the pipeline's sampler = our ODE sampler."""
+    from diffusers import StableDiffusion3Pipeline
+
+    from flowopd.models import load_backbone
+    from flowopd.sampling import initial_noise, sample_ode
+
+    cfg = tiny_config(
+        sd3_dir,
+        tasks={"preference": 1.0},
+        prompts={"preference": str(prompt_file)},
+        rewards={"test_sd3_redness": 1.0},
+        sampler=SAMPLER,
+        optim={"lr": 5e-2, "ema_decay": 0.0},
+        steps=1,
+    )
+    lora = Trainer(cfg, tmp_path / "run").train()
+    info = json.loads((lora / "lora_info.json").read_text())
+    assert info["base"] == str(sd3_dir) and info["base_digest"]
+    ours = load_backbone(str(lora))  # our loader: the recorded base, the LoRA fused in
+    prompts, seeds = PROMPTS[:2], [3, 4]
+    mine = sample_ode(ours, prompts, seeds, steps=4, cfg=4.5, shift=3.0)
+    base = sample_ode(load_backbone(str(sd3_dir)), prompts, seeds, steps=4, cfg=4.5, shift=3.0)
+    assert (mine - base).abs().max() > 1e-3  # the trained LoRA changes the images
+    pipe = StableDiffusion3Pipeline.from_pretrained(sd3_dir)
+    pipe.load_lora_weights(lora)  # plain diffusers, no flowopd code
+    pipe.set_progress_bar_config(disable=True)
+    latents = initial_noise(2, ours.latent_shape, seeds)
+    theirs = pipe(prompts, negative_prompt="", num_inference_steps=4, guidance_scale=4.5, latents=latents, output_type="pt").images
+    torch.testing.assert_close(mine, theirs.float(), atol=2e-4, rtol=0)
+
+
+def test_an_opd_step_with_two_teacher_adapters_and_an_anchor_on_sd3(sd3_dir, sd3_teachers, prompt_file, tmp_path):
+    cfg = opd_config(
+        sd3_dir,
+        sd3_teachers,
+        prompts={"compose": str(prompt_file), "text": str(prompt_file)},
+        sampler=SAMPLER,
+        steps=1,
+    )
+    trainer = Trainer(cfg, tmp_path / "opd")
+    assert set(trainer.teacher_adapters) == {"compose", "text"} and trainer.anchor_adapter == "anchor"
+    before = _lora(trainer)
+    metrics = trainer.train_step()
+    assert all(torch.isfinite(torch.tensor(metrics[k])) for k in ("loss", "kl", "mar"))
+    assert metrics["kl"] > 0 and metrics["mar"] > 0  # teachers and anchor differ from the student: a real signal
+    assert not torch.equal(before, _lora(trainer))
+
+
+def test_an_sd3_run_needs_training_prompts_for_every_task(sd3_dir):
+    cfg = tiny_config(sd3_dir, tasks={"compose": 1.0, "text": 1.0}, rewards={"test_sd3_redness": 1.0}, sampler=SAMPLER)
+    with pytest.raises(ConfigError, match=r"tasks \['compose', 'text'\] have no training prompts .* prompts: \{compose: geneval-train\}"):
+        check_plan(cfg)
+    with pytest.raises(ConfigError, match="resolution 64: the mini world is 32 px"):
+        check_plan(tiny_config(sd3_dir.parent / "nowhere", resolution=64))
