@@ -22,6 +22,7 @@ if TYPE_CHECKING:
     import torch
 
 LORA_FILE = "pytorch_lora_weights.safetensors"
+PEFT_FILES = ("adapter_model.safetensors", "adapter_config.json")  # a peft `save_pretrained` folder (e.g. Flow-GRPO's releases)
 INFO_FILE = "lora_info.json"
 # SPEC section 4: the attention projections of both streams of the joint-attention blocks
 SD3_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
@@ -69,11 +70,34 @@ def save_lora(transformer: torch.nn.Module, folder: str | Path, info: dict[str, 
     (folder / INFO_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
 
 
-def read_lora_info(folder: str | Path) -> dict[str, Any]:
-    """``lora_info.json`` of a saved LoRA, with a clear error when the folder is not one."""
+def is_lora_folder(folder: str | Path) -> bool:
+    """A diffusers-format LoRA (``pytorch_lora_weights.safetensors``) or a peft one (``adapter_model.safetensors`` + config)."""
     folder = Path(folder)
-    if not (folder / LORA_FILE).is_file():
-        raise FlowOPDError(f"{folder} is not a LoRA folder (no {LORA_FILE}); pass a folder written by `flowopd train`")
+    return (folder / LORA_FILE).is_file() or all((folder / f).is_file() for f in PEFT_FILES)
+
+
+def read_peft_lora(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A peft ``save_pretrained`` folder of an SD3 transformer's LoRA -> (diffusers-keyed state dict, LoraConfig fields)."""
+    from safetensors.torch import load_file
+
+    config = json.loads((folder / PEFT_FILES[1]).read_text())
+    if config.get("peft_type", "LORA") != "LORA":
+        raise FlowOPDError(f"{folder} holds a {config.get('peft_type')} adapter, not a LoRA; pass a LoRA folder")
+    state = {}
+    for key, value in load_file(folder / PEFT_FILES[0]).items():
+        key = key.removeprefix("base_model.model.").replace(".default.", ".")  # peft's wrapper prefix (and adapter name, if saved)
+        state[f"transformer.{key.removeprefix('transformer.')}"] = value
+    fields = ("r", "lora_alpha", "target_modules", "lora_dropout", "bias", "use_rslora", "use_dora", "rank_pattern", "alpha_pattern")
+    return state, {k: config[k] for k in fields if k in config}
+
+
+def read_lora_info(folder: str | Path) -> dict[str, Any]:
+    """``lora_info.json`` of a saved LoRA (empty for a LoRA from elsewhere), with a clear error when the folder is not one."""
+    folder = Path(folder)
+    if not is_lora_folder(folder):
+        raise FlowOPDError(
+            f"{folder} is not a LoRA folder (no {LORA_FILE}, nor peft's {' + '.join(PEFT_FILES)}); pass a folder written by `flowopd train`"
+        )
     info = folder / INFO_FILE
     return json.loads(info.read_text()) if info.is_file() else {}
 
@@ -91,13 +115,20 @@ def check_lora_base(folder: str | Path, base_digest: str | None, base_name: str)
 
 
 def load_lora(transformer: torch.nn.Module, folder: str | Path, name: str, trainable: bool = False) -> None:
-    """Load a saved LoRA (ours or any diffusers-format SD3 LoRA) as adapter ``name``: frozen, or ``trainable`` (a student's start)."""
+    """Load a saved LoRA (ours, any diffusers-format SD3 LoRA, or a peft folder) as adapter ``name``: frozen, or ``trainable``."""
     folder = Path(folder)
     before = active_adapters(transformer)
     try:
         with warnings.catch_warnings():  # peft warns that a model with adapters gets another one: that is the point here
             warnings.simplefilter("ignore", UserWarning)
-            transformer.load_lora_adapter(folder, weight_name=LORA_FILE, prefix="transformer", adapter_name=name)
+            if (folder / LORA_FILE).is_file():
+                transformer.load_lora_adapter(folder, weight_name=LORA_FILE, prefix="transformer", adapter_name=name)
+            else:  # peft's own layout: its config, then its weights (keys as `lora_state_dict` gives them)
+                from peft import LoraConfig
+
+                state, config = read_peft_lora(folder)
+                transformer.add_adapter(LoraConfig(**config), adapter_name=name)
+                set_lora_state_dict(transformer, {k.removeprefix("transformer."): v for k, v in state.items()}, name)
     except (RuntimeError, ValueError, KeyError) as exc:
         raise FlowOPDError(f"LoRA {folder} does not fit this model: {str(exc).splitlines()[0]}") from None
     for n, p in transformer.named_parameters():

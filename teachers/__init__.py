@@ -40,7 +40,7 @@ class TeacherSpec(BaseModel):
 
     def lora_folder(self) -> Path:
         """The LoRA folder ``checkpoint`` names (a shipped weight or a path), with a clear error when absent."""
-        from flowopd.lora import LORA_FILE
+        from flowopd.lora import LORA_FILE, is_lora_folder
         from flowopd.models import KNOWN_WEIGHTS
 
         if self.checkpoint in KNOWN_WEIGHTS:
@@ -51,9 +51,10 @@ class TeacherSpec(BaseModel):
                 )
             return ws.path
         path = Path(self.checkpoint)
-        if not (path / LORA_FILE).is_file():
+        if not is_lora_folder(path):
             raise ConfigError(
-                f"teacher {self.name!r}: {self.checkpoint!r} is neither a shipped teacher nor a LoRA folder (no {LORA_FILE}); "
+                f"teacher {self.name!r}: {self.checkpoint!r} is neither a shipped teacher nor a LoRA folder (no {LORA_FILE} or "
+                "peft adapter_model.safetensors); "
                 "pass a folder written by `flowopd train teacher` (its lora/ subfolder)"
             )
         return path

@@ -142,3 +142,42 @@ def test_an_sd3_run_needs_training_prompts_for_every_task(sd3_dir):
         check_plan(cfg)
     with pytest.raises(ConfigError, match="resolution 64: the mini world is 32 px"):
         check_plan(tiny_config(sd3_dir.parent / "nowhere", resolution=64))
+
+
+def test_a_peft_format_lora_from_elsewhere_loads_as_a_teacher_adapter(sd3_dir, tmp_path):
+    """Teachers published as peft `save_pretrained` folders (Flow-GRPO's SD3.5-M releases): same velocity as the peft model."""
+    from peft import LoraConfig, get_peft_model
+
+    from flowopd.backbone import PromptEmbeds
+    from flowopd.lora import load_lora, use_adapter
+    from flowopd.models import load_backbone
+    from flowopd.teachers import TeacherSpec
+
+    theirs = load_backbone(str(sd3_dir)).transformer
+    peft_model = get_peft_model(theirs, LoraConfig(r=4, lora_alpha=8, target_modules=["to_q", "to_k", "to_v", "to_out.0"]))
+    torch.manual_seed(5)
+    with torch.no_grad():
+        for name, p in peft_model.named_parameters():
+            if "lora_B" in name:
+                p.normal_(std=0.1)
+    folder = tmp_path / "published"
+    peft_model.save_pretrained(folder)
+    assert sorted(f.name for f in folder.iterdir()) == ["README.md", "adapter_config.json", "adapter_model.safetensors"]
+    assert TeacherSpec(name="ocr", tasks=["text"], reward="ocr", checkpoint=str(folder)).lora_folder() == folder
+
+    backbone = load_backbone(str(sd3_dir))
+    load_lora(backbone.transformer, folder, "ocr")
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(2, *backbone.latent_shape, generator=g)
+    cond = backbone.encode_prompts(PROMPTS[:2])
+    sigma = torch.tensor(0.6)
+    with torch.no_grad(), use_adapter(backbone.transformer, "ocr"):
+        mine = backbone.velocity(x, sigma, cond)
+    with torch.no_grad():
+        ref = peft_model(
+            hidden_states=x, timestep=(sigma * 1000).expand(2), encoder_hidden_states=cond.tokens, pooled_projections=cond.pooled
+        ).sample
+    with torch.no_grad(), use_adapter(backbone.transformer, None):
+        plain = backbone.velocity(x, sigma, PromptEmbeds(cond.tokens, cond.pooled))  # the base: every adapter off
+    torch.testing.assert_close(mine, ref, atol=1e-5, rtol=1e-5)
+    assert (mine - plain).abs().max() > 1e-3
