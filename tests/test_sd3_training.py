@@ -181,3 +181,22 @@ def test_a_peft_format_lora_from_elsewhere_loads_as_a_teacher_adapter(sd3_dir, t
         plain = backbone.velocity(x, sigma, PromptEmbeds(cond.tokens, cond.pooled))  # the base: every adapter off
     torch.testing.assert_close(mine, ref, atol=1e-5, rtol=1e-5)
     assert (mine - plain).abs().max() > 1e-3
+
+
+def test_the_sft_cold_start_on_sd3_trains_on_the_teachers_images_in_latent_space(sd3_dir, sd3_teachers, prompt_file, tmp_path):
+    """Teacher images for their prompts (from the prompts: files), encoded by the VAE, flow matching (eq. 1) on a fresh LoRA."""
+    from flowopd.coldstart import sft_cold_start
+    from flowopd.lora import read_lora_info
+
+    sft = {"prompts_per_teacher": 2, "images_per_prompt": 1, "sample_steps": 2, "sample_shift": 3.0, "steps": 2, "batch_size": 2}
+    cfg = opd_config(
+        sd3_dir,
+        sd3_teachers,
+        prompts={"compose": str(prompt_file), "text": str(prompt_file)},
+        sampler=SAMPLER,
+        opd={"cold_start": {"method": "sft", "sft": sft}},
+    )
+    folder = sft_cold_start(cfg, tmp_path / "sft")
+    info = read_lora_info(folder)
+    assert info["cold_start"]["images"] == 4 and info["final_loss"] == info["final_loss"]  # 2 teachers x 2 prompts, finite
+    assert info["base"] == str(sd3_dir)
