@@ -24,8 +24,19 @@ if TYPE_CHECKING:
 LORA_FILE = "pytorch_lora_weights.safetensors"
 PEFT_FILES = ("adapter_model.safetensors", "adapter_config.json")  # a peft `save_pretrained` folder (e.g. Flow-GRPO's releases)
 INFO_FILE = "lora_info.json"
-# SPEC section 4: the attention projections of both streams of the joint-attention blocks
-SD3_LORA_TARGETS = ("to_q", "to_k", "to_v", "to_out.0", "add_q_proj", "add_k_proj", "add_v_proj", "to_add_out")
+# SPEC section 4: the attention projections of both streams of the joint-attention blocks, written with the `attn.` of
+# the joint block as Flow-GRPO does: SD3.5's dual-attention blocks also hold `attn2.to_q...`
+# (image self-attention), which the teachers of the paper do not adapt (peft matches a target as a suffix of the module name)
+SD3_LORA_TARGETS = (
+    "attn.to_q",
+    "attn.to_k",
+    "attn.to_v",
+    "attn.to_out.0",
+    "attn.add_q_proj",
+    "attn.add_k_proj",
+    "attn.add_v_proj",
+    "attn.to_add_out",
+)
 
 
 def add_lora(

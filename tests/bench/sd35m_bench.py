@@ -1,7 +1,7 @@
 """Benchmark: the Stable Diffusion 3.5 Medium transformer (random weights) through flowopd's rollout, GRPO and OPD code.
 
     python tests/bench/sd35m_bench.py                      # GPU: full SD3.5-M, 512 px, bf16
-    python tests/bench/sd35m_bench.py --size small         # CPU: a reduced config, under ~2 minutes on 2 cores
+    python tests/bench/sd35m_bench.py --size small         # CPU: a reduced config, ~15 s on 2 cores
     python tests/bench/sd35m_bench.py [--device cuda|cpu] [--dtype bf16|fp32] [--batch 8] [--micro-batch 8]
         [--steps 10] [--teachers 3] [--warmup 1] [--repeats 1] [--peak-tflops 989] [--json OUT]
 
@@ -56,8 +56,11 @@ whose LoRA input gradients are left out too), so ``F_bwd`` is about one
 forward, not the two of full fine-tuning. Both formulas equal
 ``torch.utils.flop_counter`` with the math attention kernel exactly (checked
 on small configs). With ``T_img = (res / 16)^2`` (1024 at 512 px), ``T_txt =
-333``, ``D = 1536``, ``L = 24``, ``L_dual = 13``. CFG doubles each forward's
-samples. Not counted: gradient checkpointing's recomputation (model FLOPs, as
+333``, ``D = 1536``, ``L = 24``, ``L_dual = 13``. Per phase, with ``B``
+samples, ``S`` sampling steps, ``K`` trained steps and CFG doubling every
+forward's samples: rollout ``S 2B F_fwd``; GRPO update ``K 2B (F_fwd,ref +
+F_fwd + F_bwd)``; OPD signal ``K 2B 2 F_fwd`` (the routed teachers cover each
+sample once, the anchor once more); OPD update ``K 2B (F_fwd + F_bwd)``. Not counted: gradient checkpointing's recomputation (model FLOPs, as
 in MFU), norms, activations, biases, softmax and the sampler's elementwise math.
 """
 
@@ -70,6 +73,7 @@ import math
 import os
 import platform
 import resource
+import statistics
 import time
 import warnings
 from pathlib import Path
@@ -152,7 +156,9 @@ def peak_tflops(device_name: str, dtype: torch.dtype) -> float | None:
 
 
 _FIRST_BLOCK_INPUTS = tuple(
-    f"transformer_blocks.0.{attn}.{proj}" for attn in ("attn", "attn2") for proj in ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj")
+    f"transformer_blocks.0.{attn}.{proj}"
+    for attn in ("attn", "attn2")
+    for proj in ("to_q", "to_k", "to_v", "add_q_proj", "add_k_proj", "add_v_proj")
 )
 
 
@@ -183,7 +189,9 @@ def stream_weights(model: torch.nn.Module, adapter: str | None = "default") -> d
         if adapter is not None and isinstance(lora_a, torch.nn.ModuleDict) and adapter in lora_a:
             r = lora_a[adapter].out_features
             out["lora_fwd"][stream] += r * (base.in_features + base.out_features)
-            out["lora_bwd"][stream] += r * (base.in_features + base.out_features) + r * base.out_features + (0 if first else r * base.in_features)
+            out["lora_bwd"][stream] += (
+                r * (base.in_features + base.out_features) + r * base.out_features + (0 if first else r * base.in_features)
+            )
     return out
 
 
@@ -199,7 +207,11 @@ def _per_token(w: dict[str, int], t_img: int, t_txt: int) -> float:
 
 def forward_flops(sw: dict[str, dict[str, int]], cfg: dict, t_img: int, t_txt: int, lora: bool) -> float:
     """``F_fwd`` per sample (module docstring); ``lora``: the adapter is active (False: adapters off, the reference)."""
-    return _per_token(sw["fwd"], t_img, t_txt) + attention_flops(cfg, t_img, t_txt) + (_per_token(sw["lora_fwd"], t_img, t_txt) if lora else 0.0)
+    return (
+        _per_token(sw["fwd"], t_img, t_txt)
+        + attention_flops(cfg, t_img, t_txt)
+        + (_per_token(sw["lora_fwd"], t_img, t_txt) if lora else 0.0)
+    )
 
 
 def backward_flops(sw: dict[str, dict[str, int]], cfg: dict, t_img: int, t_txt: int) -> float:
@@ -477,7 +489,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     parser.add_argument("--teachers", type=int, default=3, help="teacher adapters (+ 1 anchor adapter)")
     parser.add_argument("--gradient-checkpointing", choices=("auto", "on", "off"), default="auto", help="auto: on for full, off for small")
     parser.add_argument("--warmup", type=int, default=1, help="untimed rounds before measuring (kernels, allocator, optimizer state)")
-    parser.add_argument("--repeats", type=int, default=1, help="measured rounds (figures are means)")
+    parser.add_argument("--repeats", type=int, default=1, help="measured rounds (times are medians)")
     parser.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     parser.add_argument("--peak-tflops", type=float, default=None, help="the device's peak (default: from a table by device name)")
     parser.add_argument("--seed", type=int, default=0)
@@ -492,6 +504,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     args.resolution = args.resolution or size["resolution"]
     if args.batch < 2:
         parser.error("--batch must be at least 2 (GRPO's group advantages need two samples)")
+    if args.repeats < 1 or args.warmup < 0:
+        parser.error("--repeats must be at least 1 and --warmup at least 0")
     if args.teachers < 1:
         parser.error("--teachers must be at least 1")
     step = VAE_FACTOR * size["config"]["patch_size"]
@@ -590,8 +604,8 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         del traj, v_t, v_a, adv
     finite = bool(torch.isfinite(torch.tensor([r["loss"] for r in rec["grpo_update"] + rec["opd_update"]])).all())
 
-    def mean(phase: str, key: str) -> float:
-        return sum(r[key] for r in rec[phase]) / len(rec[phase])
+    def median(phase: str, key: str) -> float:  # robust to a busy machine's stray slow round
+        return statistics.median(r[key] for r in rec[phase])
 
     # FLOPs (per phase, from the analytic per-sample counts; x2 samples for CFG)
     f_lora = forward_flops(sw, cfg, t_img, t_txt, lora=True)
@@ -609,7 +623,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
     peak = args.peak_tflops or (peak_tflops(name, dtype) if device.type == "cuda" else None)
     phases: dict[str, dict[str, Any]] = {}
     for p in rec:
-        s = mean(p, "seconds")
+        s = median(p, "seconds")
         tflops = flops[p] / s / 1e12
         phases[p] = {
             "seconds": s,
@@ -668,6 +682,7 @@ def main(argv: list[str] | None = None) -> dict[str, Any]:
         "phases": phases,
         "param_memory": memory,
         "opd_rollout_kl": kl_rollout,
+        "losses": {p: [r["loss"] for r in rec[p]] for p in ("grpo_update", "opd_update")},
         "losses_finite": finite,
     }
     print_table(figures)
@@ -684,17 +699,25 @@ def _fmt(x: float | None, spec: str) -> str:
 def print_table(f: dict[str, Any]) -> None:
     c = f["config"]
     mem_label = "peak GPU memory GiB" if f["device_type"] == "cuda" else "peak RSS GiB (so far)"
-    print(f"SD3.5-M transformer benchmark ({f['size']}: {c['num_layers']} layers, {c['num_attention_heads']} heads x {c['attention_head_dim']}, "
-          f"{f['base_params_M']:.1f}M params, random weights)")
+    print(
+        f"SD3.5-M transformer benchmark ({f['size']}: {c['num_layers']} layers, {c['num_attention_heads']} heads x {c['attention_head_dim']}, "
+        f"{f['base_params_M']:.1f}M params, random weights)"
+    )
     print(f"device {f['device']}, dtype {f['dtype']}, torch {f['torch']}")
-    print(f"{f['resolution']} px, latents {'x'.join(map(str, f['latent_shape']))}, tokens {f['tokens']['image']} image + "
-          f"{f['tokens']['text']} text, batch {f['batch']} (micro {f['micro_batch']}, x2 for CFG {f['cfg']}), "
-          f"{f['sampling_steps']} sampling steps, {f['trained_steps']} trained")
-    print(f"LoRA r {f['lora']['rank']} / alpha {f['lora']['alpha']:g} ({f['lora_params_M']:.2f}M trainable), "
-          f"{f['lora']['teachers']} teacher + 1 anchor adapters, gradient checkpointing {'on' if f['gradient_checkpointing'] else 'off'}, "
-          f"{f['warmup']} warm-up + {f['repeats']} measured rounds")
-    print(f"FLOPs per sample: forward {f['flops_per_sample_forward_T'] * 1e3:.2f} GFLOP (with LoRA), backward {f['flops_per_sample_backward_T'] * 1e3:.2f} GFLOP; "
-          f"device peak {_fmt(f['peak_tflops'], 'g')} TFLOP/s")
+    print(
+        f"{f['resolution']} px, latents {'x'.join(map(str, f['latent_shape']))}, tokens {f['tokens']['image']} image + "
+        f"{f['tokens']['text']} text, batch {f['batch']} (micro {f['micro_batch']}, x2 for CFG {f['cfg']}), "
+        f"{f['sampling_steps']} sampling steps, {f['trained_steps']} trained"
+    )
+    print(
+        f"LoRA r {f['lora']['rank']} / alpha {f['lora']['alpha']:g} ({f['lora_params_M']:.2f}M trainable), "
+        f"{f['lora']['teachers']} teacher + 1 anchor adapters, gradient checkpointing {'on' if f['gradient_checkpointing'] else 'off'}, "
+        f"{f['warmup']} warm-up + {f['repeats']} measured rounds"
+    )
+    print(
+        f"FLOPs per sample: forward {f['flops_per_sample_forward_T'] * 1e3:.2f} GFLOP (with LoRA), backward {f['flops_per_sample_backward_T'] * 1e3:.2f} GFLOP; "
+        f"device peak {_fmt(f['peak_tflops'], 'g')} TFLOP/s"
+    )
     print()
     print(f"{'phase':<26}{'seconds':>10}{'samples/s':>11}{'TFLOP':>10}{'TFLOP/s':>10}{'MFU':>8}{mem_label:>24}")
     labels = {
@@ -706,16 +729,22 @@ def print_table(f: dict[str, Any]) -> None:
     }
     for key, label in labels.items():
         p = f["phases"][key]
-        print(f"{label:<26}{p['seconds']:>10.3f}{p['samples_per_s']:>11.2f}{p['tflop']:>10.3f}{p['tflops_per_s']:>10.3f}"
-              f"{_fmt(p['mfu'], '.1%'):>8}{p['peak_memory_GiB']:>24.3f}")
+        print(
+            f"{label:<26}{p['seconds']:>10.3f}{p['samples_per_s']:>11.2f}{p['tflop']:>10.3f}{p['tflops_per_s']:>10.3f}"
+            f"{_fmt(p['mfu'], '.1%'):>8}{p['peak_memory_GiB']:>24.3f}"
+        )
     print()
     m, s = f["param_memory"]["measured"], f["param_memory"]["sd35m_bf16_arithmetic"]
     t = f["lora"]["teachers"]
     print(f"parameter memory, {t} teachers + anchor   as adapters    as separate models   separate/adapters")
-    print(f"  this model ({m['dtype']}, measured)   {m['adapters_GiB']:>10.3f} GiB {m['separate_GiB']:>14.3f} GiB {m['separate_over_adapters']:>14.2f}x"
-          f"   (base {m['base_GiB']:.3f} GiB, one LoRA {m['one_lora_MiB']:.2f} MiB)")
-    print(f"  SD3.5-M (bf16, arithmetic)    {s['adapters_GiB']:>10.3f} GiB {s['separate_GiB']:>14.3f} GiB {s['separate_over_adapters']:>14.2f}x"
-          f"   (base {s['base_params_M']:.0f}M params + {s['base_buffers_M']:.0f}M buffer, one LoRA {s['lora_params_M']:.1f}M)")
+    print(
+        f"  this model ({m['dtype']}, measured)   {m['adapters_GiB']:>10.3f} GiB {m['separate_GiB']:>14.3f} GiB {m['separate_over_adapters']:>14.2f}x"
+        f"   (base {m['base_GiB']:.3f} GiB, one LoRA {m['one_lora_MiB']:.2f} MiB)"
+    )
+    print(
+        f"  SD3.5-M (bf16, arithmetic)    {s['adapters_GiB']:>10.3f} GiB {s['separate_GiB']:>14.3f} GiB {s['separate_over_adapters']:>14.2f}x"
+        f"   (base {s['base_params_M']:.0f}M params + {s['base_buffers_M']:.0f}M buffer, one LoRA {s['lora_params_M']:.1f}M)"
+    )
     print(f"  SD3.5-M forward at 512 px: {s['forward_GFLOP_per_sample_512px']:.0f} GFLOP per sample (no LoRA)")
     if not f["losses_finite"]:
         print("note: a loss was not finite (random weights); the timings stand, the loss values do not")
