@@ -471,8 +471,32 @@ def prompts_show(
 # ------------------------------------------------------------------ train
 
 
-def _train(cfg, out: Path, resume: bool) -> None:
-    """Run the one trainer with a progress bar (reward, KL, clip fraction) and say where the LoRA is."""
+def _train(
+    cfg,
+    out: Path,
+    resume: bool,
+    command: str = "train",
+    recipe: str | None = None,
+    dry_run: bool = False,
+    processes: int | None = None,
+    fmt: Format = Format.table,
+) -> None:
+    """Run the one trainer with a progress bar (reward, KL, clip fraction) and say where the LoRA is.
+
+    ``dry_run``: print the resolved plan (:mod:`flowopd.plan`) and stop, loading no model; only a batch/process
+    arithmetic error fails it.
+    """
+    if dry_run:
+        from flowopd.plan import dry_run as plan_dry_run
+
+        text, error = plan_dry_run(cfg, command, recipe, processes, fmt.value)
+        if os.environ.get("RANK", "0") == "0":  # under `accelerate launch`, one copy of the plan
+            print(text)
+        if error:
+            _fail(error)
+        return
+    if processes is not None:
+        _fail("--processes only plans a --dry-run; a run takes its process count from `accelerate launch --num_processes`")
     from flowopd.trainer import Trainer
 
     t0 = time.time()
@@ -502,6 +526,14 @@ TrainSteps = Annotated[int | None, typer.Option("--steps", min=1, help="Training
 TrainSeed = Annotated[int | None, typer.Option("--seed", help="Seed.")]
 TrainThreads = Annotated[int | None, typer.Option("--threads", min=0, help="CPU threads (0: torch's default).")]
 TrainResume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")]
+TrainDryRun = Annotated[
+    bool, typer.Option("--dry-run", help="Print the resolved plan (batch per GPU, checks, memory estimate) and exit; loads no model.")
+]
+TrainProcesses = Annotated[
+    int | None,
+    typer.Option("--processes", min=1, help="With --dry-run: the process (GPU) count to plan for (default $WORLD_SIZE, else 1)."),
+]
+TrainPlanFormat = Annotated[Format, typer.Option("--format", help="With --dry-run: table (text) or json.")]
 
 
 @train_app.command("teacher")
@@ -513,6 +545,9 @@ def train_teacher(
     seed: TrainSeed = None,
     threads: TrainThreads = None,
     resume: TrainResume = False,
+    dry_run: TrainDryRun = False,
+    processes: TrainProcesses = None,
+    fmt: TrainPlanFormat = Format.table,
 ) -> None:
     """Train a GRPO teacher on one reward (SPEC section 4); writes the LoRA in the diffusers format."""
     from flowopd.teachers import MINI_TASK_REWARDS
@@ -530,7 +565,7 @@ def train_teacher(
     if reward is not None:
         overrides.update(rewards={reward: 1.0}, task_rewards={}, name=f"teacher-{reward}")
     cfg = _load_train_config(config, overrides)
-    _train(cfg, out or Path("runs") / cfg.name, resume)
+    _train(cfg, out or Path("runs") / cfg.name, resume, "teacher", config, dry_run, processes, fmt)
 
 
 class MixVariant(str, Enum):
@@ -549,10 +584,14 @@ def train_mix(
     seed: TrainSeed = None,
     threads: TrainThreads = None,
     resume: TrainResume = False,
+    dry_run: TrainDryRun = False,
+    processes: TrainProcesses = None,
+    fmt: TrainPlanFormat = Format.table,
 ) -> None:
     """Train a GRPO-Mix baseline: several rewards in one GRPO run (SPEC section 4, the paper's seesaw)."""
-    cfg = _load_train_config(config or f"mini/mix-{variant.value}", {"steps": steps, "seed": seed, "threads": threads})
-    _train(cfg, out or Path("runs") / cfg.name, resume)
+    config = config or f"mini/mix-{variant.value}"
+    cfg = _load_train_config(config, {"steps": steps, "seed": seed, "threads": threads})
+    _train(cfg, out or Path("runs") / cfg.name, resume, "mix", config, dry_run, processes, fmt)
 
 
 class ColdStartMethod(str, Enum):
@@ -578,6 +617,8 @@ def train_coldstart(
     out: Path | None = typer.Option(None, "--out", "-o", help="LoRA folder to write (default runs/coldstart-<method>)."),
     seed: TrainSeed = None,
     threads: TrainThreads = None,
+    dry_run: TrainDryRun = False,
+    fmt: TrainPlanFormat = Format.table,
 ) -> None:
     """Make the student's starting LoRA from the teachers (SPEC section 5); writes it in the diffusers format."""
     from flowopd.coldstart import cold_start
@@ -587,6 +628,9 @@ def train_coldstart(
     if cfg.opd is None:
         _fail(f"config {config} has no opd section (no teachers to start from); use an OPD recipe such as mini/opd")
     cfg = cfg.with_cold_start(method=method.value, from_lora=None, **({"merge": merge.value} if merge else {}))
+    if dry_run:  # one process: no --processes here
+        _train(cfg, out or Path("runs"), False, "coldstart", config, dry_run=True, fmt=fmt)
+        return
     check_plan(cfg)
     if cfg.threads:
         import torch
@@ -613,6 +657,9 @@ def train_opd(
     seed: TrainSeed = None,
     threads: TrainThreads = None,
     resume: TrainResume = False,
+    dry_run: TrainDryRun = False,
+    processes: TrainProcesses = None,
+    fmt: TrainPlanFormat = Format.table,
 ) -> None:
     """Distil the teachers into one student by on-policy distillation with MAR (SPEC section 6).
 
@@ -627,7 +674,7 @@ def train_opd(
 
         opd = build_config(OPDConfig, {**cfg.opd.model_dump(), "objective": objective}, "--objective")
         cfg = cfg.model_copy(update={"opd": opd})
-    _train(cfg, out or Path("runs") / cfg.name, resume)
+    _train(cfg, out or Path("runs") / cfg.name, resume, "opd", config, dry_run, processes, fmt)
 
 
 # ------------------------------------------------------------------ eval / report

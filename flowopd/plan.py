@@ -25,16 +25,31 @@ GIB = 1024**3
 # width 1536, dual attention in blocks 0-12) has 2.243B parameters plus a 226M-element position-embedding table stored
 # with them (384 x 384 positions x 1536): 2.47B numbers held in bf16. tests/test_sd35m_recipes.py checks these against
 # diffusers' SD3Transformer2DModel built on the meta device.
-SD35M_TRANSFORMER = 2_469_771_840
-SD35M_TEXT_ENCODERS = {"CLIP-L": 123_060_480, "CLIP-G": 694_659_840, "T5-XXL": 4_762_310_656}
+SD35M_TRANSFORMER = 2_469_663_936
+SD35M_TEXT_ENCODERS = {"CLIP-L": 123_650_304, "CLIP-G": 694_659_840, "T5-XXL": 4_762_310_656}
 SD35M_VAE = 83_653_863
-SD35M_LORA_PER_RANK = 746_496  # sum of (in + out) over the 243 Linear layers the default lora.targets adapt (all 1536 -> 1536)
 SD35M_LAYERS, SD35M_DUAL_LAYERS, SD35M_WIDTH = 24, 13, 1536
+# the attention projections of SD3.5-M's blocks (all 1536 -> 1536): the joint attention of every block (the last block
+# has no text output projection) and the image-only second attention of the dual-attention blocks
+SD35M_ATTENTION = [
+    f"transformer_blocks.{i}.attn.{m}"
+    for i in range(SD35M_LAYERS)
+    for m in (
+        "to_q",
+        "to_k",
+        "to_v",
+        "to_out.0",
+        "add_q_proj",
+        "add_k_proj",
+        "add_v_proj",
+        *(("to_add_out",) if i < SD35M_LAYERS - 1 else ()),
+    )
+] + [f"transformer_blocks.{i}.attn2.{m}" for i in range(SD35M_DUAL_LAYERS) for m in ("to_q", "to_k", "to_v", "to_out.0")]
 SD3_TEXT_TOKENS = 77 + 256  # CLIP (77) + T5 (256) tokens per prompt, concatenated
 SD3_LATENT_CHANNELS, SD3_VAE_FACTOR, SD3_PATCH = 16, 8, 2
 SD3_PROMPT_EMBED_BYTES = SD3_TEXT_TOKENS * 4096 * 2 + 2048 * 2  # one prompt's states + pooled vector, bf16
 
-# reward models a GRPO run holds on each GPU: (parameters, bytes per parameter) as the reward classes load them
+# reward models a GRPO run may hold on each GPU: (parameters, bytes per parameter, what) as the reward classes load them
 REWARD_SIZES: dict[str, tuple[int, int, str]] = {
     "pickscore_v1": (986_000_000, 4, "CLIP ViT-H/14, fp32"),
     "deqa": (8_200_000_000, 2, "mPLUG-Owl2 (LLaMA-2-7B + ViT-L), fp16"),
@@ -56,14 +71,21 @@ VAE_DECODE_BYTES_PER_PIXEL = 0.3 * GIB / (512 * 512)
 OVERHEAD_GIB = 2.0  # CUDA context, cuBLAS workspaces, allocator slack
 
 
+def sd35m_lora_per_rank(targets: list[str] | tuple[str, ...]) -> tuple[int, int]:
+    """(LoRA parameters per unit of rank, adapted modules) on SD3.5-M for ``lora.targets`` (peft's rule: a name or a
+    dot-separated suffix of one); targets outside the attention projections are not counted."""
+    hit = [n for n in SD35M_ATTENTION if any(n == t or n.endswith("." + t) for t in targets)]
+    return len(hit) * 2 * SD35M_WIDTH, len(hit)
+
+
 def resolve_processes(processes: int | None = None) -> tuple[int, str]:
     """``--processes``, else ``$WORLD_SIZE`` (set by ``accelerate launch`` / torchrun), else 1; with where it came from."""
     if processes is not None:
         return int(processes), "--processes"
     env = os.environ.get("WORLD_SIZE")
     if env and env.strip().isdigit() and int(env) > 0:
-        return int(env), "WORLD_SIZE"
-    return 1, "default (no --processes, no WORLD_SIZE)"
+        return int(env), "$WORLD_SIZE"
+    return 1, "default: no --processes, no $WORLD_SIZE"
 
 
 def train_plan(cfg: TrainConfig, processes: int | None = None, command: str = "train", recipe: str | None = None) -> dict[str, Any]:
@@ -74,7 +96,7 @@ def train_plan(cfg: TrainConfig, processes: int | None = None, command: str = "t
 
     n, source = resolve_processes(processes)
     if command == "coldstart":  # `flowopd train coldstart` runs in one process
-        n, source = 1, "coldstart runs in one process"
+        n, source = 1, "`flowopd train coldstart` runs in one process"
     b, g = cfg.batch_size, cfg.group_size
     u = cfg.grpo.updates_per_rollout
     per_gpu = b // n if b % n == 0 else None
@@ -177,15 +199,15 @@ def _lora(cfg: TrainConfig, command: str) -> dict[str, Any]:
     if cfg.opd is not None:
         cs, k = cfg.opd.cold_start, len(cfg.opd.teachers)
         if cs.method == "merge" and cs.merge == "cat":
-            rank, note = k * r, f"cat merge: the sum of {k} teacher ranks, assumed {r} each"
+            rank, note = k * r, f"a cat merge of {k} teachers of rank {r}: the rank sum"
         elif cs.method == "merge" and cs.merge == "svd":
-            rank, note = cs.svd_rank or r, "svd merge: opd.cold_start.svd_rank (default: the teachers' rank)"
+            rank, note = cs.svd_rank or r, "an svd merge: opd.cold_start.svd_rank, else the teachers' rank"
         elif cs.method == "merge":
-            note = f"{cs.merge} merge: the teachers' rank, assumed {r}"
+            note = f"a {cs.merge} merge: the teachers' rank, assumed {r}"
         elif cs.method == "sft":
-            note = "SFT cold start: a fresh LoRA of lora.rank"
+            note = "an SFT cold start: a fresh LoRA of lora.rank"
         if cs.from_lora and command != "coldstart":
-            note = f"from {cs.from_lora}, assumed made by the {cs.method} cold start ({note})"
+            note = f"{cs.from_lora}, assumed {note}"
     return {"rank": r, "alpha": cfg.lora.alpha, "targets": list(cfg.lora.targets), "student_rank": rank, "student_rank_from": note}
 
 
@@ -241,7 +263,9 @@ def _model_item(spec: str) -> dict[str, Any]:
         if isinstance(cached, str):
             item.update(ok=True, detail="in the Hugging Face cache (model_index.json found)")
         else:
-            item["detail"] = "not in the Hugging Face cache: accept its licence on the hub, `huggingface-cli login`, and it downloads on first use"
+            item["detail"] = (
+                "not in the Hugging Face cache: accept its licence on the hub, `huggingface-cli login`, and it downloads on first use"
+            )
         return item
     if spec in KNOWN_WEIGHTS:
         ws = KNOWN_WEIGHTS[spec]
@@ -261,7 +285,7 @@ def _prompt_item(task: str, spec: str) -> dict[str, Any]:
     if spec in PROMPT_SETS:
         ps = PROMPT_SETS[spec]
         ok = ps.present()
-        item.update(ok=ok, detail=str(ps.path()) if ok else f"`flowopd prompts download {spec}` (or set ${ps.env_var})")
+        item.update(ok=ok, detail=str(ps.path()) if ok else f"`flowopd prompts download {spec}`, or set ${ps.env_var}")
     else:
         ok = Path(spec).is_file()
         item.update(ok=ok, detail="file" if ok else "no such file")
@@ -288,8 +312,25 @@ def _folder_item(kind: str, name: str, folder) -> dict[str, Any]:
 # ----------------------------------------------------------------------------- memory
 
 
+def _per_row_activations(px: int, checkpointing: bool) -> tuple[float, str]:
+    """Bytes of activations one sequence (one CFG row) keeps for the backward through the SD3.5-M transformer (an estimate)."""
+    img_tokens = (px // SD3_VAE_FACTOR // SD3_PATCH) ** 2
+    s, h = img_tokens + SD3_TEXT_TOKENS, SD35M_WIDTH
+    if checkpointing:
+        nbytes = SD35M_LAYERS * 2 * s * h + ACT_PER_LAYER * s * h + ACT_PER_DUAL * img_tokens * h
+        how = f"{SD35M_LAYERS} x 2 s h B (block inputs) + one block recomputed (34 s h + 12 s_img h)"
+    else:
+        nbytes = SD35M_LAYERS * ACT_PER_LAYER * s * h + SD35M_DUAL_LAYERS * ACT_PER_DUAL * img_tokens * h
+        how = f"{SD35M_LAYERS} x 34 s h + {SD35M_DUAL_LAYERS} x 12 s_img h B"
+    return nbytes, f"per row {nbytes / GIB:.2f} GiB = {how}, s = {img_tokens} image + {SD3_TEXT_TOKENS} text tokens, h = {h}"
+
+
 def memory_estimate(cfg: TrainConfig, plan: dict[str, Any]) -> dict[str, Any]:
-    """Per-GPU memory of the run, term by term, with each term's formula (an estimate; SD3.5-M sizes for any SD3 base)."""
+    """Per-GPU memory of the run, term by term, with each term's formula (an estimate; SD3.5-M sizes for any SD3 base).
+
+    The terms of one phase (``update``: the backward's activations; ``rollout``: the VAE decode) never coexist, so
+    the total holds the larger phase on top of everything else.
+    """
     if plan["backbone"] != "sd3":
         return {
             "estimate": True,
@@ -298,19 +339,8 @@ def memory_estimate(cfg: TrainConfig, plan: dict[str, Any]) -> dict[str, Any]:
             "terms": [],
             "note": "mini model: ~4M parameters at 32x32 px; weights, LoRA and activations take a few hundred MB at most (negligible)",
         }
-    if plan["command"] == "coldstart" and cfg.opd is not None and cfg.opd.cold_start.method == "merge":
-        ram = (SD35M_TRANSFORMER + sum(SD35M_TEXT_ENCODERS.values()) + SD35M_VAE) * 4 / GIB
-        return {
-            "estimate": True,
-            "negligible": False,
-            "total_gib": None,
-            "terms": [],
-            "note": f"a merge runs on the CPU in one process (no GPU): ~{ram:.0f} GiB of RAM for the base in fp32, plus the teachers' LoRAs",
-        }
     px = cfg.resolution or 1024  # SD3.5-M's native size when unset
     lat = px // SD3_VAE_FACTOR
-    img_tokens = (lat // SD3_PATCH) ** 2
-    s, h = img_tokens + SD3_TEXT_TOKENS, SD35M_WIDTH
     cfg_rows = 2 if cfg.sampler.cfg != 1.0 else 1  # CFG: one forward on [uncond; cond]
     coldstart = plan["command"] == "coldstart"
     terms: list[dict[str, Any]] = []
@@ -319,80 +349,96 @@ def memory_estimate(cfg: TrainConfig, plan: dict[str, Any]) -> dict[str, Any]:
         terms.append({"what": what, "gib": round(nbytes / GIB, 2), "formula": formula, "phase": phase})
 
     add("transformer (bf16)", SD35M_TRANSFORMER * 2, "2.47e9 numbers (2.24e9 parameters + 2.26e8 position table) x 2 B")
-    te = sum(SD35M_TEXT_ENCODERS.values())
     add(
         "text encoders (bf16)",
-        te * 2,
+        sum(SD35M_TEXT_ENCODERS.values()) * 2,
         "(CLIP-L 123M + CLIP-G 695M + T5-XXL 4.76B) x 2 B; held on the GPU unless offloaded (T5 alone is 8.9 GiB)",
     )
     add("VAE (bf16)", SD35M_VAE * 2, "84M x 2 B")
-    rank = plan["lora"]["student_rank"]
-    p = SD35M_LORA_PER_RANK * rank
-    add(
-        f"student LoRA r{rank} + AdamW + EMA (fp32)",
-        p * 20,
-        f"{p / 1e6:.1f}M params x (4 weights + 4 grads + 8 Adam moments + 4 EMA) B",
-    )
+    per_rank, n_modules = sd35m_lora_per_rank(cfg.lora.targets)
+    q = per_rank * cfg.lora.rank
     if cfg.opd is not None:
-        frozen = len(cfg.opd.teachers) + (1 if cfg.opd.anchor is not None and cfg.opd.anchor not in {t.name for t in cfg.opd.teachers} else 0)
-        q = SD35M_LORA_PER_RANK * cfg.lora.rank
-        add(f"frozen adapters ({frozen}: teachers + anchor, fp32)", frozen * q * 4, f"{frozen} x {q / 1e6:.1f}M params (r{cfg.lora.rank}) x 4 B")
-    elif not coldstart:
-        names = set(cfg.rewards) | {n for ws in cfg.task_rewards.values() for n in ws}
-        known = {n: REWARD_SIZES[n] for n in sorted(names) if n in REWARD_SIZES}
-        if known:
-            add(
-                "reward models",
-                sum(n_ * b_ for n_, b_, _ in known.values()),
-                "; ".join(f"{n} {v[0] / 1e9:.2f}B x {v[1]} B ({v[2]})" for n, v in known.items()),
-            )
-    # activations of one micro-batch of the update (the peak of the step)
-    per_seq_full = SD35M_LAYERS * ACT_PER_LAYER * s * h + SD35M_DUAL_LAYERS * ACT_PER_DUAL * img_tokens * h
-    per_seq_ckpt = SD35M_LAYERS * 2 * s * h + ACT_PER_LAYER * s * h + ACT_PER_DUAL * img_tokens * h
-    if coldstart:
-        micro, rows = cfg.opd.cold_start.sft.batch_size if cfg.opd is not None else cfg.micro_batch, 1
+        names = {t.name for t in cfg.opd.teachers}
+        anchor = 1 if cfg.opd.anchor is not None and cfg.opd.anchor not in names and not coldstart else 0
+        frozen = len(names) + anchor
+        what = f"{len(names)} teachers + the anchor" if anchor else f"{len(names)} teachers"
+        add(f"frozen adapters ({what}, fp32)", frozen * q * 4, f"{frozen} x {q / 1e6:.1f}M params (r{cfg.lora.rank}) x 4 B")
+    rank = plan["lora"]["student_rank"]
+    p = per_rank * rank
+    if coldstart and cfg.opd.cold_start.method == "merge":
+        add(f"merged LoRA r{rank} (fp32)", p * 4, f"{p / 1e6:.1f}M params x 4 B")
+        add("overhead", OVERHEAD_GIB * GIB, "CUDA context, workspaces, allocator slack (a guess)")
+    elif coldstart:  # SFT: teacher images, then flow matching on a fresh LoRA (no CFG in the loss, no EMA)
+        sft = cfg.opd.cold_start.sft
+        n_img = sft.prompts_per_teacher * sft.images_per_prompt * len(cfg.opd.teachers)
+        add(
+            f"student LoRA r{rank} + AdamW (fp32)",
+            p * 16,
+            f"{p / 1e6:.1f}M params ({n_modules} projections x r{rank} x (1536 + 1536)) x (4 weights + 4 grads + 8 Adam moments) B",
+        )
+        add("teacher images (fp32)", n_img * 3 * px * px * 4, f"up to {n_img} images x 3 x {px} x {px} x 4 B")
+        per_row, how = _per_row_activations(px, False)
+        add(
+            f"activations, batch {sft.batch_size} (no gradient checkpointing assumed: an upper bound)",
+            sft.batch_size * per_row,
+            f"{how} (estimate)",
+            phase="update",
+        )
+        add(
+            "VAE decode peak (no grad, while the teachers draw)",
+            sft.batch_size * px * px * VAE_DECODE_BYTES_PER_PIXEL,
+            f"{sft.batch_size} images x ~0.3 GiB per 512x512 image (estimate)",
+            phase="rollout",
+        )
+        add("overhead", OVERHEAD_GIB * GIB, "CUDA context, workspaces, allocator slack (a guess)")
     else:
-        micro, rows = cfg.micro_batch, cfg_rows
-    per_seq = per_seq_ckpt if cfg.gradient_checkpointing else per_seq_full
-    how = (
-        f"{SD35M_LAYERS} x 2 s h B (block inputs) + one block recomputed (34 s h + 12 s_img h)"
-        if cfg.gradient_checkpointing
-        else f"{SD35M_LAYERS} x 34 s h + {SD35M_DUAL_LAYERS} x 12 s_img h B"
-    )
-    add(
-        f"activations, micro-batch {micro} x {rows} rows (gradient checkpointing {'on' if cfg.gradient_checkpointing else 'off'})",
-        micro * rows * per_seq,
-        f"per row {per_seq / GIB:.2f} GiB = {how}, s = {img_tokens} image + {SD3_TEXT_TOKENS} text tokens, h = {h} (estimate)",
-        phase="update",
-    )
-    local = plan["batch_per_gpu"] or math.ceil(cfg.batch_size / plan["processes"])
-    k = plan["sampler"]["trained_steps"] or cfg.sampler.steps
-    if not coldstart:
+        add(
+            f"student LoRA r{rank} + AdamW + EMA (fp32)",
+            p * 20,
+            f"{p / 1e6:.1f}M params ({n_modules} projections x r{rank} x (1536 + 1536)) x (4 weights + 4 grads + 8 Adam moments + 4 EMA) B",
+        )
+        if cfg.opd is None:
+            names_ = set(cfg.rewards) | {n for ws in cfg.task_rewards.values() for n in ws}
+            known = {n: REWARD_SIZES[n] for n in sorted(names_) if n in REWARD_SIZES}
+            if known:
+                add(
+                    "reward models, if held on the GPU",
+                    sum(n_ * b_ for n_, b_, _ in known.values()),
+                    "; ".join(f"{n} {v[0] / 1e9:.2f}B x {v[1]} B ({v[2]})" for n, v in known.items()),
+                )
+        per_row, how = _per_row_activations(px, cfg.gradient_checkpointing)
+        micro = cfg.micro_batch
+        add(
+            f"activations, micro-batch {micro} x {cfg_rows} rows (gradient checkpointing {'on' if cfg.gradient_checkpointing else 'off'})",
+            micro * cfg_rows * per_row,
+            f"{how} (estimate)",
+            phase="update",
+        )
+        local = plan["batch_per_gpu"] or math.ceil(cfg.batch_size / plan["processes"])
+        k = plan["sampler"]["trained_steps"] or cfg.sampler.steps
         lat_bytes = SD3_LATENT_CHANNELS * lat * lat * 4
-        buffers = local * (3 * k * lat_bytes + 3 * px * px * 4 + cfg_rows * SD3_PROMPT_EMBED_BYTES)
         add(
             "rollout buffers",
-            buffers,
+            local * (3 * k * lat_bytes + 3 * px * px * 4 + cfg_rows * SD3_PROMPT_EMBED_BYTES),
             f"{local} samples x ({k} trained steps x 3 latents fp32 + the fp32 image + {cfg_rows} prompt embeddings bf16)",
         )
-    add(
-        "VAE decode peak (no grad, not at the same time as the update)",
-        cfg.micro_batch * px * px * VAE_DECODE_BYTES_PER_PIXEL,
-        f"{cfg.micro_batch} images x ~0.3 GiB per 512x512 image (estimate)",
-        phase="rollout",
-    )
-    add("overhead", OVERHEAD_GIB * GIB, "CUDA context, workspaces, allocator slack (a guess)")
-    # the update's activations and the rollout's VAE decode never coexist: the peak holds the larger of the two
+        add(
+            "VAE decode peak (no grad, during the rollout)",
+            micro * px * px * VAE_DECODE_BYTES_PER_PIXEL,
+            f"{micro} images x ~0.3 GiB per 512x512 image (estimate)",
+            phase="rollout",
+        )
+        add("overhead", OVERHEAD_GIB * GIB, "CUDA context, workspaces, allocator slack (a guess)")
     steady = sum(t["gib"] for t in terms if t["phase"] is None)
-    total = steady + max(sum(t["gib"] for t in terms if t["phase"] == ph) for ph in ("update", "rollout"))
+    total = steady + max([0.0] + [sum(t["gib"] for t in terms if t["phase"] == ph) for ph in ("update", "rollout")])
     return {
         "estimate": True,
         "negligible": False,
         "sizes_of": "SD3.5-Medium",
         "total_gib": round(total, 1),
         "terms": terms,
-        "note": "an estimate: weights + LoRA/optimizer + the update's activations + buffers; the VAE decode peak comes during the "
-        "rollout, when no activations are held. Measure with torch.cuda.max_memory_allocated on a first step.",
+        "note": "an estimate: the sum of the terms, counting only the larger of the update's activations and the rollout's VAE "
+        "decode (they never coexist); check it with torch.cuda.max_memory_allocated() after a first step",
     }
 
 
@@ -416,7 +462,66 @@ def format_plan(plan: dict[str, Any]) -> str:
     extra.append(f"gradient checkpointing {'on' if plan['gradient_checkpointing'] else 'off'}")
     row("model", f"{plan['model']}  ({', '.join(extra)})")
     n = plan["processes"]
-    row("processes", f"{n}  (from {plan['processes_from']})")
+    row("processes", f"{n}  ({plan['processes_from']})")
+    if plan["command"] == "coldstart":
+        _format_coldstart(plan, row)
+    else:
+        _format_run(plan, row)
+    ar = plan["arithmetic"]
+    row("arithmetic", f"ok for {n} process(es)" if ar["ok"] else f"FAILED: {ar['error']}")
+    inp = plan["inputs"]
+    missing = [i for i in inp["items"] if not i["ok"]]
+    row(
+        "inputs",
+        "ok" if inp["ok"] else f"missing {len(missing)} of {len(inp['items'])} (a dry run reports them; a real run stops at the first)",
+    )
+    for i in inp["items"]:
+        row("", f"{'ok' if i['ok'] else 'missing':<8} {i['kind']} {i['name']}" + (f"  ({i['detail']})" if i["detail"] else ""))
+    if inp["error"]:
+        row("", f"check_inputs: {inp['error']}")
+    mem = plan["memory"]
+    if mem["negligible"] or mem["total_gib"] is None:
+        row("memory per GPU", mem["note"])
+    else:
+        row("memory per GPU", f"~{mem['total_gib']} GiB (an estimate, {mem['sizes_of']} sizes)")
+        for t in mem["terms"]:
+            row("", f"{t['gib']:>6.2f} GiB  {t['what']}: {t['formula']}")
+        row("", mem["note"])
+    return "\n".join(lines)
+
+
+def _lora_row(plan: dict[str, Any], row) -> None:
+    lo = plan["lora"]
+    lora = f"r {lo['rank']} / alpha {lo['alpha']:g} on {len(lo['targets'])} projection names"
+    if lo["student_rank"] != lo["rank"] or plan.get("opd"):
+        lora += f"; student rank {lo['student_rank']} ({lo['student_rank_from']})"
+    row("LoRA", lora)
+    row("tasks", ", ".join(f"{t} {v['weight']:g} <- {v['prompts']}" for t, v in plan["tasks"].items()) + f"  ({plan['task_sampling']})")
+
+
+def _teacher_rows(plan: dict[str, Any], row) -> None:
+    for i, t in enumerate(plan["opd"]["teachers"]):
+        row("teachers" if i == 0 else "", f"{t['name']}: {', '.join(t['tasks'])} -> {t['checkpoint']}  ({t['reward']})")
+
+
+def _format_coldstart(plan: dict[str, Any], row) -> None:
+    cs = plan["opd"]["cold_start"]
+    if cs["method"] == "merge":
+        row("cold start", f"merge ({cs['merge']}) of the teachers' LoRAs, on the GPU when there is one")
+    else:
+        sft = cs["sft"]
+        row(
+            "cold start",
+            f"sft: each teacher draws {sft['prompts_per_teacher']} prompts x {sft['images_per_prompt']} images "
+            f"({sft['sample_steps']} ODE steps, CFG {sft['sample_cfg']:g}); then {sft['steps']} flow-matching steps of "
+            f"{sft['batch_size']} at lr {sft['lr']:g}",
+        )
+    _teacher_rows(plan, row)
+    _lora_row(plan, row)
+
+
+def _format_run(plan: dict[str, Any], row) -> None:
+    n = plan["processes"]
     b, g = plan["batch_size"], plan["group_size"]
     prompts = plan["prompts_per_step"]
     row("batch per step", f"{b} samples over all processes = {prompts if prompts is not None else f'{b}/{g} (not whole)'} prompts x {g}")
@@ -435,12 +540,7 @@ def format_plan(plan: dict[str, Any]) -> str:
         f"{sm['steps']} steps, {sm['kind']} a={sm['noise_level']}, CFG {sm['cfg']}, shift {sm['shift']}; SDE on {sm['sde_window']}, "
         f"{sm['trained_steps']} trained per rollout (timestep_fraction {sm['timestep_fraction']})",
     )
-    lo = plan["lora"]
-    lora = f"r {lo['rank']} / alpha {lo['alpha']:g} on {len(lo['targets'])} projection names"
-    if lo["student_rank"] != lo["rank"] or plan.get("opd"):
-        lora += f"; student rank {lo['student_rank']} ({lo['student_rank_from']})"
-    row("LoRA", lora)
-    row("tasks", ", ".join(f"{t} {v['weight']:g} <- {v['prompts']}" for t, v in plan["tasks"].items()) + f"  ({plan['task_sampling']})")
+    _lora_row(plan, row)
     if "grpo" in plan:
         gr = plan["grpo"]
         rewards = ", ".join(f"{k} {v:g}" for k, v in gr["rewards"].items())
@@ -450,10 +550,12 @@ def format_plan(plan: dict[str, Any]) -> str:
         row("GRPO", f"beta {gr['beta']:g} ({gr['kl_weighting']} KL), clip {gr['clip_range']:g}, advantage std {gr['adv_std']}")
     else:
         op = plan["opd"]
-        for i, t in enumerate(op["teachers"]):
-            row("teachers" if i == 0 else "", f"{t['name']}: {', '.join(t['tasks'])} -> {t['checkpoint']}  ({t['reward']})")
+        _teacher_rows(plan, row)
         row("routing", f"{op['routing']}" + (": each sample to its task's teacher" if op["routing"] == "sample" else ": one task per step"))
-        row("MAR", f"lambda {op['mar_lambda']:g}, anchor {op['anchor'] or 'the base model'}" if op["mar_lambda"] > 0 else "off (mar_lambda 0)")
+        row(
+            "MAR",
+            f"lambda {op['mar_lambda']:g}, anchor {op['anchor'] or 'the base model'}" if op["mar_lambda"] > 0 else "off (mar_lambda 0)",
+        )
         row("objective", f"{op['objective']} ({op['kl_weighting']} KL), beta {op['beta']:g}")
         cs = op["cold_start"]
         cold = f"{cs['method']}" + (f" ({cs['merge']})" if cs["method"] == "merge" else "")
@@ -463,21 +565,28 @@ def format_plan(plan: dict[str, Any]) -> str:
             sft = cs["sft"]
             cold += f"; sft: {sft['prompts_per_teacher']} prompts x {sft['images_per_prompt']} images per teacher, {sft['steps']} steps of {sft['batch_size']}"
         row("cold start", cold)
-    ar = plan["arithmetic"]
-    row("arithmetic", f"ok for {n} process(es)" if ar["ok"] else f"FAILED: {ar['error']}")
-    inp = plan["inputs"]
-    missing = [i for i in inp["items"] if not i["ok"]]
-    row("inputs", "ok" if inp["ok"] else f"missing {len(missing)} of {len(inp['items'])} (a dry run reports them; a real run stops at the first)")
-    for i in inp["items"]:
-        row("", f"{'ok' if i['ok'] else 'missing':<8} {i['kind']} {i['name']}" + (f"  ({i['detail']})" if i["detail"] else ""))
-    if inp["error"]:
-        row("", f"check_inputs: {inp['error']}")
-    mem = plan["memory"]
-    if mem["negligible"] or mem["total_gib"] is None:
-        row("memory per GPU", mem["note"])
-    else:
-        row("memory per GPU", f"~{mem['total_gib']} GiB (an estimate, {mem['sizes_of']} sizes)")
-        for t in mem["terms"]:
-            row("", f"{t['gib']:>6.2f} GiB  {t['what']}: {t['formula']}")
-        row("", mem["note"])
-    return "\n".join(lines)
+
+
+def fitting_process_counts(cfg: TrainConfig, limit: int = 64) -> list[int]:
+    """Process counts up to ``limit`` on which the batch arithmetic works (batch split, equal update parts)."""
+    b, u = cfg.batch_size, cfg.grpo.updates_per_rollout
+    return [n for n in range(1, limit + 1) if b % n == 0 and (b // n) % u == 0]
+
+
+def dry_run(
+    cfg: TrainConfig, command: str, recipe: str | None = None, processes: int | None = None, fmt: str = "table"
+) -> tuple[str, str | None]:
+    """``flowopd train ... --dry-run``: (the plan as text or JSON, the one-line error that makes the command fail, or None).
+
+    Only the arithmetic fails a dry run; missing inputs (weights, prompts, teachers) are listed, not raised.
+    """
+    import json
+
+    plan = train_plan(cfg, processes, command, recipe)
+    text = json.dumps(plan, indent=2) if fmt == "json" else format_plan(plan)
+    error, n = plan["arithmetic"]["error"], plan["processes"]
+    if error and cfg.batch_size % cfg.group_size == 0 and n not in fitting_process_counts(cfg, max(64, n)):
+        fits = [k for k in fitting_process_counts(cfg) if k > 1]  # the failure is about the process count: say which fit
+        if fits:
+            error += f" (or launch on a process count that fits this batch: {', '.join(map(str, fits[:10]))})"
+    return text, error

@@ -138,9 +138,7 @@ class TrainConfig(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     name: str = Field("run", description="a label for logs and the LoRA's info")
-    model: str = Field(
-        "mini-base", description="the base model: mini-base, a mini model folder, a diffusers SD3 folder, or sd3:<hub id>"
-    )
+    model: str = Field("mini-base", description="the base model: mini-base, a mini model folder, a diffusers SD3 folder, or sd3:<hub id>")
     seed: int = 0
     steps: int = Field(100, ge=1, description="training steps (one rollout each)")
     tasks: dict[str, float] = Field(default_factory=lambda: {"compose": 1.0}, description="prompt mix: mini task -> weight")
@@ -231,5 +229,5 @@ def recipe_path(name: str) -> Path:
     for candidate in (root / name, root / f"{name}.yaml"):
         if candidate.is_file():
             return candidate
-    shipped = sorted(str(p.relative_to(root).with_suffix("")) for p in root.glob("*/*.yaml"))
+    shipped = sorted(str(p.relative_to(root).with_suffix("")) for p in root.glob("*/*.yaml") if p.parent.name != "accelerate")
     raise ConfigError(f"config {name!r} is neither a file nor a shipped recipe; shipped recipes: {', '.join(shipped)}")
