@@ -83,15 +83,18 @@ def is_sd3(spec: str) -> bool:
     return spec.startswith(SD3_PREFIX) or (Path(spec) / "model_index.json").is_file()
 
 
-def load_backbone(spec: str = "mini-base", device: str = "cpu", resolution: int | None = None):
+def load_backbone(spec: str = "mini-base", device: str = "cpu", resolution: int | None = None, dtype=None):
     """``mini-base``, a model folder (``flowopd mini pretrain``), an SD3 base (``sd3:<hub id>`` or a diffusers folder),
-    or a LoRA folder (``flowopd train``: its base with the LoRA fused in) -> a backbone in eval mode."""
+    or a LoRA folder (``flowopd train``: its base with the LoRA fused in) -> a backbone in eval mode.
+
+    ``dtype`` sets an SD3 model's weights (default: bf16 on a GPU, float32 on a CPU); the mini model is always float32.
+    """
     from flowopd.mini.model import MiniBackbone
 
     if is_sd3(spec):
         from flowopd.sd3 import SD3Backbone
 
-        return SD3Backbone.from_pretrained(spec.removeprefix(SD3_PREFIX), device=device, resolution=resolution)
+        return SD3Backbone.from_pretrained(spec.removeprefix(SD3_PREFIX), device=device, resolution=resolution, dtype=dtype)
     if spec not in KNOWN_WEIGHTS and (Path(spec) / LORA_FILE).is_file():
         return _load_with_lora(Path(spec), device)
     if spec in KNOWN_WEIGHTS:

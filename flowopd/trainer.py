@@ -377,7 +377,8 @@ class Trainer:
         from flowopd.rollout import plan_steps
 
         cfg, acc = self.cfg, self.accelerator
-        self.backbone = load_backbone(cfg.model, device=str(acc.device), resolution=cfg.resolution)
+        weights = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(acc.mixed_precision, torch.float32)  # SD3's frozen weights
+        self.backbone = load_backbone(cfg.model, device=str(acc.device), resolution=cfg.resolution, dtype=weights)
         self.base_digest = model_digest(cfg.model)
         self.backbone.requires_grad_(False)  # text encoders and VAE (SD3) are never trained; the LoRA alone is
         transformer = self.backbone.transformer

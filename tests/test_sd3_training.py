@@ -200,3 +200,23 @@ def test_the_sft_cold_start_on_sd3_trains_on_the_teachers_images_in_latent_space
     info = read_lora_info(folder)
     assert info["cold_start"]["images"] == 4 and info["final_loss"] == info["final_loss"]  # 2 teachers x 2 prompts, finite
     assert info["base"] == str(sd3_dir)
+
+
+def test_bf16_weights_train_a_float32_lora(sd3_dir, prompt_file, tmp_path):
+    """What a GPU run does (mixed_precision bf16): the frozen SD3 weights in bf16, the LoRA in float32 under autocast."""
+    cfg = tiny_config(
+        sd3_dir,
+        tasks={"preference": 1.0},
+        prompts={"preference": str(prompt_file)},
+        rewards={"test_sd3_redness": 1.0},
+        sampler=SAMPLER,
+        mixed_precision="bf16",
+        steps=1,
+    )
+    trainer = Trainer(cfg, tmp_path / "bf16")
+    weights = [p for n, p in trainer.backbone.transformer.named_parameters() if "lora_" not in n]
+    assert {p.dtype for p in weights} == {torch.bfloat16} and {p.dtype for p in trainer.params} == {torch.float32}
+    assert trainer.backbone.pipe.text_encoder_3.dtype == torch.bfloat16
+    before = _lora(trainer)
+    metrics = trainer.train_step()
+    assert torch.isfinite(torch.tensor(metrics["loss"])) and not torch.equal(before, _lora(trainer))
