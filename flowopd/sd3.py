@@ -98,6 +98,10 @@ class SD3Backbone:
         device = torch.device(device)
         if dtype is None:
             dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        from diffusers.utils import logging as diffusers_logging
+
+        bar = diffusers_logging.is_progress_bar_enabled()
+        diffusers_logging.disable_progress_bar()  # "Loading pipeline components": the caller shows its own progress
         try:
             with warnings.catch_warnings():  # newer diffusers call it `dtype`; `torch_dtype` works in every supported version
                 warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
@@ -108,6 +112,9 @@ class SD3Backbone:
                 f"could not load SD3 {where} {source!r}: {_first_line(exc)}; "
                 "pass a complete diffusers SD3 folder, or for a hub id check the network and `huggingface-cli login`"
             ) from None
+        finally:
+            if bar:
+                diffusers_logging.enable_progress_bar()
         _check_scheduler(pipe.scheduler, source)
         pipe.set_progress_bar_config(disable=True)
         pipe.to(device)

@@ -220,3 +220,12 @@ def test_bf16_weights_train_a_float32_lora(sd3_dir, prompt_file, tmp_path):
     before = _lora(trainer)
     metrics = trainer.train_step()
     assert torch.isfinite(torch.tensor(metrics["loss"])) and not torch.equal(before, _lora(trainer))
+
+
+def test_flowopd_sample_on_an_sd3_model_uses_its_protocol_settings(sd3_dir, tmp_path, run_cli):
+    res = run_cli("sample", "--model", str(sd3_dir), "--prompt", "a red bus", "--out", str(tmp_path / "bus.png"))
+    assert res.returncode == 0, res.stderr
+    assert "40 steps, cfg 4.5" in res.stdout and "Loading pipeline components" not in res.stderr
+    from PIL import Image
+
+    assert Image.open(tmp_path / "bus.png").size == (16, 16)  # the model's own size, not upscaled like the 32 px mini world
