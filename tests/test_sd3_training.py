@@ -202,7 +202,17 @@ def test_the_sft_cold_start_on_sd3_trains_on_the_teachers_images_in_latent_space
     assert info["base"] == str(sd3_dir)
 
 
-def test_bf16_weights_train_a_float32_lora(sd3_dir, prompt_file, tmp_path):
+@pytest.fixture()
+def fresh_accelerate_state():
+    """accelerate keeps one process-wide state whose mixed precision is fixed by the first Accelerator: start and end clean."""
+    from accelerate.state import AcceleratorState
+
+    AcceleratorState._reset_state(reset_partial_state=True)
+    yield
+    AcceleratorState._reset_state(reset_partial_state=True)
+
+
+def test_bf16_weights_train_a_float32_lora(sd3_dir, prompt_file, tmp_path, fresh_accelerate_state):
     """What a GPU run does (mixed_precision bf16): the frozen SD3 weights in bf16, the LoRA in float32 under autocast."""
     cfg = tiny_config(
         sd3_dir,
