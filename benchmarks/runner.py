@@ -208,7 +208,11 @@ def run_eval(cfg: EvalConfig, out: str | Path, cache_path: str | Path | None = N
     if hasattr(backbone, "set_resolution") and sampling.get("resolution"):
         backbone.set_resolution(int(sampling["resolution"]))
     store = ImageStore(out)
-    cache = ScoreCache(cache_path or default_cache_path())
+    if state.is_main_process:  # one process creates the file and switches it to WAL; then the others open it
+        cache = ScoreCache(cache_path or default_cache_path())
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        cache = ScoreCache(cache_path or default_cache_path())
     rewards: dict[str, Any] = {}
     counts = {"generated": 0, "reused": 0}
     try:

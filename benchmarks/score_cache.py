@@ -49,6 +49,23 @@ def context_digest(prompt: str, metadata: dict[str, Any] | None) -> str:
     return hashlib.sha256(json.dumps([prompt, metadata or {}], sort_keys=True, default=str).encode()).hexdigest()
 
 
+def _retry_locked(statement: Any, seconds: float = 60.0) -> None:
+    """Run ``statement``, retrying while another process holds the lock: switching to WAL (and the first CREATE) needs the
+    file to itself, and SQLite answers that with "database is locked" at once rather than through the busy timeout."""
+    import random
+    import time
+
+    deadline = time.monotonic() + seconds
+    while True:
+        try:
+            statement()
+            return
+        except sqlite3.OperationalError as exc:
+            if "locked" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05 + 0.1 * random.random())
+
+
 class ScoreCache:
     """Scores by (image, prompt context, reward, version, identity) in one SQLite file."""
 
@@ -56,9 +73,8 @@ class ScoreCache:
         self.path = Path(path)
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self._db = sqlite3.connect(self.path, timeout=60)
-        self._db.execute("PRAGMA journal_mode=WAL")
-        self._db.execute(SCHEMA)
-        self._db.commit()
+        _retry_locked(lambda: self._db.execute("PRAGMA journal_mode=WAL"))
+        _retry_locked(lambda: (self._db.execute(SCHEMA), self._db.commit()))
         self.hits = 0
         self.misses = 0
 

@@ -97,3 +97,29 @@ def test_pil_inputs_of_mixed_sizes(tmp_path, ragged):
         a = cache.score(reward, pil, ["ab", "ab"])
         b = cache.score(reward, pil, ["ab", "ab"])
         assert cache.hits == 2 and torch.equal(a.raw, b.raw) and torch.allclose(a.raw, reward.score(pil, ["ab", "ab"]).raw)
+
+
+def _open_and_put(args):
+    path, k, barrier = args
+    from flowopd.benchmarks.score_cache import ScoreCache
+
+    barrier.wait()  # every process opens the new file at the same moment
+    with ScoreCache(path) as cache:
+        cache.put([(f"img{k}-{i}", "ctx", float(i), {}) for i in range(20)], "r", "1", "")
+    return k
+
+
+def test_processes_opening_a_new_cache_at_once_never_see_database_is_locked(tmp_path):
+    """Switching a fresh file to WAL needs it alone; a second process arriving then got "database is locked" (a 2-process
+    eval failed so once). Eight processes now open, create and write the same new file together."""
+    import multiprocessing as mp
+
+    from flowopd.benchmarks.score_cache import ScoreCache
+
+    ctx = mp.get_context("spawn")
+    with ctx.Manager() as manager, ctx.Pool(8) as pool:
+        for attempt in range(6):
+            path, barrier = tmp_path / f"c{attempt}.sqlite", manager.Barrier(8)
+            assert sorted(pool.map(_open_and_put, [(path, k, barrier) for k in range(8)], chunksize=1)) == list(range(8))
+            with ScoreCache(path) as cache:
+                assert len(cache) == 8 * 20
