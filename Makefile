@@ -43,6 +43,7 @@ bench: $(STAMP)
 	$(BIN)/python tests/bench/opd_time.py
 	$(BIN)/python tests/bench/opd_memory.py
 	$(BIN)/python tests/bench/eval_mini.py
+	$(BIN)/python tests/bench/sd35m_bench.py --size small
 
 lint: $(STAMP)
 	$(BIN)/ruff check .
