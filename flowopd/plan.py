@@ -25,6 +25,22 @@ GIB = 1024**3
 # width 1536, dual attention in blocks 0-12) has 2.243B parameters plus a 226M-element position-embedding table stored
 # with them (384 x 384 positions x 1536): 2.47B numbers held in bf16. tests/test_sd35m_recipes.py checks these against
 # diffusers' SD3Transformer2DModel built on the meta device.
+# the public transformer/config.json of stabilityai/stable-diffusion-3.5-medium: builds the architecture without a download
+SD35M_TRANSFORMER_CONFIG: dict[str, Any] = dict(
+    sample_size=128,
+    patch_size=2,
+    in_channels=16,
+    out_channels=16,
+    num_layers=24,
+    attention_head_dim=64,
+    num_attention_heads=24,
+    joint_attention_dim=4096,
+    caption_projection_dim=1536,
+    pooled_projection_dim=2048,
+    pos_embed_max_size=384,
+    qk_norm="rms_norm",
+    dual_attention_layers=tuple(range(13)),
+)
 SD35M_TRANSFORMER = 2_469_663_936
 SD35M_TEXT_ENCODERS = {"CLIP-L": 123_650_304, "CLIP-G": 694_659_840, "T5-XXL": 4_762_310_656}
 SD35M_VAE = 83_653_863

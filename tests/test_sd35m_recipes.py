@@ -204,24 +204,8 @@ def test_sd35m_sizes_match_diffusers_model_on_the_meta_device():
     from flowopd import plan
     from flowopd.lora import SD3_LORA_TARGETS
 
-    # SD3.5-Medium's transformer/config.json
-    config = dict(
-        attention_head_dim=64,
-        caption_projection_dim=1536,
-        dual_attention_layers=tuple(range(13)),
-        in_channels=16,
-        joint_attention_dim=4096,
-        num_attention_heads=24,
-        num_layers=24,
-        out_channels=16,
-        patch_size=2,
-        pooled_projection_dim=2048,
-        pos_embed_max_size=384,
-        qk_norm="rms_norm",
-        sample_size=128,
-    )
     with torch.device("meta"):
-        model = SD3Transformer2DModel(**config)
+        model = SD3Transformer2DModel(**plan.SD35M_TRANSFORMER_CONFIG)
     numbers = sum(p.numel() for p in model.parameters()) + sum(b.numel() for b in model.buffers())
     assert numbers == plan.SD35M_TRANSFORMER
     linear = {n: m for n, m in model.named_modules() if isinstance(m, torch.nn.Linear)}

@@ -88,24 +88,10 @@ def sd35m_parameter_memory(teachers: int = 4, rank: int = 32) -> dict:
     from diffusers import SD3Transformer2DModel
 
     from flowopd.lora import SD3_LORA_TARGETS
+    from flowopd.plan import SD35M_TRANSFORMER_CONFIG
 
-    config = dict(
-        sample_size=128,
-        patch_size=2,
-        in_channels=16,
-        num_layers=24,
-        attention_head_dim=64,
-        num_attention_heads=24,
-        joint_attention_dim=4096,
-        caption_projection_dim=1536,
-        pooled_projection_dim=2048,
-        out_channels=16,
-        pos_embed_max_size=384,
-        dual_attention_layers=tuple(range(13)),
-        qk_norm="rms_norm",
-    )
     with torch.device("meta"):
-        model = SD3Transformer2DModel(**config)
+        model = SD3Transformer2DModel(**SD35M_TRANSFORMER_CONFIG)
     base = sum(p.numel() for p in model.parameters())
     lora = 0
     for name, module in model.named_modules():

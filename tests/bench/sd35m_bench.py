@@ -81,22 +81,8 @@ from typing import Any
 
 import torch
 
-# The public SD3.5-Medium transformer config (stabilityai/stable-diffusion-3.5-medium, transformer/config.json)
-FULL = dict(
-    sample_size=128,
-    patch_size=2,
-    in_channels=16,
-    out_channels=16,
-    num_layers=24,
-    attention_head_dim=64,
-    num_attention_heads=24,
-    joint_attention_dim=4096,
-    caption_projection_dim=1536,
-    pooled_projection_dim=2048,
-    pos_embed_max_size=384,
-    qk_norm="rms_norm",
-    dual_attention_layers=tuple(range(13)),
-)
+from flowopd.plan import SD35M_TRANSFORMER_CONFIG as FULL  # the public SD3.5-Medium transformer config
+
 # A reduced config with the same structure (dual attention on the first layer, rms q/k norm) that runs on a laptop CPU
 SMALL = dict(
     sample_size=16,
