@@ -352,27 +352,25 @@ def _run_suite(
         }
         for j, key in zip(jobs, keys)
     ]
-    by_reward: dict[str, list[int]] = {}
-    for k, job in enumerate(jobs):
-        for name in suite.job_rewards(job, available):
-            by_reward.setdefault(name, []).append(k)
+    needs = [suite.job_rewards(job, available) for job in jobs]
     chunk = max(cfg.batch_size, 64)
-    total = sum(len(v) for v in by_reward.values())
-    done = 0
-    for name, idx in by_reward.items():
-        if name not in rewards:
-            rewards[name] = load_reward(name, device=str(getattr(backbone, "device", "cpu")))
-        for start in range(0, len(idx), chunk):
-            part = idx[start : start + chunk]
-            if say:
-                say(f"{suite.name}: scoring {name}", done, total)
-            pixels = torch.from_numpy(np.stack([store.load(keys[k]) for k in part])).permute(0, 3, 1, 2)  # uint8: the saved pixels
-            scores = cache.score(rewards[name], pixels, [jobs[k].prompt for k in part], [jobs[k].metadata for k in part])
-            for k, rec in zip(part, scores.to_records()):
+    for start in range(0, len(jobs), chunk):  # each image is read from disk once, then scored by every reward it needs
+        if say:
+            say(f"{suite.name}: scoring", start, len(jobs))
+        part = [k for k in range(start, min(start + chunk, len(jobs))) if needs[k]]
+        pixels = {k: store.load(keys[k]) for k in part}  # uint8: the saved pixels, whether made now or by an earlier run
+        for name in dict.fromkeys(n for k in part for n in needs[k]):
+            if name not in rewards:
+                rewards[name] = load_reward(name, device=str(getattr(backbone, "device", "cpu")))
+            idx = [k for k in part if name in needs[k]]
+            batch = torch.from_numpy(np.stack([pixels[k] for k in idx])).permute(0, 3, 1, 2)
+            scores = cache.score(rewards[name], batch, [jobs[k].prompt for k in idx], [jobs[k].metadata for k in idx])
+            for k, rec in zip(idx, scores.to_records()):
                 records[k]["scores"][name] = rec
-            done += len(part)
+        for k in part:  # each record lists its rewards in its own order, however the chunk was made up
+            records[k]["scores"] = {n: records[k]["scores"][n] for n in needs[k]}
     if say:
-        say(f"{suite.name}: scored", total, max(total, 1))
+        say(f"{suite.name}: scored", len(jobs), max(len(jobs), 1))
     return records
 
 
@@ -403,9 +401,9 @@ def _summarise(suite: Suite, records: list[dict[str, Any]], sampling: dict[str, 
     if skipped_metrics:
         out["skipped_metrics"] = skipped_metrics
     if suite.name == "mini":
-        from flowopd.benchmarks.mini_suite import summarise
+        from flowopd.benchmarks.mini_suite import headline
 
-        out["headline"] = summarise(records)["headline"]
+        out["headline"] = headline(metrics)
     return out
 
 

@@ -209,7 +209,7 @@ def _mini_rewards(job: Job, available: Sequence[str]) -> list[str]:
 def _mini_aggregate(suite: Suite, records: list[Record], rewards: Sequence[str]) -> Metrics:
     from flowopd.benchmarks.mini_suite import summarise
 
-    return summarise(records)["metrics"]
+    return summarise(records)
 
 
 def _geneval_aggregate(suite: Suite, records: list[Record], rewards: Sequence[str]) -> Metrics:

@@ -120,12 +120,9 @@ def load_backbone(spec: str = "mini-base", device: str = "cpu", resolution: int 
 
 def _load_with_lora(folder: Path, device: str):
     """The base named in the LoRA's ``lora_info.json`` with the LoRA applied as the active adapter."""
-    from flowopd.lora import check_lora_base, load_lora, read_lora_info
+    from flowopd.lora import check_lora_base, load_lora
 
-    info = read_lora_info(folder)
-    base = info.get("base")
-    if not base:
-        raise FlowOPDError(f"{folder}/lora_info.json does not name its base model; pass a LoRA written by `flowopd train`")
+    base = read_lora_base(folder)
     backbone = load_backbone(base, device)
     check_lora_base(folder, model_digest(base), base)
     load_lora(backbone.transformer, folder, "default")
