@@ -221,15 +221,19 @@ _URI_CACHE: dict[str, tuple[str, int, int] | None] = {}
 
 def image_data_uri(path: Path) -> tuple[str, int, int] | None:
     """A data URI of the image, re-encoded (PNG; JPEG when downscaled), with its size; None if it cannot be read."""
-    key = str(path)
-    if key in _URI_CACHE:
-        return _URI_CACHE[key]
     from PIL import Image
 
     try:
+        stat = Path(path).stat()
+    except OSError:  # a missing image shows as a placeholder, never a broken <img>
+        return None
+    key = f"{path}:{stat.st_size}:{stat.st_mtime_ns}"  # a re-written image is re-read, even in one process
+    if key in _URI_CACHE:
+        return _URI_CACHE[key]
+    try:
         with Image.open(path) as im:
             im = im.convert("RGB")
-    except Exception:  # a missing or unreadable image shows as a placeholder, never a broken <img>
+    except (OSError, ValueError, Image.DecompressionBombError):  # unreadable (PIL's errors): a placeholder, not a broken <img>
         _URI_CACHE[key] = None
         return None
     buf = io.BytesIO()

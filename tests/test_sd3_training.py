@@ -61,20 +61,18 @@ def sd3_teachers(sd3_dir, tmp_path_factory):
     return out
 
 
+def _grpo_config(sd3_dir, prompt_file, **over):
+    """A one-step GRPO teacher run on the tiny SD3: one task, its prompts from a file, a reward every image has."""
+    values = dict(tasks={"preference": 1.0}, prompts={"preference": str(prompt_file)}, rewards={"test_sd3_redness": 1.0})
+    return tiny_config(sd3_dir, **values, sampler=SAMPLER, steps=1, **over)
+
+
 def _lora(trainer):
     return torch.cat([p.detach().flatten().clone() for p in trainer.params])
 
 
 def test_a_grpo_step_trains_the_lora_of_an_sd3_model(sd3_dir, prompt_file, tmp_path):
-    cfg = tiny_config(
-        sd3_dir,
-        tasks={"preference": 1.0},
-        prompts={"preference": str(prompt_file)},
-        rewards={"test_sd3_redness": 1.0},
-        sampler=SAMPLER,
-        gradient_checkpointing=True,
-        steps=1,
-    )
+    cfg = _grpo_config(sd3_dir, prompt_file, gradient_checkpointing=True)
     trainer = Trainer(cfg, tmp_path / "run")
     before = _lora(trainer)
     assert all(not p.requires_grad for n, p in trainer.backbone.pipe.text_encoder_3.named_parameters())  # T5 frozen
@@ -94,15 +92,7 @@ def test_an_sd3_lora_trained_here_loads_in_plain_diffusers_and_gives_our_images(
     from flowopd.models import load_backbone
     from flowopd.sampling import initial_noise, sample_ode
 
-    cfg = tiny_config(
-        sd3_dir,
-        tasks={"preference": 1.0},
-        prompts={"preference": str(prompt_file)},
-        rewards={"test_sd3_redness": 1.0},
-        sampler=SAMPLER,
-        optim={"lr": 5e-2, "ema_decay": 0.0},
-        steps=1,
-    )
+    cfg = _grpo_config(sd3_dir, prompt_file, optim={"lr": 5e-2, "ema_decay": 0.0})
     lora = Trainer(cfg, tmp_path / "run").train()
     info = json.loads((lora / "lora_info.json").read_text())
     assert info["base"] == str(sd3_dir) and info["base_digest"]
@@ -214,15 +204,7 @@ def fresh_accelerate_state():
 
 def test_bf16_weights_train_a_float32_lora(sd3_dir, prompt_file, tmp_path, fresh_accelerate_state):
     """What a GPU run does (mixed_precision bf16): the frozen SD3 weights in bf16, the LoRA in float32 under autocast."""
-    cfg = tiny_config(
-        sd3_dir,
-        tasks={"preference": 1.0},
-        prompts={"preference": str(prompt_file)},
-        rewards={"test_sd3_redness": 1.0},
-        sampler=SAMPLER,
-        mixed_precision="bf16",
-        steps=1,
-    )
+    cfg = _grpo_config(sd3_dir, prompt_file, mixed_precision="bf16")
     trainer = Trainer(cfg, tmp_path / "bf16")
     weights = [p for n, p in trainer.backbone.transformer.named_parameters() if "lora_" not in n]
     assert {p.dtype for p in weights} == {torch.bfloat16} and {p.dtype for p in trainer.params} == {torch.float32}
