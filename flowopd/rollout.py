@@ -85,12 +85,14 @@ def rollout(
     batch_size: int = 32,
     transformer: torch.nn.Module | None = None,
     latent_seeds: list[int] | None = None,
+    log_prob: str = "exact",
 ) -> Trajectories:
     """Sample ``len(seeds)`` trajectories (one per row of ``cond``) and keep the trained transitions.
 
     ``seeds`` drive each sample's SDE noise; ``latent_seeds`` (default: ``seeds``)
     its initial noise, so a group can share its starting latent (Flow-GRPO's
     ``same_latent``) while each sample still draws its own step noise.
+    ``log_prob`` names the log-probability convention (``flowopd.sde.step_log_prob``).
     """
     latent_seeds = seeds if latent_seeds is None else latent_seeds
     chunks = []
@@ -108,6 +110,7 @@ def rollout(
                 noise_level,
                 kind,
                 transformer,
+                log_prob,
             )
         )
     return Trajectories(
@@ -120,7 +123,7 @@ def rollout(
     )
 
 
-def _rollout_chunk(backbone, cond, uncond, seeds, latent_seeds, plan, cfg, noise_level, kind, transformer) -> Trajectories:
+def _rollout_chunk(backbone, cond, uncond, seeds, latent_seeds, plan, cfg, noise_level, kind, transformer, log_prob) -> Trajectories:
     shape = tuple(backbone.latent_shape)
     device = backbone.device
     x = torch.stack([torch.randn(shape, generator=torch.Generator().manual_seed(int(s))) for s in latent_seeds]).to(device)
@@ -132,7 +135,7 @@ def _rollout_chunk(backbone, cond, uncond, seeds, latent_seeds, plan, cfg, noise
         v = guided_velocity(backbone, x, sigmas[i].to(device), cond, uncond, cfg, transformer=transformer)
         if plan.stochastic[i]:
             noise = torch.stack([torch.randn(shape, generator=g) for g in gens]).to(device)
-            out = sde_step(x, v, sigma, sigma_next, noise_level, noise=noise, kind=kind)
+            out = sde_step(x, v, sigma, sigma_next, noise_level, noise=noise, kind=kind, log_prob=log_prob)
         else:
             out = sde_step(x, v, sigma, sigma_next, 0.0, kind=kind)
         if i in plan.trained:

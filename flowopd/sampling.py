@@ -32,15 +32,23 @@ def guided_velocity(
     uncond: PromptEmbeds | None,
     cfg: float,
     transformer: torch.nn.Module | None = None,
+    detach_uncond: bool = False,
 ) -> torch.Tensor:
     """``v = v_uncond + s * (v_cond - v_uncond)``; one batched forward for both branches.
 
     ``transformer`` runs instead of the backbone's own (the trainer passes its
-    distributed wrapper so gradients synchronise).
+    distributed wrapper so gradients synchronise). ``detach_uncond`` runs the
+    unconditional branch without gradient (Flow-GRPO's training step): two
+    forwards, and no activations kept for that branch.
     """
     extra = {} if transformer is None else {"transformer": transformer}  # a backbone that never trains need not take it
     if uncond is None or cfg == 1.0:
         return backbone.velocity(x, sigma, cond, **extra)
+    if detach_uncond and torch.is_grad_enabled():
+        with torch.no_grad():
+            v_uncond = backbone.velocity(x, sigma, uncond, **extra)
+        v_cond = backbone.velocity(x, sigma, cond, **extra)
+        return v_uncond + cfg * (v_cond - v_uncond)
     v = backbone.velocity(torch.cat([x, x]), sigma, PromptEmbeds.cat([uncond, cond]), **extra)
     v_uncond, v_cond = v.chunk(2)
     return v_uncond + cfg * (v_cond - v_uncond)

@@ -28,6 +28,7 @@ import torch
 
 KINDS = ("sde", "cps")
 WEIGHTINGS = ("exact", "flow_grpo")
+LOG_PROBS = ("exact", "flow_grpo")
 
 
 @dataclasses.dataclass
@@ -77,6 +78,22 @@ def gaussian_log_prob(x: torch.Tensor, mean: torch.Tensor, std: float) -> torch.
     return lp.flatten(1).mean(1)
 
 
+def step_log_prob(x: torch.Tensor, mean: torch.Tensor, std: float, kind: str, convention: str = "exact") -> torch.Tensor:
+    """The log-probability a GRPO ratio uses: the Gaussian density (``exact``), or Flow-GRPO's (``flow_grpo``).
+
+    Flow-GRPO's cps sampler scores ``-mean((x_next - mean)^2)``: no ``1 / (2 std^2)``
+    and no constants, so its log-ratios are ``2 std^2`` times the true ones
+    (0.6 at the first step of a 10-step shift-3 schedule, 1 / 6900 at the ninth)
+    and its clip range is tuned to that scale. Its sde sampler uses the density,
+    so ``flow_grpo`` changes only cps.
+    """
+    if convention not in LOG_PROBS:
+        raise ValueError(f"unknown log-prob convention {convention!r}; choose one of {', '.join(LOG_PROBS)}")
+    if convention == "flow_grpo" and kind == "cps":
+        return -((x - mean) ** 2).flatten(1).mean(1)
+    return gaussian_log_prob(x, mean, std)
+
+
 def sde_step(
     x: torch.Tensor,
     v: torch.Tensor,
@@ -87,11 +104,13 @@ def sde_step(
     kind: str = "sde",
     generator: torch.Generator | None = None,
     x_next: torch.Tensor | None = None,
+    log_prob: str = "exact",
 ) -> StepOutput:
     """One step from ``sigma`` to ``sigma_next`` (eq. 5-6); ``x_next`` is detached, ``log_prob`` differentiates through ``mean``.
 
     Pass ``x_next`` (a sample drawn earlier) to evaluate its log-probability
     under this velocity instead of drawing a new one: the GRPO ratio's numerator.
+    ``log_prob`` names the convention (:func:`step_log_prob`).
     """
     sigma, sigma_next = float(sigma), float(sigma_next)
     _check(kind, sigma, sigma_next, noise_level)
@@ -101,12 +120,12 @@ def sde_step(
         return StepOutput(mean.detach(), mean, torch.tensor(0.0), torch.zeros(x.shape[0], device=x.device))
     if x_next is not None:
         x_next = x_next.float().detach()
-        return StepOutput(x_next, mean, torch.tensor(std), gaussian_log_prob(x_next, mean, std))
+        return StepOutput(x_next, mean, torch.tensor(std), step_log_prob(x_next, mean, std, kind, log_prob))
     if noise is None:
         device = generator.device if generator is not None else x.device
         noise = torch.randn(x.shape, generator=generator, device=device).to(x.device)
     x_next = (mean + std * noise.float()).detach()
-    return StepOutput(x_next, mean, torch.tensor(std), gaussian_log_prob(x_next, mean, std))
+    return StepOutput(x_next, mean, torch.tensor(std), step_log_prob(x_next, mean, std, kind, log_prob))
 
 
 def kl_weight(sigma: float, sigma_next: float, noise_level: float, weighting: str = "exact") -> float:
@@ -136,9 +155,10 @@ def per_step_kl(
 
     Both Gaussians share the std, so ``KL = ||mean_a - mean_b||^2 / (2 std^2)``;
     the mean over elements (Flow-GRPO's convention) keeps KL coefficients
-    comparable across resolutions. ``weighting="flow_grpo"`` returns the
-    exact value times ``|dt|`` (Flow-GRPO drops ``|dt|`` from the denominator:
-    flow_grpo issues 22 and 78). The state cancels, so only the velocities enter.
+    comparable across resolutions. ``weighting="flow_grpo"`` is what Flow-GRPO's
+    code computes: for ``sde`` the exact value times ``|dt|`` (it drops ``|dt|``
+    from the denominator: flow_grpo issues 22 and 78), for ``cps`` the exact
+    value (its cps KL has no extra factor). The state cancels, so only the velocities enter.
     """
     sigma, sigma_next = float(sigma), float(sigma_next)
     _check(kind, sigma, sigma_next, noise_level)
@@ -151,5 +171,4 @@ def per_step_kl(
     dmean, std = _mean_and_std(torch.zeros_like(dv), dv, sigma, sigma_next, noise_level, kind)
     if std == 0.0:
         raise ValueError("the step is deterministic (noise_level 0 or sigma_next 0): the KL between two policies is undefined")
-    kl = (dmean**2).mean(1) / (2.0 * std**2)  # eq. 8
-    return kl * abs(sigma_next - sigma) if weighting == "flow_grpo" else kl
+    return (dmean**2).mean(1) / (2.0 * std**2)  # eq. 8; Flow-GRPO's cps KL is this exact value too (no extra |dt|)

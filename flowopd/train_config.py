@@ -36,6 +36,14 @@ class SamplerConfig(BaseModel):
         False, description="a group shares its initial noise (Flow-GRPO's same_latent): rewards then differ only by the SDE noise"
     )
     negative_prompt: str = Field("", description="the unconditional branch of CFG (SD3 evaluates with the empty prompt)")
+    log_prob: Literal["exact", "flow_grpo"] = Field(
+        "exact",
+        description="the log-probability in GRPO's ratio: the Gaussian density (exact), or Flow-GRPO's cps convention "
+        "-mean((x_next - mu)^2) (flow_grpo; changes cps only; its clip range 1e-4 is tuned to that scale)",
+    )
+    detach_uncond: bool = Field(
+        False, description="no gradient through CFG's unconditional branch in the update (Flow-GRPO's training step since July 2025)"
+    )
 
 
 class GRPOConfig(BaseModel):
@@ -47,7 +55,9 @@ class GRPOConfig(BaseModel):
     adv_clip: float = Field(5.0, gt=0, description="advantages are clipped to +-this")
     clip_range: float = Field(1e-4, gt=0, description="ratio clip eps (Flow-GRPO: 1e-4)")
     beta: float = Field(0.04, ge=0, description="KL-to-reference coefficient (0.04 GenEval/OCR, 0.01 PickScore)")
-    kl_weighting: Literal["exact", "flow_grpo"] = Field("exact", description="eq. 9 exact, or Flow-GRPO's (exact x |dt|)")
+    kl_weighting: Literal["exact", "flow_grpo"] = Field(
+        "exact", description="eq. 9 exact, or Flow-GRPO's (sde: exact x |dt|; cps: exact, as its code)"
+    )
     updates_per_rollout: int = Field(1, ge=1, description="optimizer updates per rollout (the batch splits into this many parts)")
 
 
@@ -126,7 +136,9 @@ class OPDConfig(BaseModel):
         MINI_ANCHOR, description="the MAR anchor: a teacher name, a shipped weight or a LoRA folder; null: the base model"
     )
     mar_lambda: float = Field(0.02, ge=0, description="MAR weight lambda (eq. 12; paper 0.02, the release 0.04); 0 turns MAR off")
-    kl_weighting: Literal["exact", "flow_grpo"] = Field("exact", description="eq. 9 exact, or Flow-GRPO's (exact x |dt|)")
+    kl_weighting: Literal["exact", "flow_grpo"] = Field(
+        "exact", description="eq. 9 exact, or Flow-GRPO's (sde: exact x |dt|; cps: exact, as its code)"
+    )
     clip_range: float = Field(1e-4, gt=0, description="ratio clip eps of the kl_pg / paper surrogate")
     beta: float = Field(0.0, ge=0, description="KL to the reference (the base, adapters off); OPD needs none")
     cold_start: ColdStartConfig = Field(default_factory=ColdStartConfig)

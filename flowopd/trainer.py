@@ -146,14 +146,14 @@ def _check_prompts(cfg: TrainConfig) -> None:
 def _check_opd(cfg: TrainConfig) -> None:
     """OPD's own problems: a task without a teacher, a teacher or anchor that is not there, bad merge weights."""
     from flowopd.coldstart import merge_weights
-    from flowopd.lora import check_lora_base
+    from flowopd.models import check_base
 
     opd = cfg.opd
     digest = model_digest(cfg.model)
     for spec in opd.teachers:  # a teacher (or anchor) recorded as trained on another base: refused before the cold start
-        check_lora_base(spec.lora_folder(), digest, cfg.model)
+        check_base(spec.lora_folder(), cfg.model, digest)
     if opd.anchor is not None:
-        check_lora_base(anchor_folder(cfg), digest, cfg.model)
+        check_base(anchor_folder(cfg), cfg.model, digest)
     if opd.cold_start.method == "merge" and not opd.cold_start.from_lora:
         merge_weights(cfg)
 
@@ -433,7 +433,8 @@ class Trainer:
     def _load_teachers(self) -> None:
         """Teachers and the MAR anchor as frozen adapters on the student's own transformer (SPEC section 6)."""
         from flowopd.coldstart import load_teachers
-        from flowopd.lora import check_lora_base, load_lora
+        from flowopd.lora import load_lora
+        from flowopd.models import check_base
         from flowopd.teachers import Router
 
         cfg = self.cfg
@@ -446,7 +447,7 @@ class Trainer:
             if same:
                 self.anchor_adapter = self.teacher_adapters[same[0]]
             else:
-                check_lora_base(folder, self.base_digest, cfg.model)
+                check_base(folder, cfg.model, self.base_digest)
                 load_lora(self.backbone.transformer, folder, "anchor")
                 self.anchor_adapter = "anchor"
 
@@ -573,6 +574,7 @@ class Trainer:
                 scfg.kind,
                 cfg.micro_batch,
                 latent_seeds=latent,
+                log_prob=scfg.log_prob,
             )
         return Batch(local, recs, cond, uncond, plan, traj)
 
@@ -599,6 +601,11 @@ class Trainer:
             "reward_failed": float(failed.sum()),
             "kept_frac": float(keep.float().mean()),
         }
+        task_names = sorted(cfg.tasks)
+        task_ids = self._gather_global(torch.tensor([task_names.index(r.task) for r in recs]))
+        for i, task in enumerate(task_names):  # the share of each task's groups that carry a reward difference
+            if (task_ids == i).any():
+                metrics[f"kept_frac/{task}"] = float(keep[task_ids == i].float().mean())
         for name, local_vals in per_reward_local.items():
             vals = self._gather_global(local_vals)
             if (~torch.isnan(vals)).any():
@@ -655,8 +662,11 @@ class Trainer:
         dev = self.accelerator.device
         c = batch.cond[rows]
         nc = batch.uncond[rows] if batch.uncond is not None else None
+        detach = self.cfg.sampler.detach_uncond and transformer is not None  # the update's forward, not a teacher's
         with self.accelerator.autocast():
-            return guided_velocity(self.backbone, x, sigma.to(dev), c, nc, self.cfg.sampler.cfg, transformer=transformer)
+            return guided_velocity(
+                self.backbone, x, sigma.to(dev), c, nc, self.cfg.sampler.cfg, transformer=transformer, detach_uncond=detach
+            )
 
     def _grpo_piece(self, batch: Batch, k: int, a: int, b: int, x: torch.Tensor, v: torch.Tensor, out) -> tuple[torch.Tensor, dict]:
         """Clipped ratio loss (eq. 3) + beta KL to the reference, per sample."""
@@ -731,7 +741,16 @@ class Trainer:
                 sync = contextlib.nullcontext() if j == len(pieces) - 1 else acc.no_sync(self.model)
                 with sync:
                     v = self._guided(batch, slice(a, b), x, sig[i_step], transformer=self.model)
-                    out = sde_step(x, v, float(sig[i_step]), float(sig[i_step + 1]), scfg.noise_level, kind=scfg.kind, x_next=x_next)
+                    out = sde_step(
+                        x,
+                        v,
+                        float(sig[i_step]),
+                        float(sig[i_step + 1]),
+                        scfg.noise_level,
+                        kind=scfg.kind,
+                        x_next=x_next,
+                        log_prob=scfg.log_prob,
+                    )
                     per_sample, logs = piece_loss(batch, k, a, b, x, v, out)
                     w = keep_l[a:b]
                     loss = (per_sample * w).sum() * scale

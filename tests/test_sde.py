@@ -103,13 +103,38 @@ def test_kl_matches_a_monte_carlo_estimate(kind):
     assert abs(mc.mean() - closed.item()) < 4 * stderr
 
 
-def test_flow_grpo_weighting_is_exact_times_dt():
+def test_flow_grpo_weighting_is_exact_times_dt_for_sde_and_exact_for_cps():
+    """Flow-GRPO's sde KL drops |dt| from the denominator; its cps KL is the exact ||mu_a - mu_b||^2 / (2 std^2)."""
     v_a, v_b = rand(3, 3, 4, 4), rand(3, 3, 4, 4, seed=1)
-    for kind in ("sde", "cps"):
-        for sigma, sigma_next in STEPS[:-1]:
-            exact = per_step_kl(v_a, v_b, sigma, sigma_next, 0.7, kind=kind)
-            fg = per_step_kl(v_a, v_b, sigma, sigma_next, 0.7, kind=kind, weighting="flow_grpo")
-            torch.testing.assert_close(fg, exact * (sigma - sigma_next))
+    for sigma, sigma_next in STEPS[:-1]:
+        exact = per_step_kl(v_a, v_b, sigma, sigma_next, 0.7, kind="sde")
+        fg = per_step_kl(v_a, v_b, sigma, sigma_next, 0.7, kind="sde", weighting="flow_grpo")
+        torch.testing.assert_close(fg, exact * (sigma - sigma_next))
+        # cps, written out from Flow-GRPO's formula: mu = x0_hat (1 - s') + x1_hat sqrt(s'^2 - std^2), std = s' sin(a pi / 2)
+        std = sigma_next * math.sin(0.7 * math.pi / 2)
+        dmu = (v_a - v_b) * (-sigma * (1 - sigma_next) + (1 - sigma) * math.sqrt(sigma_next**2 - std**2))
+        expected = (dmu**2).flatten(1).mean(1) / (2 * std**2)
+        fg_cps = per_step_kl(v_a, v_b, sigma, sigma_next, 0.7, kind="cps", weighting="flow_grpo")
+        torch.testing.assert_close(fg_cps, expected)
+        torch.testing.assert_close(fg_cps, per_step_kl(v_a, v_b, sigma, sigma_next, 0.7, kind="cps"))
+
+
+def test_flow_grpo_cps_log_prob_drops_the_variance_and_constants():
+    """cps under ``flow_grpo``: log p = -mean((x_next - mu)^2), so log-ratios are 2 std^2 times the density's."""
+    from flowopd.sde import sde_step
+
+    x, v_old, v_new = rand(4, 3, 4, 4), rand(4, 3, 4, 4, seed=1), rand(4, 3, 4, 4, seed=2)
+    sigma, sigma_next = STEPS[2]
+    old = sde_step(x, v_old, sigma, sigma_next, 0.8, kind="cps", generator=torch.Generator().manual_seed(0), log_prob="flow_grpo")
+    torch.testing.assert_close(old.log_prob, -((old.x_next - old.mean) ** 2).flatten(1).mean(1))
+    new_fg = sde_step(x, v_new, sigma, sigma_next, 0.8, kind="cps", x_next=old.x_next, log_prob="flow_grpo")
+    old_ex = sde_step(x, v_old, sigma, sigma_next, 0.8, kind="cps", x_next=old.x_next)
+    new_ex = sde_step(x, v_new, sigma, sigma_next, 0.8, kind="cps", x_next=old.x_next)
+    std = float(old.std)
+    torch.testing.assert_close(new_fg.log_prob - old.log_prob, (new_ex.log_prob - old_ex.log_prob) * 2 * std**2)
+    # sde keeps the density under either name (Flow-GRPO's sde sampler uses it)
+    a = sde_step(x, v_old, sigma, sigma_next, 0.7, kind="sde", x_next=old.x_next, log_prob="flow_grpo")
+    torch.testing.assert_close(a.log_prob, sde_step(x, v_old, sigma, sigma_next, 0.7, kind="sde", x_next=old.x_next).log_prob)
 
 
 def test_kl_is_zero_for_equal_policies_and_grows_quadratically():
