@@ -41,14 +41,14 @@ def load_teachers(backbone, cfg: TrainConfig) -> dict[str, str]:
     A teacher recorded as trained on another base, or whose shapes do not fit
     this transformer, is refused with a one-line error before any compute.
     """
-    from flowopd.lora import check_lora_base, load_lora
-    from flowopd.models import model_digest
+    from flowopd.lora import load_lora
+    from flowopd.models import check_base, model_digest
 
     digest = model_digest(cfg.model)
     adapters = {}
     for spec in cfg.opd.teachers:
         folder = spec.lora_folder()
-        check_lora_base(folder, digest, cfg.model)
+        check_base(folder, cfg.model, digest)
         adapters[spec.name] = teacher_adapter(spec.name)
         load_lora(backbone.transformer, folder, adapters[spec.name])
     return adapters

@@ -118,13 +118,30 @@ def load_backbone(spec: str = "mini-base", device: str = "cpu", resolution: int 
     return model.to(device).eval()
 
 
+def check_base(folder: str | Path, base: str, digest: str | None = None) -> dict:
+    """Refuse a LoRA trained on another base; a shipped one (a teacher, a mix, the student) is named with the command that
+    rebuilds it on this base, never used as it is."""
+    from flowopd.lora import check_lora_base
+
+    try:
+        return check_lora_base(folder, digest or model_digest(base), base)
+    except FlowOPDError:
+        shipped = next((ws for ws in KNOWN_WEIGHTS.values() if ws.path.resolve() == Path(folder).resolve()), None)
+        if shipped is None:
+            raise
+        raise FlowOPDError(
+            f"the shipped {shipped.name} was trained on another {base} than the one installed (the base changed since); "
+            f"rebuild it with: {shipped.how_to_get}"
+        ) from None
+
+
 def _load_with_lora(folder: Path, device: str):
     """The base named in the LoRA's ``lora_info.json`` with the LoRA applied as the active adapter."""
-    from flowopd.lora import check_lora_base, load_lora
+    from flowopd.lora import load_lora
 
     base = read_lora_base(folder)
     backbone = load_backbone(base, device)
-    check_lora_base(folder, model_digest(base), base)
+    check_base(folder, base)
     load_lora(backbone.transformer, folder, "default")
     # fused into the weights (W + s B A) and unloaded: a loaded LoRA model samples as fast as its base (~25% faster at
     # the mini scale with a rank-128 merge); differences are float rounding (~1e-6)

@@ -162,3 +162,26 @@ def test_cold_start_from_a_folder_and_none():
     bad = TrainConfig(opd={"cold_start": {"from_lora": "/nonexistent"}})
     with pytest.raises(FlowOPDError, match="is not a LoRA folder"):
         cold_start(bad, None)
+
+
+def test_a_shipped_teacher_from_an_older_base_is_refused_with_its_rebuild_command(tmp_path, monkeypatch):
+    """After the base changes, a shipped artifact still recorded against the old one is refused, naming what rebuilds it."""
+    import dataclasses
+    import shutil
+
+    from flowopd import models
+
+    stale = tmp_path / "teacher-text"
+    shutil.copytree(models.KNOWN_WEIGHTS["mini-teacher-text"].path, stale)
+    info = json.loads((stale / "lora_info.json").read_text())
+    info["base_digest"] = "0" * 64  # the base it was trained on is gone
+    (stale / "lora_info.json").write_text(json.dumps(info))
+    monkeypatch.setitem(
+        models.KNOWN_WEIGHTS, "mini-teacher-text", dataclasses.replace(models.KNOWN_WEIGHTS["mini-teacher-text"], path=stale)
+    )
+    with pytest.raises(
+        FlowOPDError, match=r"shipped mini-teacher-text .* rebuild it with: flowopd train teacher --config mini/teacher-text"
+    ):
+        load_backbone("mini-teacher-text")
+    with pytest.raises(FlowOPDError, match=r"rebuild it with: flowopd train teacher --config mini/teacher-text"):
+        models.check_base(stale, "mini-base")
