@@ -10,7 +10,7 @@ from safetensors.torch import load_file
 
 from flowopd.errors import FlowOPDError
 from flowopd.train_config import TrainConfig
-from flowopd.trainer import Trainer
+from flowopd.trainer import Trainer, checkpoints
 
 
 def _umask() -> int:
@@ -160,3 +160,22 @@ def test_a_lora_is_never_applied_to_another_base(tiny_policy_dir, tiny_model_dir
     info_file.write_text(json.dumps(info))
     with pytest.raises(FlowOPDError, match="trained on another base model"):
         load_backbone(str(out / "lora"))
+
+
+def test_an_exported_checkpoint_is_the_lora_the_run_would_have_saved_there(tiny_policy_dir, tmp_path):
+    """The last checkpoint, rebuilt as a LoRA folder, holds exactly the EMA weights the run wrote to lora/."""
+    from flowopd.checkpoints import export_checkpoint
+    from flowopd.lora import LORA_FILE
+
+    out = tmp_path / "run"
+    Trainer(tiny_config(tiny_policy_dir, keep_checkpoints=5), out).train()
+    first, last = checkpoints(out)
+    exported = export_checkpoint(last, tmp_path / "step-2")
+    mine, theirs = load_file(exported / LORA_FILE), load_file(out / "lora" / LORA_FILE)
+    assert mine.keys() == theirs.keys()
+    assert all(torch.equal(mine[k], theirs[k]) for k in mine)
+    assert json.loads((exported / "lora_info.json").read_text())["step"] == 2
+    early = load_file(export_checkpoint(first, tmp_path / "step-1") / LORA_FILE)
+    assert any(not torch.equal(early[k], mine[k]) for k in mine)  # another step, other weights
+    with pytest.raises(FlowOPDError, match="not a complete training checkpoint"):
+        export_checkpoint(out / "lora", tmp_path / "x")
