@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 from flowopd.benchmarks.stats import Z95
+from flowopd.mini.world import COMPOSE_TAGS
 
 TASKS = ("compose", "text", "preference", "quality")
 SCALE = {"compose": 1.0, "text": 1.0, "preference": 1.0, "quality": 5.0}  # 0-1 normalisation (quality is 1-5, like DeQA)
@@ -155,6 +156,7 @@ def summarise(out: Path, specs: dict[str, str]) -> dict[str, Any]:
             "model": specs[row],
             "metrics": cells,
             "mean4": {"mean": mean, "ci95": [mean - Z95 * se, mean + Z95 * se]},
+            "tags": {t: mini["metrics"][f"compose/geneval_{t}"]["mean"] for t in COMPOSE_TAGS if f"compose/geneval_{t}" in mini["metrics"]},
         }
     samples = {row: _records(out / "evals" / row / "mini" / "samples.jsonl") for row, _, _ in ROWS}
 
@@ -169,14 +171,74 @@ def summarise(out: Path, specs: dict[str, str]) -> dict[str, Any]:
         mean = sum(v["mean"] for v in by_task.values()) / 4
         return {"tasks": by_task, "mean4": {"mean": mean, "ci95": [mean - Z95 * se, mean + Z95 * se]}}
 
-    comparisons = {f"opd - {b}": paired("opd", b) for b in ("mix-weighted", "mix-alternate", "base", "coldstart-merge")}
+    comparisons = {f"{t} - base": paired(t, "base") for t in [*(f"teacher-{t}" for t in TASKS), "mix-weighted", "mix-alternate"]}
+    comparisons.update({f"mix-weighted - teacher-{t}": paired("mix-weighted", f"teacher-{t}") for t in TASKS})
+    comparisons.update({f"opd - {b}": paired("opd", b) for b in ("mix-weighted", "mix-alternate", "base", "coldstart-merge")})
     for name in ("opd-sft", "opd-no-mar", "opd-kl_pg", "opd-paper"):
         comparisons[f"{name} - opd"] = paired(name, "opd")
     teachers = {}
     for t in TASKS:
         d = paired("opd", f"teacher-{t}")["tasks"][t]
         teachers[t] = {**d, "within_0.03": d["mean"] >= -0.03}
-    return {"rows": rows, "comparisons": comparisons, "student_vs_teachers": teachers}
+    results = {"rows": rows, "comparisons": comparisons, "student_vs_teachers": teachers}
+    results["targets"] = check_targets(results)
+    return results
+
+
+def check_targets(results: dict[str, Any]) -> list[dict[str, Any]]:
+    """Points 1-4 of the mini reproduction's target (issue 14), each with a verdict and the numbers behind it (0-1 scale)."""
+    rows, comp = results["rows"], results["comparisons"]
+    base = {t: _norm(rows["base"]["metrics"][t], t)[0] for t in TASKS}
+
+    def sig_below(c: dict[str, Any]) -> bool:
+        return c["ci95"][1] < 0
+
+    out = []
+    tags = rows["base"].get("tags", {})
+    out.append(
+        {
+            "point": "1. base: every task in [0.2, 0.7], every compose tag >= 0.10",
+            "ok": all(0.2 <= v <= 0.7 for v in base.values()) and all(v >= 0.10 for v in tags.values()),
+            "detail": ", ".join(f"{t} {v:.3f}" for t, v in base.items()) + "; tags " + ", ".join(f"{t} {v:.2f}" for t, v in tags.items()),
+        }
+    )
+    gains, seesaw = [], []
+    for t in TASKS:
+        own = comp[f"teacher-{t} - base"]["tasks"][t]
+        need = (1 - base[t]) / 3
+        gains.append((t, own["mean"] >= need and own["ci95"][0] > 0, own["mean"], need))
+        losses = [o for o in TASKS if o != t and sig_below(comp[f"teacher-{t} - base"]["tasks"][o])]
+        if losses:
+            seesaw.append(f"{t} costs {', '.join(losses)}")
+    out.append(
+        {
+            "point": "2. each teacher closes a third of its gap (CI excludes 0); two or more show the seesaw",
+            "ok": all(g[1] for g in gains) and len(seesaw) >= 2,
+            "detail": "; ".join(f"{t} {m:+.3f} (needs {n:+.3f}){'' if ok else ' MISSED'}" for t, ok, m, n in gains)
+            + f"; seesaw: {', '.join(seesaw) or 'none'}",
+        }
+    )
+    mix = comp["mix-weighted - base"]["mean4"]
+    above = [t for t in TASKS if comp[f"mix-weighted - teacher-{t}"]["tasks"][t]["mean"] >= 0]
+    out.append(
+        {
+            "point": "3. GRPO-Mix weighted: four-task mean above the base, below each teacher on its own task",
+            "ok": mix["ci95"][0] > 0 and not above,
+            "detail": f"mix - base mean4 {_cell(mix, True)}; at or above its teacher on: {', '.join(above) or 'none'}",
+        }
+    )
+    vs_mix = comp["opd - mix-weighted"]["mean4"]
+    short = [t for t, d in results["student_vs_teachers"].items() if not d["within_0.03"]]
+    worse = [t for t in TASKS if sig_below(comp["opd - base"]["tasks"][t])]
+    out.append(
+        {
+            "point": "4. OPD: four-task mean above GRPO-Mix weighted (CI excludes 0), within 0.03 of each teacher, no task below the base",
+            "ok": vs_mix["ci95"][0] > 0 and not short and not worse,
+            "detail": f"opd - mix mean4 {_cell(vs_mix, True)}; more than 0.03 short of: {', '.join(short) or 'none'}; "
+            f"significantly below the base on: {', '.join(worse) or 'none'}",
+        }
+    )
+    return out
 
 
 def _records(path: Path) -> list[dict[str, Any]]:
@@ -222,6 +284,8 @@ def to_markdown(results: dict[str, Any]) -> str:
     lines += ["| task | opd - teacher | within 0.03 |", "|---|---|---|"]
     for t, d in results["student_vs_teachers"].items():
         lines.append(f"| {t} | {_cell(d, True)} | {'yes' if d['within_0.03'] else 'no'} |")
+    lines += ["", "## The target (issue 14), point by point", ""]
+    lines += [f"- **{'met' if t['ok'] else 'not met'}**: {t['point']}. {t['detail']}" for t in results.get("targets", [])]
     timings = results.get("timings", {})
     if timings:
         lines += ["", f"Stage times (s): {json.dumps(timings)}; total {sum(timings.values()) / 60:.1f} min."]
