@@ -195,6 +195,10 @@ def test_resumed_pretraining_equals_an_uninterrupted_run(tmp_path):
         pretrain(PretrainConfig(**{**cfg, "lr": 1e-2}), tmp_path / "b", resume=True)
     with pytest.raises(ConfigError, match="nothing to resume"):
         pretrain(PretrainConfig(**cfg), tmp_path / "c", resume=True)
+    before = (tmp_path / "a" / "transformer" / "diffusion_pytorch_model.safetensors").read_bytes()
+    with pytest.raises(ConfigError, match="already holds a pre-trained model; pass --resume"):  # never overwritten without a word
+        pretrain(PretrainConfig(**{**cfg, "seed": 3}), tmp_path / "a")
+    assert (tmp_path / "a" / "transformer" / "diffusion_pytorch_model.safetensors").read_bytes() == before
 
 
 def test_pretraining_can_start_from_a_model_and_mix_tasks(tiny_model_dir, tmp_path):

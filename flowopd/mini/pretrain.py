@@ -95,6 +95,8 @@ def pretrain(cfg: PretrainConfig, out: Path, progress=None, resume: bool = False
     from flowopd.runinfo import atomic_dir, check_output_dir, run_info, write_json_atomic
 
     check_output_dir(out, "model_info.json")
+    if not resume and (Path(out) / "model_info.json").is_file():  # replacing a base would orphan every LoRA trained on it
+        raise ConfigError(f"{out} already holds a pre-trained model; pass --resume to continue its run, or a new --out")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     rng = np.random.default_rng(cfg.seed)
