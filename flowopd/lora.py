@@ -78,7 +78,26 @@ def save_lora(transformer: torch.nn.Module, folder: str | Path, info: dict[str, 
         if isinstance(value, (set, frozenset)):
             meta[key] = sorted(value)
     SD3LoraLoaderMixin.save_lora_weights(folder, transformer_lora_layers=weights, transformer_lora_adapter_metadata=meta)
+    canonical_header(folder / LORA_FILE)
     (folder / INFO_FILE).write_text(json.dumps(info, indent=2, default=str) + "\n")
+
+
+def canonical_header(path: Path) -> None:
+    """Rewrite a safetensors file's JSON header with sorted keys, so equal tensors and metadata give equal bytes.
+
+    safetensors writes the ``__metadata__`` entries in a per-process hash order
+    (``format`` and ``lora_adapter_metadata`` swap in about half the processes), so
+    a resumed run's LoRA matched a straight run's tensors but not its sha256. The
+    layout is 8 bytes of little-endian header length, the JSON header padded with
+    spaces to a multiple of 8, then the data, whose offsets are relative to its
+    start, so only the header changes.
+    """
+    raw = path.read_bytes()
+    n = int.from_bytes(raw[:8], "little")
+    header = json.loads(raw[8 : 8 + n])
+    text = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    text += b" " * (-len(text) % 8)
+    path.write_bytes(len(text).to_bytes(8, "little") + text + raw[8 + n :])
 
 
 def is_lora_folder(folder: str | Path) -> bool:
