@@ -29,6 +29,18 @@ def _meta(prompt: str, meta: dict[str, Any] | None) -> dict[str, Any]:
     return dict(meta) if meta else world.parse_prompt(prompt).metadata
 
 
+def at_world_size(image: Any) -> np.ndarray:
+    """An image at the world's 32x32: an integer upscale (``flowopd sample`` and ``mini render`` write x8) is averaged back
+    block by block, so every scorer reads a picture at any integer scale as it reads the original."""
+    arr = np.asarray(image)
+    h, w = arr.shape[:2]
+    k = h // world.SIZE
+    if (h, w) == (world.SIZE, world.SIZE) or k < 2 or (h, w) != (k * world.SIZE, k * world.SIZE):
+        return arr
+    blocks = arr.astype(np.float32).reshape(world.SIZE, k, world.SIZE, k, -1).mean(axis=(1, 3))
+    return blocks.round().astype(np.uint8) if arr.dtype == np.uint8 else blocks.astype(arr.dtype)
+
+
 @register_reward("mini_geneval")
 class MiniGenEval(RewardModel):
     version = "1"
@@ -45,7 +57,7 @@ class MiniGenEval(RewardModel):
         raws, details = [], []
         for img, prompt, meta in zip(images, prompts, metadata):
             meta = _meta(prompt, meta)
-            dets = detect(img)
+            dets = detect(at_world_size(img))
             by_class: dict[str, list[geneval_rules.DetectedObject]] = {}
             for d in dets:
                 by_class.setdefault(d.cls, []).append(geneval_rules.DetectedObject(d.box, d.score, d.color))
@@ -74,7 +86,7 @@ class MiniOCR(RewardModel):
         raws, details = [], []
         for img, prompt, meta in zip(images, prompts, metadata):
             target = (meta or {}).get("text") or target_text(prompt)
-            read = read_text(img)
+            read = read_text(at_world_size(img))
             score, dist = ocr_reward(target, read.text)
             raws.append(score)
             details.append({"target": target, "read": read.text, "distance": dist, "chars": [[c, round(p, 3)] for c, p in read.chars]})
@@ -83,7 +95,7 @@ class MiniOCR(RewardModel):
 
 @register_reward("mini_preference")
 class MiniPreference(RewardModel):
-    version = "1"
+    version = "2"  # world v2: a weighted geometric mean, the preferred framing (flowopd.mini.judges)
     description = "mini world: preference judge in [0,1] (request match + composition; PickScore analogue)"
 
     def _score(self, images, prompts, metadata):
@@ -94,7 +106,7 @@ class MiniPreference(RewardModel):
                     meta = world.parse_prompt(prompt).metadata
                 except ValueError:
                     meta = {}
-            score, terms = preference_score(img, meta)
+            score, terms = preference_score(at_world_size(img), meta)
             raws.append(score)
             details.append({"terms": {k: round(v, 4) for k, v in terms.items()}})
         return raws, details
@@ -102,8 +114,8 @@ class MiniPreference(RewardModel):
 
 @register_reward("mini_quality")
 class MiniQuality(RewardModel):
-    version = "1"
-    description = "mini world: prompt-free image quality in [1,5] (noise, structure, specks, sharpness; DeQA analogue)"
+    version = "2"  # world v2: a weighted geometric mean with colour fidelity (flowopd.mini.judges)
+    description = "mini world: prompt-free image quality in [1,5] (noise, colour fidelity, specks, sharpness; DeQA analogue)"
 
     def normalize(self, raw: torch.Tensor) -> torch.Tensor:
         return raw.float() / 5.0
@@ -111,7 +123,7 @@ class MiniQuality(RewardModel):
     def _score(self, images, prompts, metadata):
         raws, details = [], []
         for img in images:
-            score, terms = quality_score(np.asarray(img))
+            score, terms = quality_score(at_world_size(img))
             raws.append(score)
             details.append({"terms": {k: round(v, 4) for k, v in terms.items()}})
         return raws, details
