@@ -520,6 +520,10 @@ def _train(
     t0 = time.time()
     trainer = Trainer(cfg, out, resume=resume)  # checks the plan and the output folder before any compute
     show = trainer.accelerator.is_main_process
+    if show and trainer.restarted:
+        console.print(
+            f"{out} held this run stopped before its first checkpoint (nothing to resume): starting it over in place", markup=False
+        )
     with progress_bar(f"train {cfg.name}", cfg.steps) as advance:
 
         def tick(step: int, m: dict[str, float]) -> None:
@@ -544,6 +548,9 @@ TrainSteps = Annotated[int | None, typer.Option("--steps", min=1, help="Training
 TrainSeed = Annotated[int | None, typer.Option("--seed", help="Seed.")]
 TrainThreads = Annotated[int | None, typer.Option("--threads", min=0, help="CPU threads (0: torch's default).")]
 TrainResume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")]
+TrainCheckpointEvery = Annotated[
+    int | None, typer.Option("--checkpoint-every", min=1, help="Write a resumable checkpoint every N steps (default: the recipe's).")
+]
 TrainDryRun = Annotated[
     bool, typer.Option("--dry-run", help="Print the resolved plan (batch per GPU, checks, memory estimate) and exit; loads no model.")
 ]
@@ -562,6 +569,7 @@ def train_teacher(
     steps: TrainSteps = None,
     seed: TrainSeed = None,
     threads: TrainThreads = None,
+    checkpoint_every: TrainCheckpointEvery = None,
     resume: TrainResume = False,
     dry_run: TrainDryRun = False,
     processes: TrainProcesses = None,
@@ -572,7 +580,7 @@ def train_teacher(
 
     if reward is None and config is None:
         _fail("pass --reward NAME (see `flowopd rewards list`) or --config RECIPE (e.g. mini/teacher-text)")
-    overrides: dict = {"steps": steps, "seed": seed, "threads": threads}
+    overrides: dict = {"steps": steps, "seed": seed, "threads": threads, "checkpoint_every": checkpoint_every}
     if config is None:
         task = {r: t for t, r in MINI_TASK_REWARDS.items()}.get(reward)
         config = f"mini/teacher-{task or 'preference'}"
@@ -601,6 +609,7 @@ def train_mix(
     steps: TrainSteps = None,
     seed: TrainSeed = None,
     threads: TrainThreads = None,
+    checkpoint_every: TrainCheckpointEvery = None,
     resume: TrainResume = False,
     dry_run: TrainDryRun = False,
     processes: TrainProcesses = None,
@@ -608,7 +617,7 @@ def train_mix(
 ) -> None:
     """Train a GRPO-Mix baseline: several rewards in one GRPO run (SPEC section 4, the paper's seesaw)."""
     config = config or f"mini/mix-{variant.value}"
-    cfg = _load_train_config(config, {"steps": steps, "seed": seed, "threads": threads})
+    cfg = _load_train_config(config, {"steps": steps, "seed": seed, "threads": threads, "checkpoint_every": checkpoint_every})
     _train(cfg, out or Path("runs") / cfg.name, resume, "mix", config, dry_run, processes, fmt)
 
 
@@ -674,6 +683,7 @@ def train_opd(
     steps: TrainSteps = None,
     seed: TrainSeed = None,
     threads: TrainThreads = None,
+    checkpoint_every: TrainCheckpointEvery = None,
     resume: TrainResume = False,
     dry_run: TrainDryRun = False,
     processes: TrainProcesses = None,
@@ -683,7 +693,7 @@ def train_opd(
 
     With no arguments: the four shipped mini teachers, from a merge cold start.
     """
-    cfg = _load_train_config(config, {"steps": steps, "seed": seed, "threads": threads})
+    cfg = _load_train_config(config, {"steps": steps, "seed": seed, "threads": threads, "checkpoint_every": checkpoint_every})
     if cfg.opd is None:
         _fail(f"config {config} has no opd section; use an OPD recipe such as mini/opd (or `flowopd train teacher` for GRPO)")
     if objective is not None:

@@ -46,6 +46,7 @@ from flowopd.train_config import TrainConfig
 RUN_MARKER = "run.json"
 CONFIG_FILE = "config.yaml"
 LOG_FILE = "log.jsonl"
+RESTART = "restart"  # prepare_run_dir: the folder holds a run with no checkpoint yet; start it over in place
 COLDSTART_DIR = "coldstart"  # an OPD run's cold-start LoRA (a fresh start left it behind only if it stopped before run.json)
 
 
@@ -284,11 +285,16 @@ def checkpoints(out: Path) -> list[Path]:
     return sorted(p for p in folder.glob("step-*") if p.is_dir() and (p / "trainer_state.json").is_file()) if folder.is_dir() else []
 
 
-def prepare_run_dir(cfg: TrainConfig, out: Path, resume: bool) -> Path | None:
-    """Check the output folder against the request; return the checkpoint to resume from (None: start fresh)."""
+def prepare_run_dir(cfg: TrainConfig, out: Path, resume: bool) -> Path | str | None:
+    """Check the output folder against the request; return the checkpoint to resume from, None to start fresh, or
+    ``RESTART``: a run stopped before its first checkpoint holds nothing to resume, so the same config run again (with or
+    without ``--resume``) starts over in place once :func:`clear_unstarted_run` drops its partial files."""
     if out.exists() and not out.is_dir():
         raise FlowOPDError(f"output {out} is a file; pass a folder path with --out")
     has_run = (out / RUN_MARKER).is_file()
+    if has_run and not checkpoints(out):
+        _check_same_run(cfg, out)
+        return RESTART
     if not resume:
         if has_run:
             raise FlowOPDError(f"{out} already holds a training run; pass --resume to continue it, or a new --out folder")
@@ -297,6 +303,12 @@ def prepare_run_dir(cfg: TrainConfig, out: Path, resume: bool) -> Path | None:
         return None
     if not has_run:
         raise FlowOPDError(f"nothing to resume in {out} (no {RUN_MARKER}); drop --resume to start a new run there")
+    _check_same_run(cfg, out)
+    return checkpoints(out)[-1]
+
+
+def _check_same_run(cfg: TrainConfig, out: Path) -> None:
+    """The run in ``out`` must be this config's (resumable fields aside) on the same base weights."""
     import yaml
 
     saved = TrainConfig.model_validate(yaml.safe_load((out / CONFIG_FILE).read_text()))
@@ -313,10 +325,14 @@ def prepare_run_dir(cfg: TrainConfig, out: Path, resume: bool) -> Path | None:
         raise FlowOPDError(
             f"the checkpoint in {out} was trained on another version of {cfg.model!r} (its weights changed since); use a new --out"
         )
-    found = checkpoints(out)
-    if not found:
-        raise FlowOPDError(f"{out} has no complete checkpoint yet; start again without --resume (and a new --out)")
-    return found[-1]
+
+
+def clear_unstarted_run(out: Path) -> None:
+    """Remove what a run wrote before its first checkpoint (its record, config, log, tracker files), keeping a cold start."""
+    for name in (RUN_MARKER, CONFIG_FILE, LOG_FILE):
+        (out / name).unlink(missing_ok=True)
+    for name in ("tensorboard", "checkpoints"):
+        shutil.rmtree(out / name, ignore_errors=True)
 
 
 def _first_difference(a: Any, b: Any, path: str = "") -> str:
@@ -365,6 +381,13 @@ class Trainer:
         )
         check_plan(cfg, self.accelerator.num_processes)
         self.resume_from = prepare_run_dir(cfg, self.out, resume)
+        self.restarted = self.resume_from == RESTART
+        if self.restarted:  # every process has looked at the folder before the main one clears it
+            self.accelerator.wait_for_everyone()
+            if self.accelerator.is_main_process:
+                clear_unstarted_run(self.out)
+            self.accelerator.wait_for_everyone()
+            self.resume_from = None
         if cfg.threads:
             torch.set_num_threads(cfg.threads)
         self._build()

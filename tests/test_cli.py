@@ -239,14 +239,15 @@ def _tiny_recipe(tmp_path, model, **over):
 
 
 def test_train_teacher_resume_and_eval_the_lora(tiny_policy_dir, tmp_path, run_cli):
-    recipe = _tiny_recipe(tmp_path, tiny_policy_dir)
+    recipe = _tiny_recipe(tmp_path, tiny_policy_dir, keep_checkpoints=10)
     out = tmp_path / "run"
     res = run_cli("train", "teacher", "--config", str(recipe), "--out", str(out))
     assert res.returncode == 0, res.stderr
     assert f"LoRA: {out / 'lora'}" in " ".join(res.stdout.split())
-    res = run_cli("train", "teacher", "--config", str(recipe), "--out", str(out), "--steps", "3", "--resume")
+    res = run_cli("train", "teacher", "--config", str(recipe), "--out", str(out), "--steps", "4", "--resume", "--checkpoint-every", "5")
     assert res.returncode == 0, res.stderr
-    assert [json.loads(x)["step"] for x in (out / "log.jsonl").read_text().splitlines()] == [1, 2, 3]
+    assert [json.loads(x)["step"] for x in (out / "log.jsonl").read_text().splitlines()] == [1, 2, 3, 4]
+    assert sorted(p.name for p in (out / "checkpoints").iterdir()) == ["step-000001", "step-000002", "step-000004"]  # 3 skipped
     res = run_cli("eval", "--suite", "mini", "--model", str(out / "lora"), "--limit", "1", "--steps", "2", "--out", str(tmp_path / "ev"))
     assert res.returncode == 0, res.stderr
     assert json.loads((tmp_path / "ev" / "summary.json").read_text())["run"]["config"]["model"] == str(out / "lora")

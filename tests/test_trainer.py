@@ -179,3 +179,37 @@ def test_an_exported_checkpoint_is_the_lora_the_run_would_have_saved_there(tiny_
     assert any(not torch.equal(early[k], mine[k]) for k in mine)  # another step, other weights
     with pytest.raises(FlowOPDError, match="not a complete training checkpoint"):
         export_checkpoint(out / "lora", tmp_path / "x")
+
+
+class _Stopped(Exception):
+    pass
+
+
+def _stop_after(step_to_stop: int):
+    def progress(step, metrics):
+        if step == step_to_stop:
+            raise _Stopped
+
+    return progress
+
+
+@pytest.mark.parametrize("resume", [False, True])
+def test_a_run_stopped_before_its_first_checkpoint_starts_over_in_place(tiny_policy_dir, tmp_path, resume):
+    """Nothing to resume yet: the same command again (with or without --resume) restarts it; another config is refused."""
+    out = tmp_path / "run"
+    cfg = tiny_config(tiny_policy_dir, steps=2, checkpoint_every=5)
+    with pytest.raises(_Stopped):  # killed after step 1: a log line and run.json, no checkpoint
+        Trainer(cfg, out).train(_stop_after(1))
+    assert (out / "run.json").is_file() and not checkpoints(out)
+    with pytest.raises(FlowOPDError, match="different config .*group_size: 4 then, 2 now"):
+        Trainer(tiny_config(tiny_policy_dir, steps=2, checkpoint_every=5, group_size=2), out, resume=resume)
+    trainer = Trainer(cfg, out, resume=resume)
+    assert trainer.restarted and trainer.resume_from is None
+    trainer.train()
+    Trainer(cfg, tmp_path / "straight").train()
+    a, b = (
+        load_file(out / "lora" / "pytorch_lora_weights.safetensors"),
+        load_file(tmp_path / "straight" / "lora" / "pytorch_lora_weights.safetensors"),
+    )
+    assert all(torch.equal(a[k], b[k]) for k in a)  # the restart is the run from scratch
+    assert [json.loads(x)["step"] for x in (out / "log.jsonl").read_text().splitlines()] == [1, 2]
