@@ -27,7 +27,7 @@ def test_base_scores_leave_room_to_improve(tmp_path):
     assert 0.02 < m["compose/geneval_overall"]["mean"] < 0.85  # measured 0.075 (96 prompts a tag): docs/training.md
     assert 0.15 < m["text/mini_ocr"]["mean"] < 0.9
     assert 0.3 < m["preference/mini_preference"]["mean"] < 0.95
-    assert 2.5 < m["quality/mini_quality"]["mean"] < 4.95
+    assert 1.5 < m["quality/mini_quality"]["mean"] < 4.95  # the shipped (world v1) base under the v2 judge: 2.38 (48 prompts)
 
 
 def test_every_suite_image_has_its_own_seed():
