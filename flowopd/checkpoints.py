@@ -24,7 +24,7 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
     from flowopd.models import load_backbone, model_digest
     from flowopd.runinfo import atomic_dir
     from flowopd.train_config import TrainConfig
-    from flowopd.trainer import CONFIG_FILE
+    from flowopd.trainer import CONFIG_FILE, lora_record
 
     checkpoint, out = Path(checkpoint), Path(out)
     state_file = checkpoint / "trainer_state.json"
@@ -41,23 +41,14 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
     backbone.requires_grad_(False)
     add_lora(backbone.transformer, cfg.lora.rank, cfg.lora.alpha, tuple(cfg.lora.targets))
     set_lora_state_dict(backbone.transformer, load_file(checkpoint / "lora.safetensors"))
-    if (checkpoint / "ema.safetensors").is_file():
+    has_ema = (checkpoint / "ema.safetensors").is_file()
+    if has_ema:
         params = [p for p in backbone.transformer.parameters() if p.requires_grad]
         shadow = load_file(checkpoint / "ema.safetensors")
         with torch.no_grad():
             for i, p in enumerate(params):
                 p.copy_(shadow[str(i)])
-    info = {
-        "kind": "flowopd-lora",
-        "name": f"{cfg.name}@{state['step']}",
-        "base": cfg.model,
-        "base_digest": state["base_digest"],
-        "tasks": cfg.tasks,
-        "step": state["step"],
-        "ema": (checkpoint / "ema.safetensors").is_file(),
-        "config_digest": cfg.digest(),
-        "rewards": cfg.task_rewards or cfg.rewards,
-    }
+    info = {**lora_record(cfg, state["base_digest"], state["step"], has_ema), "name": f"{cfg.name}@{state['step']}"}
     with atomic_dir(out, marker="lora_info.json") as tmp:
         save_lora(backbone.transformer, tmp, info)
     return out

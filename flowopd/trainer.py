@@ -853,19 +853,8 @@ class Trainer:
                 self.ema.copy_to(self.params)
                 state = lora_state_dict(self._raw())
                 self.ema.restore(self.params)
-            info = {
-                "kind": "flowopd-lora",
-                "name": self.cfg.name,
-                "base": self.cfg.model,
-                "base_digest": self.base_digest,
-                "tasks": self.cfg.tasks,
-                "step": self.step,
-                "ema": self.ema is not None,
-                "config_digest": self.cfg.digest(),
-            }
-            if self.cfg.opd is None:
-                info["rewards"] = self.cfg.task_rewards or self.cfg.rewards
-            else:
+            info = lora_record(self.cfg, self.base_digest, self.step, self.ema is not None)
+            if self.cfg.opd is not None:
                 opd = self.cfg.opd
                 info["teachers"] = {t.name: {"tasks": t.tasks, "reward": t.reward, "checkpoint": t.checkpoint} for t in opd.teachers}
                 info.update(objective=opd.objective, mar_lambda=opd.mar_lambda, anchor=opd.anchor, cold_start=opd.cold_start.method)
@@ -873,6 +862,23 @@ class Trainer:
                 save_lora(self._raw(), tmp, info, state=state)
         acc.wait_for_everyone()
         return target
+
+
+def lora_record(cfg: TrainConfig, base_digest: str, step: int, ema: bool) -> dict[str, Any]:
+    """``lora_info.json`` of a run's LoRA: its base (name and digest), tasks, step, EMA, config digest; a GRPO run's rewards."""
+    info = {
+        "kind": "flowopd-lora",
+        "name": cfg.name,
+        "base": cfg.model,
+        "base_digest": base_digest,
+        "tasks": cfg.tasks,
+        "step": step,
+        "ema": ema,
+        "config_digest": cfg.digest(),
+    }
+    if cfg.opd is None:
+        info["rewards"] = cfg.task_rewards or cfg.rewards
+    return info
 
 
 def _truncate_log(path: Path, step: int) -> None:
