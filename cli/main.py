@@ -977,8 +977,9 @@ def mini_render(
     out: Path = typer.Option(..., "--out", "-o", help="PNG file."),
     seed: int = typer.Option(0, "--seed"),
     scale: int = typer.Option(8, "--scale", min=1, max=64),
+    ideal: bool = typer.Option(False, "--ideal", help="Draw what the judges prefer (centred, clean, spelt right), not a data sample."),
 ) -> None:
-    """Render the ground truth of a prompt (what the base is trained on)."""
+    """Render a prompt as the base's training data draw it (or, with --ideal, as the judges prefer it)."""
     import numpy as np
 
     from flowopd.mini import world
@@ -989,7 +990,7 @@ def mini_render(
         rec = world.parse_prompt(prompt)
     except ValueError as exc:
         _fail(str(exc))
-    _save_png(world.render(rec, np.random.default_rng(seed)), out, scale)
+    _save_png(world.render(rec, np.random.default_rng(seed), ideal=ideal), out, scale)
     console.print(f"wrote {out}  (task {rec.task}, {json.dumps(rec.metadata)})")
 
 

@@ -91,7 +91,7 @@ def test_rewards_score_on_a_ground_truth_render(tmp_path, run_cli):
     assert rec["raw"] == 1.0 and rec["normalized"] == 1.0 and rec["details"]["correct"] is True
     assert len(rec["details"]["detections"]) == 3
     text = tmp_path / "t.png"
-    run_cli("mini", "render", "--prompt", 'the text "907"', "--out", str(text), "--scale", "1")
+    run_cli("mini", "render", "--prompt", 'the text "907"', "--out", str(text), "--scale", "1", "--ideal")
     res = run_cli("rewards", "score", "mini_ocr", str(text), "--prompt", 'the text "901"', "--format", "json")
     (rec,) = json.loads(res.stdout)
     assert rec["raw"] == pytest.approx(2 / 3) and rec["details"]["read"] == "907"

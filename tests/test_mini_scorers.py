@@ -38,7 +38,7 @@ def test_ground_truth_compose_scores_one(tag):
 def test_ground_truth_text_scores_one():
     rng = np.random.default_rng(0)
     recs = world.make_prompts("text", 200, seed=4, split="all")
-    s = OCR.score([pil(world.render(r, rng)) for r in recs], [r.prompt for r in recs])
+    s = OCR.score([pil(world.render(r, rng, ideal=True)) for r in recs], [r.prompt for r in recs])
     assert s.raw.min().item() == 1.0
     assert [d["read"] for d in s.details] == [r.metadata["text"] for r in recs]
 
@@ -65,6 +65,18 @@ def test_the_pretraining_data_spreads_below_what_the_judges_prefer():
     recs = world.make_prompts("quality", 200, seed=6, split="all")
     qual = QUALITY.score([pil(world.render(r, rng)) for r in recs], [r.prompt for r in recs]).raw
     assert 2.8 < float(qual.mean()) < 3.8 and float(qual.max()) >= 4.9
+    recs = world.make_prompts("text", 300, seed=6, split="all")
+    ocr = OCR.score([pil(world.render(r, rng)) for r in recs], [r.prompt for r in recs]).raw
+    assert abs(float(ocr.mean()) - (1 - world.TEXT_TYPO_RATE)) < 0.06 and float(ocr.max()) == 1.0 and float(ocr.min()) == 0.0
+
+
+def test_misquote_changes_digits_at_its_rate_and_never_keeps_a_replaced_one():
+    rng = np.random.default_rng(3)
+    text = "0123456789" * 100
+    assert world.misquote(text, rng, 0.0) == text
+    assert all(a != b for a, b in zip(text, world.misquote(text, rng, 0.999)))
+    changed = sum(a != b for a, b in zip(text, world.misquote(text, rng, 0.4))) / len(text)
+    assert 0.35 < changed < 0.45
 
 
 @pytest.mark.parametrize("finish", world.FINISHES[1:])

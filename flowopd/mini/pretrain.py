@@ -42,6 +42,9 @@ class PretrainConfig(BaseModel):
     task_mix: dict[str, float] = Field(
         default_factory=lambda: dict(world.DEFAULT_TASK_MIX), description="sampling weight of each task: compose, text, preference, quality"
     )
+    text_typo_rate: float = Field(
+        world.TEXT_TYPO_RATE, ge=0, lt=1, description="probability that a text render misquotes each digit (world.misquote)"
+    )
     init_from: str | None = Field(None, description="start from this model (mini-base or a folder) instead of random weights")
 
     @field_validator("task_mix")
@@ -55,12 +58,14 @@ class PretrainConfig(BaseModel):
         return mix
 
 
-def render_batch(rng: np.random.Generator, n: int, dropout: float, mix: dict[str, float] | None = None) -> tuple[torch.Tensor, list[str]]:
-    """``n`` ground-truth images in [0, 1] and their prompts (some replaced by ``""``)."""
+def render_batch(
+    rng: np.random.Generator, n: int, dropout: float, mix: dict[str, float] | None = None, typo_rate: float = world.TEXT_TYPO_RATE
+) -> tuple[torch.Tensor, list[str]]:
+    """``n`` data images in [0, 1] and their prompts (some replaced by ``""``)."""
     images, prompts = [], []
     for _ in range(n):
         rec = world.training_record(rng, mix)
-        images.append(world.render(rec, rng))
+        images.append(world.render(rec, rng, typo_rate=typo_rate))
         prompts.append("" if rng.random() < dropout else rec.prompt)
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
     return x, prompts
@@ -161,7 +166,7 @@ def pretrain(cfg: PretrainConfig, out: Path, progress=None, resume: bool = False
             torch.save(state, tmp / STATE_FILE)
 
     for step in range(start, cfg.steps):
-        images, prompts = render_batch(rng, cfg.batch_size, cfg.prompt_dropout, cfg.task_mix)
+        images, prompts = render_batch(rng, cfg.batch_size, cfg.prompt_dropout, cfg.task_mix, cfg.text_typo_rate)
         loss = flow_matching_loss(model, images, prompts, gen)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -80,6 +80,10 @@ FONT_SCALE = 2
 GLYPH_W, GLYPH_H = 3 * FONT_SCALE, 5 * FONT_SCALE
 GLYPH_GAP = 2
 TEXT_LENGTHS = (0.1, 0.3, 0.3, 0.3)  # probability of 1, 2, 3, 4 digits
+# The text family's data misquote: each digit of a training render is another digit with this probability (as web
+# images' captions quote their text loosely), so the base spells only about as well as its data and an OCR teacher has
+# room above it. At 0 (world v2's first stage) the base read back 1.000: nothing left to learn.
+TEXT_TYPO_RATE = 0.4
 
 # World v2 layout: objects on the model's 4 px patch grid (offset 2 px, inside a 2 px margin), sides in whole patches.
 GRID, GRID_OFFSET = 4, 2
@@ -373,15 +377,26 @@ def preference_scene(meta: dict[str, Any], rng: np.random.Generator | None) -> S
     return Scene(meta["background"], [(meta["shape"], meta["color"], (x0, y0, side, side))])
 
 
-def scene_for(record: PromptRecord, rng: np.random.Generator, ideal: bool = False) -> Scene:
-    """A random scene that satisfies ``record`` (the ground truth the base is trained on).
+def misquote(text: str, rng: np.random.Generator, rate: float = TEXT_TYPO_RATE) -> str:
+    """``text`` with each digit replaced, with probability ``rate``, by one of the nine other digits."""
+    out = []
+    for ch in text:
+        if rng.random() < rate:
+            ch = str((int(ch) + 1 + int(rng.integers(9))) % 10)
+        out.append(ch)
+    return "".join(out)
+
+
+def scene_for(record: PromptRecord, rng: np.random.Generator, ideal: bool = False, typo_rate: float = TEXT_TYPO_RATE) -> Scene:
+    """A random scene for ``record`` (the data the base is trained on).
 
     ``ideal`` draws what the judges prefer where the data spread wider: the
-    preference family centred at its preferred side, the quality family clean.
+    preference family centred at its preferred side, the quality family clean,
+    the text spelt as quoted (otherwise each digit is misquoted at ``typo_rate``).
     """
     meta = record.metadata
     if record.task == "text":
-        return Scene("text", [], text=meta["text"])
+        return Scene("text", [], text=meta["text"] if ideal else misquote(meta["text"], rng, typo_rate))
     colours = list(COLORS)
     if record.task == "preference":
         return preference_scene(meta, None if ideal else rng)
@@ -470,9 +485,9 @@ def degrade(img: np.ndarray, finish: str, background: tuple[int, int, int], rng:
     return (np.clip(x, 0.0, 1.0) * 255.0).round().astype(np.uint8)
 
 
-def render(record: PromptRecord, rng: np.random.Generator, ideal: bool = False) -> np.ndarray:
-    """A ground-truth uint8 image for a prompt record (``ideal``: the judges' preferred framing and finish)."""
-    return render_scene(scene_for(record, rng, ideal), rng)
+def render(record: PromptRecord, rng: np.random.Generator, ideal: bool = False, typo_rate: float = TEXT_TYPO_RATE) -> np.ndarray:
+    """A uint8 image for a prompt record as the data draw it (``ideal``: the judges' preferred framing, finish and spelling)."""
+    return render_scene(scene_for(record, rng, ideal, typo_rate), rng)
 
 
 # compose needs the most data (six tags of layouts); text, learnt fastest, the least (at 30% it passed 0.7 OCR in 3000 steps)
