@@ -30,12 +30,14 @@ SECONDARY = {
 
 
 DEFAULT_PROMPTS_PER_TASK = 48
+MAX_PROMPTS_PER_TASK = 1000  # a larger --limit is capped here: the held-out prompts repeat long before (a --limit of 1e8 hung)
 
 
 def suite_prompts(prompts_per_task: int = DEFAULT_PROMPTS_PER_TASK, seed: int = 0, split: str = "test") -> list[tuple[str, Any]]:
     """(task, PromptRecord) pairs: compose per tag, the other tasks whole; held-out prompts (``split="test"``) by default."""
     from flowopd.mini import world
 
+    prompts_per_task = min(prompts_per_task, MAX_PROMPTS_PER_TASK)
     items: list[tuple[str, Any]] = []
     for t_index, task in enumerate(world.TASKS):
         if task == "compose":

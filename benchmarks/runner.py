@@ -155,12 +155,16 @@ class ImageStore:
 
 
 def _check_out(out: Path, config: dict[str, Any], digest: str) -> None:
-    """An existing run folder is resumed only when it holds an eval of the same model with the same settings."""
+    """An existing run folder is resumed only when it holds an eval of the same model with the same settings.
+
+    A folder without one finished image (a run that failed before its first,
+    e.g. on a model that would not load) has nothing to keep: it is replaced.
+    """
     from flowopd.runinfo import check_output_dir
 
     check_output_dir(out, MARKER)
     marker = out / MARKER
-    if marker.is_file():
+    if marker.is_file() and any((out / "images").glob("*.json")):
         old = json.loads(marker.read_text())
         if old.get("model_digest") != digest:
             raise InputError(f"{out} holds an evaluation of another model ({old.get('config', {}).get('model')}); pass a new --out")

@@ -71,6 +71,23 @@ def _fail(msg: str) -> None:
     raise FlowOPDError(msg)
 
 
+_ARGV: list[str] = []  # this invocation's arguments, for the command that continues an interrupted run
+
+
+def _rerun_command(add: str | None = None) -> str:
+    """The command line of this invocation (plus ``add`` once): what continues it."""
+    import shlex
+
+    args = [a for a in _ARGV if a != add] + ([add] if add else [])
+    return "flowopd " + " ".join(shlex.quote(a) for a in args)
+
+
+def _interrupted(what: str, kept: str, command: str) -> None:
+    """SIGINT: say what stopped, what was kept and the command that continues; exit 130."""
+    err_console.print(f"interrupted: {what}; {kept}; continue with: {command}", markup=False, highlight=False, soft_wrap=True)
+    raise typer.Exit(130)
+
+
 def _save_png(array, path: Path, scale: int = 1) -> None:
     """uint8 HWC -> PNG, nearest-neighbour upscaled by ``scale``, written atomically."""
     from PIL import Image
@@ -531,7 +548,16 @@ def _train(
                 fields = {k: m[k] for k in ("reward", "kl", "mar", "clip_frac") if k in m}
                 advance(completed=step, **fields)
 
-        lora = trainer.train(tick)
+        try:
+            lora = trainer.train(tick)
+        except KeyboardInterrupt:
+            lora = None
+    if lora is None:  # said after the progress bar has closed
+        from flowopd.trainer import checkpoints
+
+        done = checkpoints(out)
+        kept = f"kept checkpoint {done[-1]}" if done else "no checkpoint yet (the same command restarts it in place)"
+        _interrupted(f"training stopped during step {trainer.step + 1}", kept, _rerun_command("--resume" if done else None))
     if show:
         console.print(f"LoRA: {lora}  (diffusers format; {trainer.step} steps in {(time.time() - t0) / 60:.1f} min; log: {out}/log.jsonl)")
 
@@ -793,7 +819,13 @@ def eval_cmd(
         def show(stage: str, done: int, total: int) -> None:
             advance(description=f"eval: {stage}", completed=done, total=total)
 
-        summary = run_eval(ecfg, out, cache_path=cache, progress=show)
+        try:
+            summary = run_eval(ecfg, out, cache_path=cache, progress=show)
+        except KeyboardInterrupt:
+            summary = None
+    if summary is None:  # said after the progress bar has closed
+        n = len(list((out / "images").glob("*.json"))) if (out / "images").is_dir() else 0
+        _interrupted("evaluation stopped", f"{n} finished images kept in {out / 'images'}", _rerun_command())
     if not summary:  # not the main process
         return
     for w in summary.get("warnings", []):
@@ -1000,6 +1032,7 @@ def mini_render(
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; errors print as one line (traceback with --debug) and exit non-zero."""
     args = list(sys.argv[1:] if argv is None else argv)
+    _ARGV[:] = args
     debug = "--debug" in args or os.environ.get("FLOWOPD_DEBUG") == "1"
     try:
         rv = app(args=args, prog_name="flowopd", standalone_mode=False)

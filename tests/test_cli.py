@@ -1,6 +1,7 @@
 """The CLI end to end in subprocesses: outputs, one-line errors, non-zero exits, nothing half-written."""
 
 import json
+import os
 import subprocess
 import sys
 
@@ -263,3 +264,51 @@ def test_train_bad_input_is_one_line_before_any_work(tiny_policy_dir, tmp_path, 
     bad_window = _tiny_recipe(tmp_path, tiny_policy_dir, sampler={"steps": 3, "window_size": 4})
     one_line_error(run_cli("train", "teacher", "--config", str(bad_window), "--out", str(out)), "outside the 3-step schedule")
     assert not out.exists()
+
+
+def _interrupt_when(proc, ready, timeout: float = 300) -> tuple[int, str]:
+    """SIGINT ``proc`` once ``ready()`` holds; its exit code and stderr."""
+    import signal
+    import time
+
+    deadline = time.time() + timeout
+    while time.time() < deadline and not ready() and proc.poll() is None:
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, err = proc.communicate(timeout=120)
+    return proc.returncode, err
+
+
+def test_an_interrupted_eval_or_training_says_what_was_kept_and_how_to_continue(tmp_path):
+    """Issue 15 #4: SIGINT used to exit 130 with nothing said."""
+    import subprocess
+
+    env = {**os.environ, "COLUMNS": "300"}
+    out = tmp_path / "ev"
+    cmd = [sys.executable, "-m", "flowopd.cli.main", "eval", "--suite", "mini", "--limit", "4", "--out", str(out), "--no-report"]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    rc, err = _interrupt_when(proc, lambda: len(list((out / "images").glob("*.json"))) >= 2)
+    assert rc == 130 and "interrupted: evaluation stopped" in err and "finished images kept" in err, err
+    assert f"continue with: flowopd eval --suite mini --limit 4 --out {out} --no-report" in err
+    import yaml
+
+    from flowopd.train_config import recipe_path
+
+    recipe = yaml.safe_load(recipe_path("mini/teacher-text").read_text())
+    (tmp_path / "small.yaml").write_text(yaml.safe_dump({**recipe, "batch_size": 8, "group_size": 4, "micro_batch": 8}))
+    run = tmp_path / "t"
+    cmd = [sys.executable, "-m", "flowopd.cli.main", "train", "teacher", "--config", str(tmp_path / "small.yaml"), "--steps", "9"]
+    cmd += ["--checkpoint-every", "1", "--out", str(run)]
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    rc, err = _interrupt_when(proc, lambda: (run / "checkpoints" / "step-000001" / "trainer_state.json").is_file())
+    assert rc == 130 and "interrupted: training stopped during step" in err and "kept checkpoint" in err, err
+    assert err.strip().endswith(f"--out {run} --resume"), err
+
+
+def test_a_huge_mini_limit_is_capped_not_hung():
+    """Issue 15 #3: --limit 100000000 built a hundred million prompts before the first image."""
+    from flowopd.benchmarks.mini_suite import MAX_PROMPTS_PER_TASK, suite_prompts
+
+    items = suite_prompts(10**8)
+    assert len(items) == (len(world_tasks := ("compose",) * 6 + ("text", "preference", "quality"))) * MAX_PROMPTS_PER_TASK
+    assert {t for t, _ in items} == set(world_tasks)

@@ -218,3 +218,17 @@ def test_a_mini_model_on_a_real_suite_runs_when_asked_with_a_warning(data_env, t
     rec = json.loads((out / "ocr" / "samples.jsonl").read_text().splitlines()[0])
     assert rec["scores"]["ocr"]["details"]["target"]  # the quoted text of the real prompt
     assert math.isfinite(rec["scores"]["ocr"]["raw"])
+
+
+def test_a_folder_whose_eval_failed_before_its_first_image_is_replaced(tmp_path):
+    """Issue 15 #2: an eval that failed on a model that would not load must not block the corrected command."""
+    from flowopd.benchmarks.runner import MARKER, _check_out
+
+    out = tmp_path / "ev"
+    (out / "images").mkdir(parents=True)
+    (out / MARKER).write_text(json.dumps({"kind": "flowopd-eval", "config": {"model": "broken"}, "model_digest": "aaa"}))
+    _check_out(out, {"model": "fixed"}, "bbb")  # nothing finished: replaced
+    (out / "images" / "k.png").write_bytes(b"png")
+    (out / "images" / "k.json").write_text("{}")
+    with pytest.raises(InputError, match="another model"):
+        _check_out(out, {"model": "fixed"}, "bbb")
