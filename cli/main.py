@@ -12,7 +12,7 @@ from typing import Annotated
 
 import typer
 
-from flowopd.cli.ui import console, err_console, one_line, progress_bar
+from flowopd.cli.ui import console, err_console, error, one_line, progress_bar, styled, warn
 from flowopd.models import MINI_SAMPLING  # stdlib-only module: keeps --help fast
 
 app = typer.Typer(
@@ -21,19 +21,24 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    rich_markup_mode=None,  # help is plain text: "[a, b]" and "flowopd[paddle]" stay as written
     context_settings={"help_option_names": ["-h", "--help"]},
 )
 train_app = typer.Typer(
-    help="Train models: GRPO teachers, GRPO-Mix, cold start, OPD. (The mini base: `flowopd mini pretrain`.)", no_args_is_help=True
+    rich_markup_mode=None,
+    help="Train models: GRPO teachers, GRPO-Mix, cold start, OPD. (The mini base: `flowopd mini pretrain`.)",
+    no_args_is_help=True,
 )
-rewards_app = typer.Typer(help="Reward models: list them, score images.", no_args_is_help=True)
-weights_app = typer.Typer(help="Model weights: what is present and where.", no_args_is_help=True)
-mini_app = typer.Typer(help="The mini world: pre-train its base model, list its prompts, render ground truth.", no_args_is_help=True)
+rewards_app = typer.Typer(rich_markup_mode=None, help="Reward models: list them, score images.", no_args_is_help=True)
+weights_app = typer.Typer(rich_markup_mode=None, help="Model weights: what is present and where.", no_args_is_help=True)
+mini_app = typer.Typer(
+    rich_markup_mode=None, help="The mini world: pre-train its base model, list its prompts, render ground truth.", no_args_is_help=True
+)
 app.add_typer(train_app, name="train")
 app.add_typer(rewards_app, name="rewards")
 app.add_typer(weights_app, name="weights")
 app.add_typer(mini_app, name="mini")
-prompts_app = typer.Typer(help="Benchmark prompt sets: list them, fetch them, show them.", no_args_is_help=True)
+prompts_app = typer.Typer(rich_markup_mode=None, help="Benchmark prompt sets: list them, fetch them, show them.", no_args_is_help=True)
 app.add_typer(prompts_app, name="prompts")
 
 
@@ -122,19 +127,18 @@ def _grid(arrays, cols: int):
 
 def _print_table(title: str, columns: tuple[str, ...], rows: list[tuple[str, ...]]) -> None:
     from rich.table import Table
+    from rich.text import Text
 
-    table = Table(title=title)
+    table = Table(title=Text(title))
     for col in columns:
         table.add_column(col)
-    for row in rows:
-        table.add_row(*row)
+    for row in rows:  # str cells are user text, printed as it is; our styles come as Text
+        table.add_row(*(Text(c) if isinstance(c, str) else c for c in row))
     console.print(table)
 
 
-def _yes_no(flag: bool, why: str | None = None) -> str:
-    from rich.markup import escape
-
-    return "[green]yes[/]" if flag else "[red]no[/]" + (f": {escape(why)}" if why else "")  # reasons name extras like [paddle]
+def _yes_no(flag: bool, why: str | None = None):
+    return styled(("yes", "green")) if flag else styled(("no", "red"), f": {why}" if why else "")
 
 
 def _load_image(path: Path):
@@ -203,7 +207,7 @@ def sample(
     for t in texts:
         unknown = backbone.unknown_words(t) if hasattr(backbone, "unknown_words") else []
         if unknown:
-            err_console.print(f"[yellow]warning:[/] words outside the mini vocabulary (read as unknown): {', '.join(unknown)}")
+            warn(f"words outside the mini vocabulary (read as unknown): {', '.join(unknown)}")
     jobs = [(t, seed + k) for t in texts for k in range(n)]
     batch = 64 if defaults is MINI_SAMPLING else 4
     with progress_bar("sampling", len(jobs)) as advance:
@@ -245,8 +249,8 @@ def rewards_list(fmt: Format = typer.Option(Format.table, "--format", help="tabl
     from flowopd.reward_models.registry import plugin_errors
 
     infos = list_rewards()
-    for msg in plugin_errors:
-        err_console.print(f"[yellow]warning:[/] {msg}")
+    for msg in plugin_errors:  # said here too when this process has warned already
+        warn(msg)
     if fmt is Format.json:
         print(json.dumps([dataclasses.asdict(i) for i in infos], indent=2))
         return
@@ -276,19 +280,23 @@ def rewards_score(
     if metadata:
         metas = _parse_metadata(metadata, len(images))
     pil = [_load_image(p) for p in images]
-    reward = cls()
+    from flowopd.reward_models import load_reward
+
+    reward = load_reward(name)  # a constructor that fails is named
     scores = reward.score(pil, prompts, metas)
     records = scores.to_records()
     if fmt is Format.json:
         print(json.dumps([{"image": str(p), "prompt": t, **r} for p, t, r in zip(images, prompts, records)], indent=2))
         return
     rows = [
-        (str(p), "[red]failed[/]", "-", r["details"].get("error", "")[:120])
+        (str(p), styled(("failed", "red")), "-", r["details"].get("error", "")[:120])
         if r.get("failed")
         else (str(p), f"{r['raw']:.4f}", f"{r['normalized']:.4f}", json.dumps(r["details"])[:120])
         for p, r in zip(images, records)
     ]
     _print_table(f"{name} (version {cls.version})", ("image", "raw", "normalized", "details"), rows)
+    if records and all(r.get("failed") for r in records):
+        _fail(f"every image failed to score with {name}: {records[0]['details'].get('error', 'no reason given')}")
 
 
 @rewards_app.command("agreement")
@@ -736,20 +744,18 @@ def train_opd(
 
 def _print_skipped(skipped: dict[str, str]) -> None:
     """Suites not run, one paragraph each; a reason shared by several (the model's world) is said once."""
-    from rich.markup import escape
-
     from flowopd.benchmarks.suites import WORLD_REASON
 
     if not skipped:
         return
     shared = [name for name, reason in skipped.items() if reason.startswith(WORLD_REASON)]
     if shared:
-        console.print(f"[bold]not run[/] ({escape(WORLD_REASON)}): {', '.join(shared)}", highlight=False)
+        console.print(styled(("not run", "bold"), f" ({WORLD_REASON}): {', '.join(shared)}"), highlight=False)
     for name, reason in skipped.items():
         rest = reason[len(WORLD_REASON) :].removeprefix("; also ") if name in shared else reason
         if rest:
-            label = f"  {name} would also need" if name in shared else f"[bold]not run[/] {name}:"
-            console.print(f"{label} {escape(rest)}", highlight=False)  # reasons hold [extras] that are not markup
+            label = styled(f"  {name} would also need") if name in shared else styled(("not run", "bold"), f" {name}:")
+            console.print(label + f" {rest}", highlight=False)  # reasons hold [extras]: printed as they are
 
 
 @app.command("eval")
@@ -829,9 +835,7 @@ def eval_cmd(
     if not summary:  # not the main process
         return
     for w in summary.get("warnings", []):
-        from rich.markup import escape
-
-        err_console.print(f"[yellow]warning:[/] {escape(w)}", highlight=False)
+        warn(w)
     rows = []
     for name, s in summary["suites"].items():
         for key, m in s["metrics"].items():
@@ -1029,10 +1033,27 @@ def mini_render(
 # ------------------------------------------------------------------ entry point
 
 
+def _show_plugin_warning(default, category):
+    """Plugin warnings as one ``warning:`` line; every other warning as Python shows it."""
+
+    def show(message, cat, *args, **kwargs):
+        if issubclass(cat, category):
+            warn(str(message))
+        else:
+            default(message, cat, *args, **kwargs)
+
+    return show
+
+
 def main(argv: list[str] | None = None) -> int:
     """Run the CLI; errors print as one line (traceback with --debug) and exit non-zero."""
     args = list(sys.argv[1:] if argv is None else argv)
     _ARGV[:] = args
+    import warnings
+
+    from flowopd.reward_models.registry import PluginWarning
+
+    warnings.showwarning = _show_plugin_warning(warnings.showwarning, PluginWarning)
     debug = "--debug" in args or os.environ.get("FLOWOPD_DEBUG") == "1"
     try:
         rv = app(args=args, prog_name="flowopd", standalone_mode=False)
@@ -1044,12 +1065,12 @@ def main(argv: list[str] | None = None) -> int:
     except typer.TyperException as exc:  # option-parser errors (Typer's vendored click): bad option, bad value
         if type(exc).__name__ != "NoArgsIsHelpError":  # that one has already printed the help
             where = exc.ctx.command_path if getattr(exc, "ctx", None) is not None else "flowopd"
-            err_console.print(f"[red]error:[/] {exc.format_message()} (see `{where} --help`)", highlight=False, soft_wrap=True)
+            error(f"{exc.format_message()} (see `{where} --help`)")
         return getattr(exc, "exit_code", 2)
     except Exception as exc:
         if debug:
             raise
-        err_console.print(f"[red]error:[/] {one_line(exc)}", highlight=False, soft_wrap=True)
+        error(one_line(exc))
         return 1
     return rv if isinstance(rv, int) else 0
 

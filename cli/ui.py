@@ -6,9 +6,27 @@ import contextlib
 from collections.abc import Iterator
 
 from rich.console import Console
+from rich.text import Text
 
-console = Console()
-err_console = Console(stderr=True)
+# No markup and no emoji codes in what we print: user text (paths like my[test].txt, extras like [paddle],
+# ":x:" in an error) is printed as it is. Our own styles are rich Text objects (see `styled`).
+console = Console(markup=False, emoji=False)
+err_console = Console(stderr=True, markup=False, emoji=False)
+
+
+def styled(*parts: str | tuple[str, str]) -> Text:
+    """A line from plain strings and ``(text, style)`` pairs, none of it read as markup."""
+    return Text.assemble(*parts)
+
+
+def warn(message: str) -> None:
+    """``warning: message`` on stderr, the message printed as it is."""
+    err_console.print(styled(("warning:", "yellow"), " ", message), highlight=False, soft_wrap=True)
+
+
+def error(message: str) -> None:
+    """``error: message`` on stderr, the message printed as it is."""
+    err_console.print(styled(("error:", "red"), " ", message), highlight=False, soft_wrap=True)
 
 
 @contextlib.contextmanager
@@ -21,12 +39,12 @@ def progress_bar(description: str, total: int | None) -> Iterator:
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 
     progress = Progress(
-        TextColumn("[bold]{task.description}"),
+        TextColumn("{task.description}", style="bold", markup=False),
         BarColumn(),
         MofNCompleteColumn(),
         TimeElapsedColumn(),
         TimeRemainingColumn(),
-        TextColumn("{task.fields[info]}"),
+        TextColumn("{task.fields[info]}", markup=False),
         console=err_console,
         transient=False,
     )

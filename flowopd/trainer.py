@@ -613,7 +613,8 @@ class Trainer:
         group_ids = torch.arange(cfg.batch_size) // cfg.group_size
         failed = torch.isnan(rewards)
         if failed.all():
-            raise FlowOPDError(f"every image of step {self.step + 1} failed to score; see the reward's errors above (is its server up?)")
+            first = getattr(self.rewards, "last_errors", [])[:1] or ["on another process"]
+            raise FlowOPDError(f"every image of step {self.step + 1} failed to score; the first: {first[0]} (is its server up?)")
         adv = group_advantages(rewards, group_ids, cfg.grpo.adv_std, cfg.grpo.adv_clip)
         keep = nonzero_groups(adv, group_ids) & ~failed
         batch.advantages = adv[batch.local].to(self.accelerator.device)

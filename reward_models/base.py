@@ -11,6 +11,8 @@ from typing import Any, ClassVar
 import numpy as np
 import torch
 
+from flowopd.errors import FlowOPDError
+
 ImageBatch = torch.Tensor | Sequence[Any]  # float [B,3,H,W] in [0,1], or PIL images
 
 
@@ -149,15 +151,38 @@ class RewardModel:
         raws: list[float] = []
         details: list[dict[str, Any]] = []
         for start in range(0, len(arrays), self.batch_size):
-            r, d = self._score(
-                arrays[start : start + self.batch_size],
-                prompts[start : start + self.batch_size],
-                meta[start : start + self.batch_size],
-            )
-            raws.extend(math.nan if x is None else float(x) for x in r)
+            chunk = arrays[start : start + self.batch_size]
+            try:
+                r, d = self._score(chunk, prompts[start : start + self.batch_size], meta[start : start + self.batch_size])
+            except FlowOPDError:
+                raise
+            except Exception as exc:  # a plugin's fault: name it
+                raise FlowOPDError(f"reward {self.name!r} failed while scoring: {type(exc).__name__}: {exc}") from exc
+            raws.extend(self._checked_scores(r, d, len(chunk)))
             details.extend(d)
         raw = torch.tensor(raws, dtype=torch.float32)
         return Scores(raw=raw, normalized=self.normalize(raw), details=details)
+
+    def _checked_scores(self, raw: Any, details: Any, n: int) -> list[float]:
+        """``_score``'s scores as floats (None -> NaN), after checking there is one number and one details dict per image."""
+        fix = "its _score must return (one float or None per image, one dict per image)"
+        try:
+            raw, details = list(raw), list(details)
+        except TypeError:
+            raise FlowOPDError(f"reward {self.name!r} returned {type(raw).__name__} scores; {fix}") from None
+        if len(raw) != n or len(details) != n:
+            raise FlowOPDError(f"reward {self.name!r} returned {len(raw)} scores and {len(details)} details for {n} images; {fix}")
+        out = []
+        for x in raw:
+            try:
+                if isinstance(x, (str, bytes)):
+                    raise TypeError
+                out.append(math.nan if x is None else float(x))
+            except (TypeError, ValueError):
+                raise FlowOPDError(f"reward {self.name!r} returned a {type(x).__name__} score ({x!r:.40}); {fix}") from None
+        if not all(isinstance(d, dict) for d in details):
+            raise FlowOPDError(f"reward {self.name!r} returned details that are not dicts; {fix}")
+        return out
 
     def _score(
         self, images: np.ndarray, prompts: list[str], metadata: list[dict[str, Any] | None]

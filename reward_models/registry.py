@@ -12,6 +12,7 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import importlib
+import warnings
 from importlib import metadata as importlib_metadata
 from typing import Any
 
@@ -43,6 +44,10 @@ BUILTIN: dict[str, str] = {
 }
 
 
+class PluginWarning(UserWarning):
+    """A plugin that could not be registered as declared (its reward name is taken)."""
+
+
 class UnknownRewardError(FlowOPDError, KeyError):
     """An unknown reward name (the message carries the close matches)."""
 
@@ -65,6 +70,8 @@ class Entry:
             for part in attr.split("."):
                 obj = getattr(obj, part)
             _check_class(self.name, obj)
+            if not obj.name:  # as register_reward does: errors and cache keys name the reward
+                obj.name = self.name
             self.target = obj
         return self.target
 
@@ -124,9 +131,10 @@ def load_plugins(force: bool = False) -> None:
         existing = _entries.get(ep.name)
         if existing is not None:
             if existing.source != dist:
-                msg = f"plugin {dist} declares reward {ep.name!r}, already registered by {existing.source}; skipped"
+                msg = f"plugin {dist} declares reward {ep.name!r}, already registered by {existing.source}; skipped (rename it in {dist})"
                 if msg not in plugin_errors:
                     plugin_errors.append(msg)
+                    warnings.warn(msg, PluginWarning, stacklevel=2)
             continue
         _entries[ep.name] = Entry(ep.name, ep.value, dist)
 
@@ -149,8 +157,14 @@ def get_reward_class(name: str) -> type[RewardModel]:
 
 
 def load_reward(name: str, **kwargs: Any) -> RewardModel:
-    """An instance of the reward ``name`` (weights still load lazily, on the first score)."""
-    return get_reward_class(name)(**kwargs)
+    """An instance of the reward ``name`` (weights still load lazily, on the first score); a failing constructor is named."""
+    cls = get_reward_class(name)
+    try:
+        return cls(**kwargs)
+    except FlowOPDError:
+        raise
+    except Exception as exc:
+        raise FlowOPDError(f"reward {name!r} (from {source_of(name)}) failed to start: {type(exc).__name__}: {exc}") from exc
 
 
 def source_of(name: str) -> str:
@@ -167,9 +181,13 @@ def list_rewards() -> list[RewardInfo]:
         try:
             cls = entry.resolve()
             available, reason = cls.weights_status()
+            if entry.source != "builtin" and available:  # a plugin's constructor may fail where its weights do not
+                load_reward(name)
             out.append(
                 RewardInfo(name, cls.version, entry.source, available, reason, cls.higher_is_better, cls.description, list(cls.weight_sets))
             )
-        except Exception as exc:  # a broken plugin must not hide the others
+        except FlowOPDError as exc:  # a broken plugin must not hide the others
+            out.append(RewardInfo(name, None, entry.source, False, str(exc), None, ""))
+        except Exception as exc:
             out.append(RewardInfo(name, None, entry.source, False, f"cannot import {entry.target}: {exc}", None, ""))
     return out

@@ -42,6 +42,7 @@ class WeightedReward:
         of the advantages rather than scored by the rewards that happened to work.
         """
         n = len(prompts)
+        self.last_errors: list[str] = []  # "reward: why" for the images that failed, in order (the caller says the first)
         per_reward = {name: torch.full((n,), math.nan) for name in self.models}
         total = torch.zeros(n)
         wsum = torch.zeros(n)
@@ -51,6 +52,7 @@ class WeightedReward:
                 continue
             scores = model.score(images[idx], [prompts[i] for i in idx], [metadata[i] for i in idx])
             w = torch.tensor([self.weights_for(tasks[i])[name] for i in idx])
+            self.last_errors += [f"{name}: {d.get('error', 'no reason given')}" for d, f in zip(scores.details, scores.failed) if f]
             per_reward[name][idx] = scores.normalized
             total[idx] += w * scores.normalized  # NaN where this reward failed the image
             wsum[idx] += w

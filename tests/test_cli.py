@@ -312,3 +312,15 @@ def test_a_huge_mini_limit_is_capped_not_hung():
     items = suite_prompts(10**8)
     assert len(items) == (len(world_tasks := ("compose",) * 6 + ("text", "preference", "quality"))) * MAX_PROMPTS_PER_TASK
     assert {t for t, _ in items} == set(world_tasks)
+
+
+def test_user_text_in_brackets_or_colons_is_printed_as_written(tmp_path, run_cli):
+    """Issue 15 #8: rich markup ate `[test]`, `[bold]`, `[geneval-mmdet]`, `[a, b]`, and `:x:` became an emoji."""
+    odd = tmp_path / "my[test].txt"
+    odd.write_text("not an image")
+    assert f"cannot read image {odd}" in run_cli("rewards", "score", "mini_ocr", str(odd), "--prompt", "x").stderr
+    assert "model 'runs/[bold]x' is neither" in run_cli("eval", "--suite", "mini", "--model", "runs/[bold]x").stderr
+    assert "model ':x:' is neither" in run_cli("eval", "--suite", "mini", "--model", ":x:").stderr
+    assert "[a, b, ...]" in run_cli("rewards", "agreement", "--help").stdout
+    listing = run_cli("rewards", "list", env={"COLUMNS": "400"}).stdout
+    assert "pip install 'flowopd[geneval-mmdet]'" in listing or "needs the Python module 'mmdet'" not in listing

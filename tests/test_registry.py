@@ -154,3 +154,100 @@ def test_broken_plugin_is_listed_as_unavailable(tmp_path, run_cli):
     rows = {r["name"]: r for r in json.loads(res.stdout)}
     assert rows["broken"]["available"] is False and "no_such_module_xyz" in rows["broken"]["reason"]
     assert rows["mini_geneval"]["available"] is True
+
+
+BAD_PLUGINS = """
+from flowopd.reward_models import RewardModel
+
+
+class _Base(RewardModel):
+    version = "1"
+    higher_is_better = True
+
+
+class Short(_Base):
+    def _score(self, images, prompts, metadata):
+        return [1.0], [{}]
+
+
+class Strings(_Base):
+    def _score(self, images, prompts, metadata):
+        return ["high"] * len(images), [{} for _ in images]
+
+
+class Raising(_Base):
+    def _score(self, images, prompts, metadata):
+        raise ZeroDivisionError("oops")
+
+
+class BadInit(_Base):
+    def __init__(self, **kwargs):
+        raise RuntimeError("no config file")
+
+
+class AllFail(_Base):
+    def _score(self, images, prompts, metadata):
+        return [None] * len(images), [{"error": "the server answered garbage"} for _ in images]
+"""
+
+
+@pytest.fixture()
+def bad_plugins(tmp_path):
+    (tmp_path / "badplug.py").write_text(BAD_PLUGINS)
+    entries = ["short = badplug:Short", "strings = badplug:Strings", "raising = badplug:Raising", "bad_init = badplug:BadInit"]
+    entries += ["all_fail = badplug:AllFail", "mini_ocr = badplug:Short"]
+    fake_dist(tmp_path, "bad-plugins", "\n".join(entries))
+    from PIL import Image
+
+    for k in range(2):
+        Image.new("RGB", (32, 32), (10 * k, 0, 0)).save(tmp_path / f"{k}.png")
+    return tmp_path
+
+
+@pytest.mark.parametrize(
+    "name, message",
+    [
+        ("short", "reward 'short' returned 1 scores and 1 details for 2 images; its _score must return"),
+        ("strings", "reward 'strings' returned a str score ('high')"),
+        ("raising", "reward 'raising' failed while scoring: ZeroDivisionError: oops"),
+        ("bad_init", "reward 'bad_init' (from bad-plugins) failed to start: RuntimeError: no config file"),
+        ("all_fail", "every image failed to score with all_fail: the server answered garbage"),
+    ],
+)
+def test_a_misbehaving_plugin_is_one_line_naming_it_and_a_nonzero_exit(bad_plugins, run_cli, name, message):
+    """Issue 15 #5/#6: 2 images in used to give 1 row and exit 0; all failed exited 0; raises did not name the reward."""
+    imgs = [str(bad_plugins / f"{k}.png") for k in range(2)]
+    res = run_cli("rewards", "score", name, *imgs, "--prompt", "a red square", env={"PYTHONPATH": str(bad_plugins)})
+    assert res.returncode == 1, res.stdout
+    assert message in res.stderr and "Traceback" not in res.stderr, res.stderr
+
+
+def test_plugin_warnings_are_said_by_any_command_and_a_failing_constructor_is_unavailable(bad_plugins, run_cli):
+    res = run_cli(
+        "rewards", "score", "mini_ocr", str(bad_plugins / "0.png"), "--prompt", 'the text "1"', env={"PYTHONPATH": str(bad_plugins)}
+    )
+    assert res.returncode == 0
+    assert "warning: plugin bad-plugins declares reward 'mini_ocr', already registered by builtin; skipped" in res.stderr
+    res = run_cli("rewards", "list", "--format", "json", env={"PYTHONPATH": str(bad_plugins)})
+    rows = {r["name"]: r for r in json.loads(res.stdout)}
+    assert rows["bad_init"]["available"] is False and "failed to start: RuntimeError: no config file" in rows["bad_init"]["reason"]
+    assert rows["short"]["available"] is True
+
+
+def test_training_names_the_first_scoring_error_when_every_image_failed(tiny_policy_dir, tmp_path):
+    """Issue 15 #5: the trainer said 'see the reward's errors above' with nothing above."""
+    from test_trainer import tiny_config
+
+    from flowopd.errors import FlowOPDError
+    from flowopd.trainer import Trainer
+
+    @register_reward("test_always_fails")
+    class AlwaysFails(RewardModel):
+        version = "1"
+
+        def _score(self, images, prompts, metadata):
+            return [None] * len(images), [{"error": "HTTP 502 from the judge"} for _ in images]
+
+    cfg = tiny_config(tiny_policy_dir, rewards={"test_always_fails": 1.0}, steps=1)
+    with pytest.raises(FlowOPDError, match="every image of step 1 failed to score; the first: test_always_fails: HTTP 502 from the judge"):
+        Trainer(cfg, tmp_path / "run").train()
