@@ -702,8 +702,25 @@ def add_deltas(lb: Leaderboard, baseline: Run) -> None:
             f"--baseline {baseline.folder} has no mini/samples.jsonl; pass a run folder written by `flowopd eval --suite mini`"
         )
     same = baseline.folder.resolve()
+    theirs = _mini_sampling(baseline)
+    for r in lb.runs:
+        mine = _mini_sampling(r)
+        if r.samples("mini") and r.folder.resolve() != same and mine != theirs:
+            diff = ", ".join(
+                f"{k} {mine.get(k)} vs {theirs.get(k)}" for k in sorted(set(mine) | set(theirs)) if mine.get(k) != theirs.get(k)
+            )
+            raise InputError(
+                f"{r.folder} and --baseline {baseline.folder} were sampled differently ({diff}): their images do not pair; "
+                "evaluate both with the same settings"
+            )
     lb.deltas = {r.label: paired_deltas(r.samples("mini"), base) for r in lb.runs if r.samples("mini") and r.folder.resolve() != same}
     lb.delta_baseline = str(baseline.model.get("label") or baseline.model.get("spec") or baseline.folder.name)
+
+
+def _mini_sampling(run: Run) -> dict[str, Any]:
+    """The sampling settings of a run's mini suite (steps, CFG, shift, resolution...)."""
+    suite = (run.summary.get("suites") or {}).get("mini") or {}
+    return dict(suite.get("sampling") or {}) if isinstance(suite, dict) else {}
 
 
 def deltas_markdown(deltas: dict[str, dict[str, dict[str, Any]]], baseline: str) -> str:

@@ -281,3 +281,15 @@ def test_nan_metrics_give_valid_json(tmp_path):
 def test_shipped_baselines_are_package_data():
     text = (Path(__file__).resolve().parents[1] / "pyproject.toml").read_text()
     assert '"flowopd.benchmarks" = ["baselines/*.csv"]' in text
+
+
+def test_baseline_pairing_across_different_sampling_is_refused(tmp_path):
+    """Issue 15 #11: runs sampled with other steps were paired "by prompt and seed" without a word."""
+    a = make_mini_run(tmp_path, "run-a", "mini-student", 0.8)
+    b = make_mini_run(tmp_path / "other", "run-b", "mini-base", 0.3)
+    summary = json.loads((a / "summary.json").read_text())
+    summary["suites"]["mini"]["sampling"]["steps"] = 40
+    (a / "summary.json").write_text(json.dumps(summary))
+    with pytest.raises(InputError, match=r"sampled differently \(steps 40 vs 8\).*evaluate both with the same settings"):
+        build_report([a, b], baseline_run=b)
+    build_report([a, b])  # side by side without pairing: allowed
