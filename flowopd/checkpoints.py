@@ -18,9 +18,8 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
     """
     import torch
     import yaml
-    from safetensors.torch import load_file
 
-    from flowopd.lora import add_lora, save_lora, set_lora_state_dict
+    from flowopd.lora import add_lora, load_safetensors, save_lora, set_lora_state_dict
     from flowopd.models import load_backbone, model_digest
     from flowopd.runinfo import atomic_dir
     from flowopd.train_config import TrainConfig
@@ -40,11 +39,11 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
     backbone = load_backbone(cfg.model)
     backbone.requires_grad_(False)
     add_lora(backbone.transformer, cfg.lora.rank, cfg.lora.alpha, tuple(cfg.lora.targets))
-    set_lora_state_dict(backbone.transformer, load_file(checkpoint / "lora.safetensors"))
+    set_lora_state_dict(backbone.transformer, load_safetensors(checkpoint / "lora.safetensors"))
     has_ema = (checkpoint / "ema.safetensors").is_file()
     if has_ema:
         params = [p for p in backbone.transformer.parameters() if p.requires_grad]
-        shadow = load_file(checkpoint / "ema.safetensors")
+        shadow = load_safetensors(checkpoint / "ema.safetensors")
         with torch.no_grad():
             for i, p in enumerate(params):
                 p.copy_(shadow[str(i)])

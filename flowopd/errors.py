@@ -11,3 +11,17 @@ class ConfigError(FlowOPDError, ValueError):
 
 class InputError(FlowOPDError, ValueError):
     """A bad input file (prompt file, image, metadata)."""
+
+
+def is_corrupt_safetensors(exc: BaseException) -> bool:
+    """Whether ``exc`` is safetensors refusing a truncated or corrupt file (raised directly or through diffusers)."""
+    text = str(exc)
+    return (
+        type(exc).__name__ == "SafetensorError" or "while deserializing header" in text or "Unable to load weights from checkpoint" in text
+    )
+
+
+def corrupt_weights_error(file: object, exc: BaseException) -> FlowOPDError:
+    """One line naming the unreadable weights file and the fix."""
+    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    return FlowOPDError(f"{file} is truncated or corrupt ({first}); copy it again or rerun the command that wrote it")

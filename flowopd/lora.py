@@ -106,15 +106,27 @@ def is_lora_folder(folder: str | Path) -> bool:
     return (folder / LORA_FILE).is_file() or all((folder / f).is_file() for f in PEFT_FILES)
 
 
-def read_peft_lora(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
-    """A peft ``save_pretrained`` folder of an SD3 transformer's LoRA -> (diffusers-keyed state dict, LoraConfig fields)."""
+def load_safetensors(file: Path) -> dict[str, torch.Tensor]:
+    """A safetensors file's tensors; a truncated or corrupt file is one line naming it."""
     from safetensors.torch import load_file
 
+    from flowopd.errors import corrupt_weights_error, is_corrupt_safetensors
+
+    try:
+        return load_file(file)
+    except Exception as exc:
+        if is_corrupt_safetensors(exc):
+            raise corrupt_weights_error(file, exc) from None
+        raise
+
+
+def read_peft_lora(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
+    """A peft ``save_pretrained`` folder of an SD3 transformer's LoRA -> (diffusers-keyed state dict, LoraConfig fields)."""
     config = json.loads((folder / PEFT_FILES[1]).read_text())
     if config.get("peft_type", "LORA") != "LORA":
         raise FlowOPDError(f"{folder} holds a {config.get('peft_type')} adapter, not a LoRA; pass a LoRA folder")
     state = {}
-    for key, value in load_file(folder / PEFT_FILES[0]).items():
+    for key, value in load_safetensors(folder / PEFT_FILES[0]).items():
         key = key.removeprefix("base_model.model.").replace(".default.", ".")  # peft's wrapper prefix (and adapter name, if saved)
         state[f"transformer.{key.removeprefix('transformer.')}"] = value
     fields = ("r", "lora_alpha", "target_modules", "lora_dropout", "bias", "use_rslora", "use_dora", "rank_pattern", "alpha_pattern")
@@ -159,8 +171,14 @@ def load_lora(transformer: torch.nn.Module, folder: str | Path, name: str, train
                 state, config = read_peft_lora(folder)
                 transformer.add_adapter(LoraConfig(**config), adapter_name=name)
                 set_lora_state_dict(transformer, {k.removeprefix("transformer."): v for k, v in state.items()}, name)
-    except (RuntimeError, ValueError, KeyError) as exc:
-        raise FlowOPDError(f"LoRA {folder} does not fit this model: {str(exc).splitlines()[0]}") from None
+    except Exception as exc:
+        from flowopd.errors import corrupt_weights_error, is_corrupt_safetensors
+
+        if is_corrupt_safetensors(exc):
+            raise corrupt_weights_error(folder / LORA_FILE if (folder / LORA_FILE).is_file() else folder / PEFT_FILES[0], exc) from None
+        if isinstance(exc, (RuntimeError, ValueError, KeyError)):
+            raise FlowOPDError(f"LoRA {folder} does not fit this model: {str(exc).splitlines()[0]}") from None
+        raise
     for n, p in transformer.named_parameters():
         if f".{name}." in n:
             p.requires_grad_(trainable)

@@ -497,9 +497,7 @@ class Trainer:
         (out / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")
 
     def _load_hook(self, models, input_dir) -> None:
-        from safetensors.torch import load_file
-
-        from flowopd.lora import set_lora_state_dict
+        from flowopd.lora import load_safetensors, set_lora_state_dict
 
         while models:
             models.pop()
@@ -507,9 +505,9 @@ class Trainer:
         state = json.loads((folder / "trainer_state.json").read_text())
         if state.get("base_digest") != self.base_digest:
             raise FlowOPDError(f"checkpoint {folder} belongs to another base model; resume it with the model it was trained from")
-        set_lora_state_dict(self._raw(), load_file(folder / "lora.safetensors"))
+        set_lora_state_dict(self._raw(), load_safetensors(folder / "lora.safetensors"))
         if self.ema is not None:
-            shadow = load_file(folder / "ema.safetensors")
+            shadow = load_safetensors(folder / "ema.safetensors")
             self.ema.shadow_params = [shadow[str(i)].to(p.device) for i, p in enumerate(self.params)]
             self.ema.optimization_step = int(state["ema_optimization_step"])
         self.step = int(state["step"])

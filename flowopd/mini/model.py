@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -81,6 +82,18 @@ def build_tokenizer():
     )
 
 
+def _read_weights(folder: Path, load: Any) -> Any:
+    """``load(folder)``, a truncated or corrupt safetensors file there named in one line."""
+    from flowopd.errors import corrupt_weights_error, is_corrupt_safetensors
+
+    try:
+        return load(folder)
+    except Exception as exc:
+        if is_corrupt_safetensors(exc):
+            raise corrupt_weights_error(next(folder.glob("*.safetensors"), folder), exc) from None
+        raise
+
+
 class MiniBackbone(torch.nn.Module):
     """Tokenizer + text encoder + pixel-space SD3 transformer (no VAE: x is the image in [-1, 1])."""
 
@@ -117,8 +130,8 @@ class MiniBackbone(torch.nn.Module):
         for sub in ("transformer", "text_encoder", "tokenizer"):
             if not (path / sub).is_dir():
                 raise FileNotFoundError(f"{path} is not a mini model folder (no {sub}/); pass a folder written by `flowopd mini pretrain`")
-        transformer = SD3Transformer2DModel.from_pretrained(path / "transformer", torch_dtype=dtype)
-        text_encoder = CLIPTextModelWithProjection.from_pretrained(path / "text_encoder", dtype=dtype)
+        transformer = _read_weights(path / "transformer", lambda p: SD3Transformer2DModel.from_pretrained(p, torch_dtype=dtype))
+        text_encoder = _read_weights(path / "text_encoder", lambda p: CLIPTextModelWithProjection.from_pretrained(p, dtype=dtype))
         tokenizer = PreTrainedTokenizerFast.from_pretrained(path / "tokenizer")
         model = cls(transformer, text_encoder, tokenizer)
         model.eval()
