@@ -197,6 +197,9 @@ def run_eval(cfg: EvalConfig, out: str | Path, cache_path: str | Path | None = N
     from accelerate.utils import parse_flag_from_env
 
     # on a machine without CUDA, processes started by `accelerate launch` talk over gloo (PartialState() alone would not)
+    from flowopd.runinfo import check_launcher
+
+    check_launcher()
     state = PartialState(cpu=parse_flag_from_env("ACCELERATE_USE_CPU") or not torch.cuda.is_available())
     config = dataclasses.asdict(cfg)
     digest = model.digest()

@@ -70,11 +70,17 @@ class ScoreCache:
     """Scores by (image, prompt context, reward, version, identity) in one SQLite file."""
 
     def __init__(self, path: str | Path):
+        from flowopd.errors import FlowOPDError
+
         self.path = Path(path)
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self._db = sqlite3.connect(self.path, timeout=60)
-        _retry_locked(lambda: self._db.execute("PRAGMA journal_mode=WAL"))
-        _retry_locked(lambda: (self._db.execute(SCHEMA), self._db.commit()))
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            self._db = sqlite3.connect(self.path, timeout=60)
+            _retry_locked(lambda: self._db.execute("PRAGMA journal_mode=WAL"))
+            _retry_locked(lambda: (self._db.execute(SCHEMA), self._db.commit()))
+            self._db.execute("SELECT 1 FROM scores LIMIT 1").fetchall()
+        except (sqlite3.Error, OSError) as exc:
+            raise FlowOPDError(f"score cache {self.path} cannot be used ({exc}); delete it, or pass --cache with a writable path") from None
         self.hits = 0
         self.misses = 0
 

@@ -57,7 +57,7 @@ def _print_version(value: bool) -> None:
 
 @app.callback()
 def _root(
-    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors."),
+    debug: bool = typer.Option(False, "--debug", help="Show full tracebacks on errors (accepted anywhere on the line)."),
     version: bool = typer.Option(False, "--version", help="Print the version and exit.", is_eager=True, callback=_print_version),
 ) -> None:
     if debug:
@@ -188,9 +188,11 @@ def sample(
         _fail(f"--out {out} must end in .png for one prompt (or pass several prompts and a folder)")
     if not single and out.suffix:
         _fail(f"--out {out} must be a folder when sampling {len(texts)} prompts")
-    if not single:
-        from flowopd.runinfo import check_output_dir
+    from flowopd.runinfo import check_output_dir, check_writable
 
+    if single:
+        check_writable(out.parent)  # before minutes of sampling, not after
+    else:
         check_output_dir(out, "metadata.jsonl")
     import torch
 
@@ -1054,6 +1056,8 @@ def main(argv: list[str] | None = None) -> int:
     from flowopd.reward_models.registry import PluginWarning
 
     warnings.showwarning = _show_plugin_warning(warnings.showwarning, PluginWarning)
+    if "--debug" in args[1:]:  # accepted anywhere on the line: it belongs to the root command
+        args = ["--debug"] + [a for a in args if a != "--debug"]
     debug = "--debug" in args or os.environ.get("FLOWOPD_DEBUG") == "1"
     try:
         rv = app(args=args, prog_name="flowopd", standalone_mode=False)

@@ -78,6 +78,23 @@ def check_output_dir(path: str | Path, marker: str) -> None:
         raise FlowOPDError(f"output {path} exists and is a file; pass a folder path")
     if path.is_dir() and any(path.iterdir()) and not (path / marker).exists():
         raise FlowOPDError(f"output folder {path} exists and holds other files (no {marker}); pass a new or empty folder")
+    check_writable(path.parent)
+
+
+def check_writable(folder: str | Path) -> None:
+    """Create ``folder`` if needed and write a scratch file in it, so a command fails before its compute, not after."""
+    from flowopd.errors import FlowOPDError
+
+    folder = Path(folder)
+    for p in (folder, *folder.parents):
+        if p.exists() and not p.is_dir():
+            raise FlowOPDError(f"cannot write in {folder}: {p} is a file; pass an output path in a writable folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=folder):
+            pass
+    except OSError as exc:
+        raise FlowOPDError(f"cannot write in {folder} ({exc.strerror or exc}); pass an output path in a writable folder") from None
 
 
 @contextlib.contextmanager
@@ -130,3 +147,17 @@ def atomic_file(path: str | Path, mode: str = "wb") -> Iterator[Any]:
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
         raise
+
+
+def check_launcher() -> None:
+    """Refuse ``WORLD_SIZE`` > 1 in a process no launcher started (accelerate would fail on a missing ``MASTER_ADDR``)."""
+    import os
+
+    from flowopd.errors import FlowOPDError
+
+    world = os.environ.get("WORLD_SIZE", "1")
+    if world.isdigit() and int(world) > 1 and not os.environ.get("MASTER_ADDR"):
+        raise FlowOPDError(
+            f"WORLD_SIZE={world} is set but no launcher started this process (no MASTER_ADDR); run "
+            f"`accelerate launch --num_processes {world} -m flowopd.cli.main ...`, or unset WORLD_SIZE for one process"
+        )

@@ -291,6 +291,9 @@ def prepare_run_dir(cfg: TrainConfig, out: Path, resume: bool) -> Path | str | N
     without ``--resume``) starts over in place once :func:`clear_unstarted_run` drops its partial files."""
     if out.exists() and not out.is_dir():
         raise FlowOPDError(f"output {out} is a file; pass a folder path with --out")
+    from flowopd.runinfo import check_writable
+
+    check_writable(out.parent)
     has_run = (out / RUN_MARKER).is_file()
     if has_run and not checkpoints(out):
         _check_same_run(cfg, out)
@@ -374,6 +377,9 @@ class Trainer:
         if mp == "auto":
             mp = "bf16" if torch.cuda.is_available() and torch.cuda.is_bf16_supported() else "no"
         trackers = [t for t in cfg.trackers if _tracker_available(t)]
+        from flowopd.runinfo import check_launcher
+
+        check_launcher()
         self.accelerator = Accelerator(
             mixed_precision=mp,
             log_with=trackers or None,

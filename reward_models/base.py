@@ -121,6 +121,11 @@ class RewardModel:
 
     def _ensure_loaded(self) -> None:
         if not self._loaded:
+            import importlib.util
+
+            for module in self.requires:  # the package before its weights: installing comes first
+                if importlib.util.find_spec(module) is None:
+                    raise FlowOPDError(f"{self.name} needs the Python module {module!r}: {self.install_hint()}")
             self.load()
             self._loaded = True
 

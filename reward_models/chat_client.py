@@ -237,6 +237,12 @@ class ChatEndpoint:
                 f"{self.name}: no server configured; set {var} to the base URL (ending in /v1) of an "
                 f"OpenAI-compatible chat-completions server (vLLM/SGLang), e.g. http://127.0.0.1:8000/v1"
             )
+        from urllib.parse import urlsplit
+
+        parts = urlsplit(self.base_url)
+        if parts.scheme not in ("http", "https") or not parts.netloc:
+            var = f"${self.url_env}" if self.url_env else "base_url="
+            raise FlowOPDError(f"{self.name}: {var} is {self.base_url!r}, not an http(s) URL; set it like http://127.0.0.1:8000/v1")
         return self.base_url
 
     def _unreachable(self, result: ChatResult) -> FlowOPDError:

@@ -324,3 +324,38 @@ def test_user_text_in_brackets_or_colons_is_printed_as_written(tmp_path, run_cli
     assert "[a, b, ...]" in run_cli("rewards", "agreement", "--help").stdout
     listing = run_cli("rewards", "list", env={"COLUMNS": "400"}).stdout
     assert "pip install 'flowopd[geneval-mmdet]'" in listing or "needs the Python module 'mmdet'" not in listing
+
+
+def test_bare_errors_are_one_line_that_names_the_fix(tmp_path, run_cli):
+    """Issue 15: each of these answered with a bare `ExcType: message` (or computed for minutes first)."""
+    import importlib.util
+
+    from PIL import Image
+
+    img = tmp_path / "x.png"
+    Image.new("RGB", (32, 32)).save(img)
+    a_file = tmp_path / "a-file"
+    a_file.write_text("")
+    for args in (
+        ("sample", "--prompt", "a photo of a circle", "--out", str(a_file / "x.png")),
+        ("eval", "--suite", "mini", "--limit", "1", "--out", str(a_file / "ev")),
+        ("train", "teacher", "--reward", "mini_ocr", "--steps", "1", "--out", str(a_file / "t")),
+    ):
+        one_line_error(run_cli(*args), f"cannot write in {a_file}: {a_file} is a file; pass an output path in a writable folder")
+    bad_cache = tmp_path / "bad.sqlite"
+    bad_cache.write_text("not a database")
+    res = run_cli("eval", "--suite", "mini", "--limit", "1", "--cache", str(bad_cache), "--out", str(tmp_path / "ev"), "--no-report")
+    one_line_error(res, f"score cache {bad_cache} cannot be used (file is not a database); delete it, or pass --cache")
+    res = run_cli("rewards", "score", "unifiedreward", str(img), "--prompt", "a", env={"FLOWOPD_UNIFIEDREWARD_URL": "not-a-url"})
+    one_line_error(res, "$FLOWOPD_UNIFIEDREWARD_URL is 'not-a-url', not an http(s) URL; set it like http://127.0.0.1:8000/v1")
+    res = run_cli("eval", "--suite", "mini", "--limit", "1", "--out", str(tmp_path / "ev2"), env={"WORLD_SIZE": "2"})
+    one_line_error(res, "WORLD_SIZE=2 is set but no launcher started this process (no MASTER_ADDR); run `accelerate launch")
+    if importlib.util.find_spec("mmdet") is None:
+        one_line_error(
+            run_cli("rewards", "score", "geneval", str(img), "--prompt", "a photo of a cat"), "pip install 'flowopd[geneval-mmdet]'"
+        )
+    if importlib.util.find_spec("paddleocr") is None:  # the package is named, not its weights
+        res = run_cli("rewards", "score", "ocr@paddle", str(img), "--prompt", 'the text "a"')
+        one_line_error(res, "ocr@paddle needs the Python module 'paddleocr': pip install 'flowopd[paddle]'")
+    res = run_cli("rewards", "score", "mini_ocr", str(tmp_path / "missing.png"), "--prompt", "a", "--debug")
+    assert res.returncode == 1 and "Traceback" in res.stderr  # --debug after the subcommand works
