@@ -18,7 +18,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from flowopd.benchmarks.stats import Z95
+from flowopd.benchmarks.stats import Z95, standard_error
 from flowopd.errors import InputError
 from flowopd.teachers import MINI_TASK_REWARDS
 
@@ -447,6 +447,7 @@ class Cell:
     source: str | None = None  # None: measured
     teacher: bool = False
     text: str | None = None
+    se: float | None = None  # the standard error behind ci95 (which may be clipped to the metric's range)
 
     @property
     def measured(self) -> bool:
@@ -505,10 +506,10 @@ def run_entry(run: Run) -> Entry:
         ci = m.get("ci95")
         ci = (
             (float(ci[0]), float(ci[1]))
-            if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(x, (int, float)) for x in ci)
-            else None
+            if isinstance(ci, (list, tuple)) and len(ci) == 2 and all(isinstance(x, (int, float)) and math.isfinite(x) for x in ci)
+            else None  # none, or n < 2
         )
-        cells[key] = Cell(float(m["mean"]), ci, m.get("n"))
+        cells[key] = Cell(float(m["mean"]), ci, m.get("n"), se=standard_error(m) if ci else None)
     return Entry(run.label, run.slug, cells, run=run)
 
 
@@ -542,7 +543,8 @@ def avg_cell(cells: Sequence[Cell | None], scales: Sequence[float]) -> Cell | No
     value = normalised_mean([c.value for c in cells], scales)
     if all(c.measured for c in cells):
         if all(c.ci95 for c in cells):
-            se = math.sqrt(sum(((c.ci95[1] - c.ci95[0]) / (2 * Z95) / s) ** 2 for c, s in zip(cells, scales))) / len(cells)
+            ses = [c.se if c.se is not None else (c.ci95[1] - c.ci95[0]) / (2 * Z95) for c in cells]
+            se = math.sqrt(sum((e / s) ** 2 for e, s in zip(ses, scales))) / len(cells)
             return Cell(value, (value - Z95 * se, value + Z95 * se))
         return Cell(value)
     sources = list(dict.fromkeys(c.source for c in cells if c.source))
@@ -689,7 +691,9 @@ def paired_deltas(run: list[dict[str, Any]], baseline: list[dict[str, Any]]) -> 
         for k in shared:
             groups.setdefault(values[k][0], []).append(values[k][1] - theirs[key][k][1])
         out[key] = (
-            mean_of_means_ci(list(groups.values())) if key.startswith("compose/") else mean_ci(groups[next(iter(groups))], proportion=False)
+            mean_of_means_ci(list(groups.values()), bounds=(-1.0, 1.0))
+            if key.startswith("compose/")
+            else mean_ci(groups[next(iter(groups))], proportion=False)
         )  # differences, never a proportion
     return out
 

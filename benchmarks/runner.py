@@ -58,12 +58,25 @@ class EvalPlan:
     warnings: list[str]
 
 
-def plan_eval(suites: Sequence[str], model: ModelRef) -> EvalPlan:
+def plan_eval(suites: Sequence[str], model: ModelRef, prompts: str | None = None, rewards: Sequence[str] = ()) -> EvalPlan:
     """``all`` = every suite the model's world and the present prompts and weights allow; a named suite must be runnable.
 
     A suite named explicitly for a model of the other world runs anyway, with a
-    warning (a mini model on real prompts sees mostly unknown words).
+    warning (a mini model on real prompts sees mostly unknown words). With
+    ``prompts`` (and ``rewards``) the one suite is built on the fly
+    (:mod:`flowopd.benchmarks.custom_suite`).
     """
+    if prompts is not None or rewards:
+        from flowopd.benchmarks.custom_suite import custom_suite
+
+        if prompts is None:
+            raise InputError("--reward needs --prompts SET_OR_FILE (or `mini`): the prompts to score its images on")
+        suite = custom_suite(prompts, rewards, model.world)
+        reason = suite.missing_inputs()
+        if reason:
+            raise InputError(f"--prompts {prompts} --reward {' --reward '.join(rewards)} cannot run: {reason}")
+        warn = [f"{model.label} is a mini-world model: most words of {prompts} are unknown to it"] if suite.world != model.world else []
+        return EvalPlan(model, [suite], {}, warn)
     explicit = [s for s in suites if s != "all"]
     names = list(SUITES) if "all" in suites else explicit
     run, skipped, warnings = [], {}, []
@@ -103,6 +116,8 @@ class EvalConfig:
     seed: int = 0
     batch_size: int = 16
     strict: bool = False
+    prompts: str | None = None  # with rewards: one suite built on the fly (custom_suite)
+    rewards: list[str] = dataclasses.field(default_factory=list)
 
 
 def sampling_for(backbone: Any, cfg: EvalConfig) -> dict[str, Any]:
@@ -185,7 +200,7 @@ def run_eval(cfg: EvalConfig, out: str | Path, cache_path: str | Path | None = N
     t0 = time.time()
     out = Path(out)
     model = resolve_model(cfg.model, cfg.lora)
-    plan = plan_eval(cfg.suites, model)
+    plan = plan_eval(cfg.suites, model, cfg.prompts, cfg.rewards)
     if cfg.strict and plan.skipped:
         name, reason = next(iter(plan.skipped.items()))
         raise FlowOPDError(

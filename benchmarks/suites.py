@@ -218,13 +218,21 @@ def _geneval_aggregate(suite: Suite, records: list[Record], rewards: Sequence[st
 
 def _ocr_aggregate(suite: Suite, records: list[Record], rewards: Sequence[str]) -> Metrics:
     raws = _raw(records, "ocr")
-    return {"accuracy": mean_ci(raws, proportion=False), "exact_match": mean_ci([float(v == 1.0) for v in raws])} if raws else {}
+    accuracy = mean_ci(raws, proportion=False, bounds=(0.0, 1.0))  # 1 - normalised edit distance
+    return {"accuracy": accuracy, "exact_match": mean_ci([float(v == 1.0) for v in raws])} if raws else {}
+
+
+def _raw_range(reward: str) -> tuple[float, float] | None:
+    """A reward's raw range, which its mean's interval stays inside (None: unbounded)."""
+    from flowopd.reward_models import get_reward_class
+
+    return get_reward_class(reward).raw_range
 
 
 def _mean_of(reward: str, key: str) -> Callable[[Suite, list[Record], Sequence[str]], Metrics]:
     def aggregate(suite: Suite, records: list[Record], rewards: Sequence[str]) -> Metrics:
         raws = _raw(records, reward)
-        return {key: mean_ci(raws, proportion=False)} if raws else {}
+        return {key: mean_ci(raws, proportion=False, bounds=_raw_range(reward))} if raws else {}
 
     return aggregate
 
@@ -239,7 +247,11 @@ QUALITY_METRICS = {  # the paper's Table 4, in its order
 
 
 def _quality_aggregate(suite: Suite, records: list[Record], rewards: Sequence[str]) -> Metrics:
-    return {key: mean_ci(_raw(records, r), proportion=False) for r, key in QUALITY_METRICS.items() if r in rewards and _raw(records, r)}
+    return {
+        key: mean_ci(_raw(records, r), proportion=False, bounds=_raw_range(r))
+        for r, key in QUALITY_METRICS.items()
+        if r in rewards and _raw(records, r)
+    }
 
 
 def _hpsv2_aggregate(suite: Suite, records: list[Record], rewards: Sequence[str]) -> Metrics:

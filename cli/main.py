@@ -93,6 +93,13 @@ def _interrupted(what: str, kept: str, command: str) -> None:
     raise typer.Exit(130)
 
 
+def _refuse_blank_prompts(texts: list[str]) -> None:
+    """An empty or whitespace-only prompt would silently mean the unconditional image: refuse it."""
+    blank = [i for i, t in enumerate(texts) if not t.strip()]
+    if blank:
+        _fail(f"prompt {blank[0] + 1} of {len(texts)} is empty or only whitespace; pass a prompt with words in it")
+
+
 def _save_png(array, path: Path, scale: int = 1) -> None:
     """uint8 HWC -> PNG, nearest-neighbour upscaled by ``scale``, written atomically."""
     from PIL import Image
@@ -183,6 +190,7 @@ def sample(
         texts += [p.text for p in load_prompt_file(prompts_file)]
     if not texts:
         _fail("give a prompt with --prompt TEXT or a prompt file with --prompts FILE")
+    _refuse_blank_prompts(texts)
     single = len(texts) == 1
     if single and out.suffix.lower() != ".png":
         _fail(f"--out {out} must end in .png for one prompt (or pass several prompts and a folder)")
@@ -278,6 +286,7 @@ def rewards_score(
     if len(prompt) not in (1, len(images)):
         raise InputError(f"got {len(images)} images and {len(prompt)} prompts; pass one --prompt for all images or one per image")
     prompts = prompt * len(images) if len(prompt) == 1 else list(prompt)
+    _refuse_blank_prompts(prompts)
     metas = None
     if metadata:
         metas = _parse_metadata(metadata, len(images))
@@ -582,7 +591,7 @@ def _load_train_config(config: str, overrides: dict):
 # options shared by every `flowopd train` command
 TrainSteps = Annotated[int | None, typer.Option("--steps", min=1, help="Training steps.")]
 TrainSeed = Annotated[int | None, typer.Option("--seed", help="Seed.")]
-TrainThreads = Annotated[int | None, typer.Option("--threads", min=0, help="CPU threads (0: torch's default).")]
+TrainThreads = Annotated[int | None, typer.Option("--threads", min=0, help="CPU threads (0: all cores, torch's default).")]
 TrainResume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")]
 TrainCheckpointEvery = Annotated[
     int | None, typer.Option("--checkpoint-every", min=1, help="Write a resumable checkpoint every N steps (default: the recipe's).")
@@ -657,6 +666,12 @@ def train_mix(
     _train(cfg, out or Path("runs") / cfg.name, resume, "mix", config, dry_run, processes, fmt)
 
 
+class OPDObjective(str, Enum):
+    kl = "kl"
+    kl_pg = "kl_pg"
+    paper = "paper"
+
+
 class ColdStartMethod(str, Enum):
     merge = "merge"
     sft = "sft"
@@ -677,7 +692,9 @@ def train_coldstart(
         None, "--merge", help="cat (default: the exact average of dW), svd, ties, dare_linear, elementwise (the release's)."
     ),
     config: str = typer.Option("mini/opd", "--config", "-c", help="OPD recipe naming the teachers (YAML file or shipped recipe)."),
-    out: Path | None = typer.Option(None, "--out", "-o", help="LoRA folder to write (default runs/coldstart-<method>)."),
+    out: Path | None = typer.Option(
+        None, "--out", "-o", help="LoRA folder to write (default runs/coldstart-sft, or runs/coldstart-merge-<merge> for a merge)."
+    ),
     seed: TrainSeed = None,
     threads: TrainThreads = None,
     dry_run: TrainDryRun = False,
@@ -715,7 +732,9 @@ def train_coldstart(
 def train_opd(
     config: str = typer.Option("mini/opd", "--config", "-c", help="YAML file or shipped recipe (default mini/opd)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (default runs/<name>, i.e. runs/opd)."),
-    objective: str | None = typer.Option(None, "--objective", help="kl (default), kl_pg or paper (SPEC section 6)."),
+    objective: OPDObjective | None = typer.Option(
+        None, "--objective", help="The OPD objective (SPEC section 6; default: the recipe's, kl)."
+    ),
     steps: TrainSteps = None,
     seed: TrainSeed = None,
     threads: TrainThreads = None,
@@ -736,7 +755,7 @@ def train_opd(
         from flowopd.config import build_config
         from flowopd.train_config import OPDConfig
 
-        opd = build_config(OPDConfig, {**cfg.opd.model_dump(), "objective": objective}, "--objective")
+        opd = build_config(OPDConfig, {**cfg.opd.model_dump(), "objective": objective.value}, "--objective")
         cfg = cfg.model_copy(update={"opd": opd})
     _train(cfg, out or Path("runs") / cfg.name, resume, "opd", config, dry_run, processes, fmt)
 
@@ -788,8 +807,14 @@ def eval_cmd(
     strict: bool = typer.Option(False, "--strict", help="Fail when any requested suite cannot run."),
     cache: Path | None = typer.Option(None, "--cache", help="Score cache (default $FLOWOPD_CACHE_DIR/scores.sqlite, ~/.cache/flowopd)."),
     no_report: bool = typer.Option(False, "--no-report", help="Do not write report.md / report.html into the run folder."),
+    prompts: str | None = typer.Option(
+        None, "--prompts", help="Build the suite on the fly: a prompt set (see `flowopd prompts list`), a .txt/.jsonl file, or mini."
+    ),
+    reward: list[str] = typer.Option([], "--reward", "-r", help="With --prompts: a reward to score every image with (repeatable)."),
 ) -> None:
     """Evaluate a model on benchmark suites: images, per-sample JSONL, summary.json with CIs, and a report.
+
+    `--prompts SET_OR_FILE --reward NAME` evaluates any reward, a plugin's included, on any prompts (suite `custom`).
 
     `flowopd eval` alone evaluates the shipped mini student on every suite it can run and lists the others with the reason.
     Under `accelerate launch` the images are split across processes.
@@ -804,7 +829,11 @@ def eval_cmd(
 
     if model is None:
         model = "mini-student" if KNOWN_WEIGHTS["mini-student"].present else "mini-base"
+    if (prompts is not None or reward) and suite != ["all"]:
+        _fail("pass either --suite or --prompts with --reward (a suite built on the fly), not both")
     ecfg = EvalConfig(
+        prompts=prompts,
+        rewards=list(reward),
         suites=suite,
         model=model,
         lora=str(lora) if lora else None,
@@ -841,7 +870,8 @@ def eval_cmd(
     rows = []
     for name, s in summary["suites"].items():
         for key, m in s["metrics"].items():
-            rows.append((name, key, f"{m['mean']:.4g}", f"[{m['ci95'][0]:.4g}, {m['ci95'][1]:.4g}]", str(m["n"])))
+            ci = m.get("note") or f"[{m['ci95'][0]:.4g}, {m['ci95'][1]:.4g}]" + (" (clipped to range)" if m.get("clipped") else "")
+            rows.append((name, key, f"{m['mean']:.4g}", ci, str(m["n"])))
     _print_table(f"{ref.label}: metrics (mean, 95% CI, n)", ("suite", "metric", "mean", "95% CI", "n"), rows)
     _print_skipped(summary["skipped"])
     img, c = summary["images"], summary["cache"]
@@ -934,7 +964,7 @@ def mini_pretrain(
     batch_size: int | None = typer.Option(None, "--batch-size", help="Images per step (default 64)."),
     lr: float | None = typer.Option(None, "--lr", help="Peak learning rate."),
     seed: int | None = typer.Option(None, "--seed", help="Seed (default 0)."),
-    threads: int | None = typer.Option(None, "--threads", help="CPU threads (0 = all)."),
+    threads: int | None = typer.Option(None, "--threads", min=0, help="CPU threads (0: all cores, torch's default)."),
     resume: bool = typer.Option(False, "--resume", help="Continue the run in --out from its last checkpoint."),
 ) -> None:
     """Pre-train the mini base by flow matching (eq. 1) on rendered data; reproduces the shipped base."""
@@ -986,7 +1016,7 @@ def _checkpoint_step(out: Path) -> int:
 def mini_prompts(
     task: str = typer.Option("all", "--task", help="compose, text, preference, quality or all."),
     n: int = typer.Option(10, "--n", min=1, help="Prompts per task."),
-    seed: int = typer.Option(0, "--seed"),
+    seed: int = typer.Option(0, "--seed", help="Seed of the prompt draw (the same seed lists the same prompts)."),
     split: str = typer.Option("test", "--split", help="test (held-out), train or all."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write JSONL here (GenEval metadata format plus 'task')."),
 ) -> None:
@@ -1013,8 +1043,8 @@ def mini_prompts(
 def mini_render(
     prompt: str = typer.Option(..., "--prompt", "-p", help="A mini-world prompt."),
     out: Path = typer.Option(..., "--out", "-o", help="PNG file."),
-    seed: int = typer.Option(0, "--seed"),
-    scale: int = typer.Option(8, "--scale", min=1, max=64),
+    seed: int = typer.Option(0, "--seed", help="Seed of the data sample's random layout, finish and misquotes."),
+    scale: int = typer.Option(8, "--scale", min=1, max=64, help="Nearest-neighbour upscale of the 32 px image."),
     ideal: bool = typer.Option(False, "--ideal", help="Draw what the judges prefer (centred, clean, spelt right), not a data sample."),
 ) -> None:
     """Render a prompt as the base's training data draw it (or, with --ideal, as the judges prefer it)."""

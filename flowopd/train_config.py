@@ -11,9 +11,9 @@ from __future__ import annotations
 import hashlib
 import json
 from pathlib import Path
-from typing import ClassVar, Literal
+from typing import Any, ClassVar, Literal
 
-from pydantic import BaseModel, ConfigDict, Field, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from flowopd.lora import SD3_LORA_TARGETS
 from flowopd.teachers import MINI_ANCHOR, MINI_TEACHERS, TeacherSpec
@@ -179,6 +179,20 @@ class TrainConfig(BaseModel):
     resolution: int | None = Field(None, ge=8, description="image size in pixels for an SD3 model (the paper: 512); None: the model's")
     trackers: list[Literal["tensorboard"]] = Field(default_factory=lambda: ["tensorboard"], description="accelerate trackers")
     opd: OPDConfig | None = Field(None, description="on-policy distillation from teachers instead of GRPO on rewards")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _sampler_follows_the_model(cls, values: Any) -> Any:
+        """A mini model's recipe that leaves ``sampler.cfg`` / ``shift`` unset gets the mini world's protocol
+        (CFG 3, shift 1: ``models.MINI_SAMPLING``), not SD3.5's 4.5 and 3 (an empty recipe trained with those)."""
+        from flowopd.models import MINI_SAMPLING, is_sd3
+
+        if not isinstance(values, dict) or is_sd3(str(values.get("model", "mini-base"))):
+            return values
+        sampler = dict(values.get("sampler") or {})
+        for key in ("cfg", "shift"):
+            sampler.setdefault(key, MINI_SAMPLING[key])
+        return {**values, "sampler": sampler}
 
     @field_validator("tasks")
     @classmethod

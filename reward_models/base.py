@@ -74,6 +74,7 @@ class RewardModel:
     needs_metadata: ClassVar[bool] = False  # True when a prompt alone is not enough (e.g. GenEval clauses)
     weight_sets: ClassVar[tuple[str, ...]] = ()  # names in flowopd.reward_models.weights.WEIGHT_SETS
     requires: ClassVar[tuple[str, ...]] = ()  # importable modules the reward needs beyond the core install
+    raw_range: ClassVar[tuple[float, float] | None] = None  # the raw scale's bounds, where it has them (intervals stay inside)
 
     def __init__(self, device: str | torch.device = "cpu", batch_size: int = 64, weights: Mapping[str, str | Path] | None = None):
         self.device = torch.device(device)

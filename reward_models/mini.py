@@ -44,6 +44,7 @@ def at_world_size(image: Any) -> np.ndarray:
 @register_reward("mini_geneval")
 class MiniGenEval(RewardModel):
     version = "1"
+    raw_range = (0.0, 1.0)
     description = "mini world: connected-component detector + GenEval rules (partial credit; details.correct = strict)"
     needs_metadata = True
 
@@ -77,6 +78,7 @@ class MiniGenEval(RewardModel):
 @register_reward("mini_ocr")
 class MiniOCR(RewardModel):
     version = "1"
+    raw_range = (0.0, 1.0)
     description = "mini world: template OCR of 3x5-font digits; 1 - edit_distance/len of the quoted text"
 
     def applies_to(self, prompt, metadata):
@@ -95,6 +97,7 @@ class MiniOCR(RewardModel):
 
 @register_reward("mini_preference")
 class MiniPreference(RewardModel):
+    raw_range = (0.0, 1.0)
     version = "2"  # world v2: a weighted geometric mean, the preferred framing (flowopd.mini.judges)
     description = "mini world: preference judge in [0,1] (request match + composition; PickScore analogue)"
 
@@ -114,6 +117,7 @@ class MiniPreference(RewardModel):
 
 @register_reward("mini_quality")
 class MiniQuality(RewardModel):
+    raw_range = (1.0, 5.0)
     version = "2"  # world v2: a weighted geometric mean with colour fidelity (flowopd.mini.judges)
     description = "mini world: prompt-free image quality in [1,5] (noise, colour fidelity, specks, sharpness; DeQA analogue)"
 

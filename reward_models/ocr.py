@@ -68,6 +68,7 @@ def join_confident(lines: list[Line], threshold: float = CONFIDENCE_THRESHOLD) -
 class _OCRReward(RewardModel):
     """The shared part: target text, the formula, per-image details; subclasses supply :meth:`_read`."""
 
+    raw_range = (0.0, 1.0)
     higher_is_better = True
 
     def applies_to(self, prompt: str, metadata: dict[str, Any] | None) -> bool:

@@ -232,3 +232,21 @@ def test_a_folder_whose_eval_failed_before_its_first_image_is_replaced(tmp_path)
     (out / "images" / "k.json").write_text("{}")
     with pytest.raises(InputError, match="another model"):
         _check_out(out, {"model": "fixed"}, "bbb")
+
+
+def test_intervals_stay_in_the_metric_range_and_need_two_values():
+    """Issue 15: [0.370, 1.005] for a 0-1 metric, quality up to 5.139, and zero-width intervals at n = 1."""
+    from flowopd.benchmarks.stats import mean_ci, mean_of_means_ci, standard_error
+
+    high = mean_ci([1.0, 0.98, 0.4, 1.0, 1.0], bounds=(0.0, 1.0))
+    assert high["ci95"][1] == 1.0 and high["clipped"] and standard_error(high) == high["se"] > 0
+    quality = mean_ci([5.0, 4.9, 3.0, 5.0], bounds=(1.0, 5.0))
+    assert quality["ci95"][1] == 5.0 and quality["ci95"][0] > 1.0
+    one = mean_ci([0.7], proportion=False, bounds=(0.0, 1.0))
+    assert one["note"] == "n < 2" and all(math.isnan(x) for x in one["ci95"])
+    wilson = mean_ci([1.0])  # a proportion keeps Wilson's interval, never zero-width, inside 0-1
+    assert 0.0 < wilson["ci95"][0] < wilson["ci95"][1] <= 1.0
+    overall = mean_of_means_ci([[1.0, 1.0, 0.0], [1.0, 1.0, 1.0]])
+    assert overall["ci95"][1] <= 1.0
+    diffs = mean_of_means_ci([[-1.0, -1.0, 0.0], [-1.0, 0.0, -1.0]], bounds=(-1.0, 1.0))
+    assert diffs["ci95"][0] >= -1.0 and diffs["mean"] < 0

@@ -251,3 +251,29 @@ def test_training_names_the_first_scoring_error_when_every_image_failed(tiny_pol
     cfg = tiny_config(tiny_policy_dir, rewards={"test_always_fails": 1.0}, steps=1)
     with pytest.raises(FlowOPDError, match="every image of step 1 failed to score; the first: test_always_fails: HTTP 502 from the judge"):
         Trainer(cfg, tmp_path / "run").train()
+
+
+def test_a_plugin_reward_is_evaluated_on_prompts_without_writing_a_suite(tmp_path, run_cli):
+    """Issue 15: `--suite brightness` was an unknown suite and nothing said how to evaluate a plugin reward."""
+    (tmp_path / "brightplug.py").write_text(
+        "from flowopd.reward_models import RewardModel\n\n\n"
+        "class Brightness(RewardModel):\n"
+        "    raw_range = (0.0, 1.0)\n\n"
+        "    def _score(self, images, prompts, metadata):\n"
+        "        return [float(im.mean()) / 255 for im in images], [{} for _ in images]\n"
+    )
+    fake_dist(tmp_path, "bright-plugin", "brightness = brightplug:Brightness")
+    prompts = tmp_path / "p.txt"
+    prompts.write_text('a red circle\na white square on a black background\nthe text "42"\n')
+    out = tmp_path / "ev"
+    args = ("eval", "--model", "mini-base", "--prompts", str(prompts), "--reward", "brightness", "--out", str(out), "--no-report")
+    res = run_cli(*args, env={"PYTHONPATH": str(tmp_path)})
+    assert res.returncode == 0, res.stderr
+    metrics = json.loads((out / "summary.json").read_text())["suites"]["custom"]["metrics"]
+    assert metrics["brightness"]["n"] == 3 and 0.0 <= metrics["brightness"]["ci95"][0] <= metrics["brightness"]["mean"] <= 1.0
+    rows = [json.loads(line) for line in (out / "custom" / "samples.jsonl").read_text().splitlines()]
+    assert sorted(r["prompt"] for r in rows) == sorted(prompts.read_text().splitlines())
+    res = run_cli("eval", "--model", "mini-base", "--prompts", str(prompts), "--reward", "brightnes", env={"PYTHONPATH": str(tmp_path)})
+    assert res.returncode == 1 and "unknown reward 'brightnes'; did you mean 'brightness'?" in res.stderr
+    res = run_cli("eval", "--suite", "mini", "--prompts", str(prompts), "--reward", "brightness", env={"PYTHONPATH": str(tmp_path)})
+    assert res.returncode == 1 and "pass either --suite or --prompts with --reward" in res.stderr

@@ -213,3 +213,14 @@ def test_a_run_stopped_before_its_first_checkpoint_starts_over_in_place(tiny_pol
     )
     assert all(torch.equal(a[k], b[k]) for k in a)  # the restart is the run from scratch
     assert [json.loads(x)["step"] for x in (out / "log.jsonl").read_text().splitlines()] == [1, 2]
+
+
+def test_sampler_defaults_follow_the_model():
+    """Issue 15: an empty recipe trained the mini base with SD3.5's CFG 4.5 and shift 3 without a word."""
+    from flowopd.models import MINI_SAMPLING
+
+    empty = TrainConfig.model_validate({})
+    assert (empty.sampler.cfg, empty.sampler.shift) == (MINI_SAMPLING["cfg"], MINI_SAMPLING["shift"])
+    assert TrainConfig.model_validate({"sampler": {"cfg": 2.0}}).sampler.cfg == 2.0  # what a recipe says stays
+    sd3 = TrainConfig.model_validate({"model": "sd3:stabilityai/stable-diffusion-3.5-medium"})
+    assert (sd3.sampler.cfg, sd3.sampler.shift) == (4.5, 3.0)

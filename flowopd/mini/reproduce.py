@@ -18,7 +18,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from flowopd.benchmarks.stats import Z95
+from flowopd.benchmarks.stats import Z95, standard_error
 from flowopd.mini.world import COMPOSE_TAGS
 
 TASKS = ("compose", "text", "preference", "quality")
@@ -135,8 +135,7 @@ def reproduce(
 
 def _norm(m: dict[str, Any], task: str) -> tuple[float, float]:
     """(mean, standard error) of a headline metric on the 0-1 scale."""
-    lo, hi = m["ci95"]
-    return m["mean"] / SCALE[task], (hi - lo) / (2 * Z95) / SCALE[task]
+    return m["mean"] / SCALE[task], standard_error(m) / SCALE[task]
 
 
 def summarise(out: Path, specs: dict[str, str]) -> dict[str, Any]:
