@@ -591,6 +591,9 @@ def _load_train_config(config: str, overrides: dict):
 # options shared by every `flowopd train` command
 TrainSteps = Annotated[int | None, typer.Option("--steps", min=1, help="Training steps.")]
 TrainSeed = Annotated[int | None, typer.Option("--seed", help="Seed.")]
+TrainModel = Annotated[
+    str | None, typer.Option("--model", "-m", help="Base model to train on (default: the recipe's, e.g. mini-base; or a model folder).")
+]
 TrainThreads = Annotated[int | None, typer.Option("--threads", min=0, help="CPU threads (0: all cores, torch's default).")]
 TrainResume = Annotated[bool, typer.Option("--resume", help="Continue the run in --out from its last checkpoint.")]
 TrainCheckpointEvery = Annotated[
@@ -611,6 +614,7 @@ def train_teacher(
     reward: str | None = typer.Option(None, "--reward", "-r", help="Reward to train on (see `flowopd rewards list`)."),
     config: str | None = typer.Option(None, "--config", "-c", help="YAML file or shipped recipe (e.g. mini/teacher-text)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (default runs/teacher-<reward>)."),
+    model: TrainModel = None,
     steps: TrainSteps = None,
     seed: TrainSeed = None,
     threads: TrainThreads = None,
@@ -625,7 +629,7 @@ def train_teacher(
 
     if reward is None and config is None:
         _fail("pass --reward NAME (see `flowopd rewards list`) or --config RECIPE (e.g. mini/teacher-text)")
-    overrides: dict = {"steps": steps, "seed": seed, "threads": threads, "checkpoint_every": checkpoint_every}
+    overrides: dict = {"steps": steps, "seed": seed, "threads": threads, "checkpoint_every": checkpoint_every, "model": model}
     if config is None:
         task = {r: t for t, r in MINI_TASK_REWARDS.items()}.get(reward)
         config = f"mini/teacher-{task or 'preference'}"
@@ -651,6 +655,7 @@ def train_mix(
     ),
     config: str | None = typer.Option(None, "--config", "-c", help="YAML file or shipped recipe (default mini/mix-<variant>)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (default runs/mix-<variant>)."),
+    model: TrainModel = None,
     steps: TrainSteps = None,
     seed: TrainSeed = None,
     threads: TrainThreads = None,
@@ -662,7 +667,9 @@ def train_mix(
 ) -> None:
     """Train a GRPO-Mix baseline: several rewards in one GRPO run (SPEC section 4, the paper's seesaw)."""
     config = config or f"mini/mix-{variant.value}"
-    cfg = _load_train_config(config, {"steps": steps, "seed": seed, "threads": threads, "checkpoint_every": checkpoint_every})
+    cfg = _load_train_config(
+        config, {"steps": steps, "seed": seed, "threads": threads, "checkpoint_every": checkpoint_every, "model": model}
+    )
     _train(cfg, out or Path("runs") / cfg.name, resume, "mix", config, dry_run, processes, fmt)
 
 
@@ -735,6 +742,7 @@ def train_opd(
     objective: OPDObjective | None = typer.Option(
         None, "--objective", help="The OPD objective (SPEC section 6; default: the recipe's, kl)."
     ),
+    model: TrainModel = None,
     steps: TrainSteps = None,
     seed: TrainSeed = None,
     threads: TrainThreads = None,
@@ -748,7 +756,9 @@ def train_opd(
 
     With no arguments: the four shipped mini teachers, from a merge cold start.
     """
-    cfg = _load_train_config(config, {"steps": steps, "seed": seed, "threads": threads, "checkpoint_every": checkpoint_every})
+    cfg = _load_train_config(
+        config, {"steps": steps, "seed": seed, "threads": threads, "checkpoint_every": checkpoint_every, "model": model}
+    )
     if cfg.opd is None:
         _fail(f"config {config} has no opd section; use an OPD recipe such as mini/opd (or `flowopd train teacher` for GRPO)")
     if objective is not None:

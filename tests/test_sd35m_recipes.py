@@ -274,3 +274,11 @@ def test_fsdp_config_builds_accelerates_plugin_and_names_a_block_of_the_sd3_tran
         )  # fmt: skip
     assert get_module_class_from_name(tiny, "JointTransformerBlock") is not None
     assert "JointTransformerBlock" in SD3Transformer2DModel._no_split_modules
+
+
+def test_train_model_option_replaces_the_recipes_base(capsys, monkeypatch, tiny_model_dir):
+    rc, out, err = _main(
+        capsys, monkeypatch, "train", "teacher", "--config", "mini/teacher-text", "--model", str(tiny_model_dir), "--dry-run"
+    )
+    assert rc == 0, err
+    assert re.search(rf"^\s+model\s+{re.escape(str(tiny_model_dir))}\s", out, re.M)
