@@ -164,6 +164,8 @@ def load_reward(name: str, **kwargs: Any) -> RewardModel:
     except FlowOPDError:
         raise
     except Exception as exc:
+        if source_of(name) == "builtin":  # ours raise what they mean (a ValueError for a bad argument)
+            raise
         raise FlowOPDError(f"reward {name!r} (from {source_of(name)}) failed to start: {type(exc).__name__}: {exc}") from exc
 
 
