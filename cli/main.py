@@ -298,6 +298,7 @@ def rewards_score(
     records = scores.to_records()
     if fmt is Format.json:
         print(json.dumps([{"image": str(p), "prompt": t, **r} for p, t, r in zip(images, prompts, records)], indent=2))
+        _fail_if_all_failed(name, records)
         return
     rows = [
         (str(p), styled(("failed", "red")), "-", r["details"].get("error", "")[:120])
@@ -306,6 +307,11 @@ def rewards_score(
         for p, r in zip(images, records)
     ]
     _print_table(f"{name} (version {cls.version})", ("image", "raw", "normalized", "details"), rows)
+    _fail_if_all_failed(name, records)
+
+
+def _fail_if_all_failed(name: str, records: list[dict]) -> None:
+    """Exit non-zero, naming the first reason, when the reward scored no image at all."""
     if records and all(r.get("failed") for r in records):
         _fail(f"every image failed to score with {name}: {records[0]['details'].get('error', 'no reason given')}")
 

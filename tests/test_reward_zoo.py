@@ -314,9 +314,11 @@ def test_rewards_score_cli_shows_a_failed_judge_reply(tmp_path, run_cli):
     env = {"FLOWOPD_UNIFIEDREWARD_URL": f"http://127.0.0.1:{server.server_address[1]}/v1", "FLOWOPD_UNIFIEDREWARD_MODEL": "judge"}
     try:
         res = run_cli("rewards", "score", "unifiedreward", str(tmp_path / "a.png"), "-p", "a cat", env=env)
-        assert res.returncode == 0, res.stderr
+        assert res.returncode == 1, res.stderr  # the table is shown, and no image scored is a failure (issue 15 #5)
         assert "failed" in res.stdout and "no score found" in res.stdout
+        assert "every image failed to score with unifiedreward" in res.stderr
         res = run_cli("rewards", "score", "unifiedreward", str(tmp_path / "a.png"), "-p", "a cat", "--format", "json", env=env)
+        assert res.returncode == 1
         (rec,) = json.loads(res.stdout)
         assert rec["raw"] is None and rec["failed"] is True and "A lovely image" in rec["details"]["error"]
     finally:
