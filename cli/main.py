@@ -1099,7 +1099,7 @@ def main(argv: list[str] | None = None) -> int:
     _ARGV[:] = args
     import warnings
 
-    from flowopd.reward_models.registry import PluginWarning
+    from flowopd.errors import PluginWarning
 
     warnings.showwarning = _show_plugin_warning(warnings.showwarning, PluginWarning)
     if "--debug" in args[1:]:  # accepted anywhere on the line: it belongs to the root command

@@ -5,6 +5,10 @@ class FlowOPDError(Exception):
     """An error whose message says what went wrong and how to fix it."""
 
 
+class PluginWarning(UserWarning):
+    """A plugin that could not be registered as declared (its reward name is taken)."""
+
+
 class ConfigError(FlowOPDError, ValueError):
     """A bad configuration key or value."""
 

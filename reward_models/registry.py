@@ -16,7 +16,7 @@ import warnings
 from importlib import metadata as importlib_metadata
 from typing import Any
 
-from flowopd.errors import FlowOPDError
+from flowopd.errors import FlowOPDError, PluginWarning
 from flowopd.reward_models.base import RewardModel
 
 ENTRY_POINT_GROUP = "flowopd.reward_models"
@@ -42,10 +42,6 @@ BUILTIN: dict[str, str] = {
     "unifiedreward": "flowopd.reward_models.judges:UnifiedReward",
     "qwenvl_judge": "flowopd.reward_models.judges:QwenVLJudge",
 }
-
-
-class PluginWarning(UserWarning):
-    """A plugin that could not be registered as declared (its reward name is taken)."""
 
 
 class UnknownRewardError(FlowOPDError, KeyError):
