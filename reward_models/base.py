@@ -162,7 +162,9 @@ class RewardModel:
                 r, d = self._score(chunk, prompts[start : start + self.batch_size], meta[start : start + self.batch_size])
             except FlowOPDError:
                 raise
-            except Exception as exc:  # a plugin's fault: name it
+            except Exception as exc:
+                if type(self).__module__.startswith("flowopd."):  # ours raise what they mean (bad metadata: ValueError)
+                    raise
                 raise FlowOPDError(f"reward {self.name!r} failed while scoring: {type(exc).__name__}: {exc}") from exc
             raws.extend(self._checked_scores(r, d, len(chunk)))
             details.extend(d)

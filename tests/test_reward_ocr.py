@@ -129,6 +129,10 @@ def test_paddle_reward_unavailable_with_install_hint():
 
 def test_paddle_missing_model_dir_is_a_one_line_error(tmp_path):
     reward = load_reward("ocr@paddle", weights={"paddleocr-models": tmp_path / "nowhere"})
+    if importlib.util.find_spec("paddleocr") is None:  # the package is said first: installing comes before weights (issue 15)
+        with pytest.raises(FlowOPDError, match="ocr@paddle needs the Python module 'paddleocr'"):
+            reward.score(BLANK, ['say "x"'])
+        return
     with pytest.raises(WeightsMissingError) as err:
         reward.score(BLANK, ['say "x"'])
     msg = str(err.value)
