@@ -285,11 +285,11 @@ def test_an_interrupted_eval_or_training_says_what_was_kept_and_how_to_continue(
 
     env = {**os.environ, "COLUMNS": "300"}
     out = tmp_path / "ev"
-    cmd = [sys.executable, "-m", "flowopd.cli.main", "eval", "--suite", "mini", "--limit", "4", "--out", str(out), "--no-report"]
+    cmd = [sys.executable, "-m", "flowopd.cli.main", "eval", "--suite", "mini", "--limit", "48", "--out", str(out), "--no-report"]
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     rc, err = _interrupt_when(proc, lambda: len(list((out / "images").glob("*.json"))) >= 2)
     assert rc == 130 and "interrupted: evaluation stopped" in err and "finished images kept" in err, err
-    assert f"continue with: flowopd eval --suite mini --limit 4 --out {out} --no-report" in err
+    assert f"continue with: flowopd eval --suite mini --limit 48 --out {out} --no-report" in err
     import yaml
 
     from flowopd.train_config import recipe_path
