@@ -266,6 +266,14 @@ def test_train_bad_input_is_one_line_before_any_work(tiny_policy_dir, tmp_path, 
     assert not out.exists()
 
 
+def _ctrl_c_on() -> None:
+    """In the child: SIGINT back to its default, as a terminal's Ctrl-C finds it (a suite run under nohup or in a
+    background job inherits SIGINT ignored, and Python then never raises KeyboardInterrupt)."""
+    import signal
+
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def _interrupt_when(proc, ready, timeout: float = 300) -> tuple[int, str]:
     """SIGINT ``proc`` once ``ready()`` holds; its exit code and stderr."""
     import signal
@@ -286,7 +294,7 @@ def test_an_interrupted_eval_or_training_says_what_was_kept_and_how_to_continue(
     env = {**os.environ, "COLUMNS": "300"}
     out = tmp_path / "ev"
     cmd = [sys.executable, "-m", "flowopd.cli.main", "eval", "--suite", "mini", "--limit", "48", "--out", str(out), "--no-report"]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_on)
     rc, err = _interrupt_when(proc, lambda: len(list((out / "images").glob("*.json"))) >= 2)
     assert rc == 130 and "interrupted: evaluation stopped" in err and "finished images kept" in err, err
     assert f"continue with: flowopd eval --suite mini --limit 48 --out {out} --no-report" in err
@@ -299,7 +307,7 @@ def test_an_interrupted_eval_or_training_says_what_was_kept_and_how_to_continue(
     run = tmp_path / "t"
     cmd = [sys.executable, "-m", "flowopd.cli.main", "train", "teacher", "--config", str(tmp_path / "small.yaml"), "--steps", "9"]
     cmd += ["--checkpoint-every", "1", "--out", str(run)]
-    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(cmd, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True, preexec_fn=_ctrl_c_on)
     rc, err = _interrupt_when(proc, lambda: (run / "checkpoints" / "step-000001" / "trainer_state.json").is_file())
     assert rc == 130 and "interrupted: training stopped during step" in err and "kept checkpoint" in err, err
     assert err.strip().endswith(f"--out {run} --resume"), err
