@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from flowopd.benchmarks.stats import mean_ci
-from flowopd.benchmarks.suites import Suite, _mini_items, _raw
+from flowopd.benchmarks.suites import Suite, _mini_items, _raw, _raw_range
 from flowopd.errors import InputError
 
 NAME = "custom"
@@ -53,12 +53,10 @@ def _file_items(path: Path):
 
 def _aggregate(suite: Suite, records: list[dict[str, Any]], rewards: Sequence[str]) -> dict[str, Any]:
     """Each reward's mean over every image, and per task when the prompts name more than one."""
-    from flowopd.reward_models import get_reward_class
-
     metrics: dict[str, Any] = {}
     tasks = sorted({r["task"] for r in records if r.get("task")})
     for reward in rewards:
-        bounds = get_reward_class(reward).raw_range
+        bounds = _raw_range(reward)
         if _raw(records, reward):
             metrics[reward] = mean_ci(_raw(records, reward), proportion=False, bounds=bounds)
         for task in tasks if len(tasks) > 1 else ():

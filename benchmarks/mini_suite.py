@@ -68,19 +68,14 @@ def summarise(records: list[dict[str, Any]]) -> dict[str, dict[str, Any]]:
         for t, v in tags.items():
             if v:
                 metrics[f"compose/geneval_{t}"] = mean_ci(v)
+    from flowopd.benchmarks.suites import _raw_range
+
     for task, rows in by_task.items():
         for name in rows[0]["scores"]:
-            metrics[f"{task}/{name}"] = mean_ci([r["scores"][name]["raw"] for r in rows], bounds=_range(name))
+            metrics[f"{task}/{name}"] = mean_ci([r["scores"][name]["raw"] for r in rows], bounds=_raw_range(name))
     if by_task.get("text"):
         metrics["text/exact_match"] = mean_ci([float(r["scores"]["mini_ocr"]["raw"] == 1.0) for r in by_task["text"]])
     return metrics
-
-
-def _range(reward: str) -> tuple[float, float] | None:
-    """The reward's raw range (its ``raw_range``), which its interval stays inside."""
-    from flowopd.reward_models import get_reward_class
-
-    return get_reward_class(reward).raw_range
 
 
 HEADLINE = {  # each task's primary metric (the paper's Table 2 analogues)
