@@ -19,7 +19,7 @@ MINI_SAMPLING = {"steps": 20, "cfg": 3.0, "shift": 1.0}  # chosen by tests/bench
 
 
 @dataclasses.dataclass
-class WeightSet:
+class KnownModel:
     """A named set of weights the project knows: where it lives and whether it is present."""
 
     name: str
@@ -41,15 +41,16 @@ class WeightSet:
 
 
 KNOWN_WEIGHTS = {
-    "mini-base": WeightSet(
+    "mini-base": KnownModel(
         "mini-base",
         "mini",
         MINI_BASE_DIR,
         "the mini world's pre-trained base (ships with the package)",
-        "flowopd mini pretrain --out DIR  (then pass --model DIR)",
+        "flowopd mini pretrain --config configs/mini/pretrain.yaml --out runs/mini-base-v2-stage1, then "
+        "flowopd mini pretrain --config configs/mini/pretrain-stage2.yaml --out runs/mini-base-v2  (then pass --model runs/mini-base-v2)",
     ),
     **{
-        f"mini-teacher-{task}": WeightSet(
+        f"mini-teacher-{task}": KnownModel(
             f"mini-teacher-{task}",
             "mini-lora",
             MINI_TEACHERS_DIR / task,
@@ -59,7 +60,7 @@ KNOWN_WEIGHTS = {
         for task in ("compose", "text", "preference", "quality")
     },
     **{
-        f"mini-mix-{variant}": WeightSet(
+        f"mini-mix-{variant}": KnownModel(
             f"mini-mix-{variant}",
             "mini-lora",
             MINI_MIX_DIR / variant,
@@ -68,7 +69,7 @@ KNOWN_WEIGHTS = {
         )
         for variant in ("weighted", "alternate")
     },
-    "mini-student": WeightSet(
+    "mini-student": KnownModel(
         "mini-student",
         "mini-lora",
         MINI_STUDENT_DIR,

@@ -22,7 +22,7 @@ MIN_SIDE = 5  # world objects are >= 7 px wide; patch-sized (4x4) fragments are 
 
 
 @dataclasses.dataclass
-class Detection:
+class ShapeDetection:
     """One detected object: class, box (x0, y0, x1, y1 in pixels), confidence, colour name, area."""
 
     cls: str
@@ -95,13 +95,13 @@ def _iou(a: np.ndarray, b: np.ndarray) -> float:
     return float((a & b).sum() / union) if union else 0.0
 
 
-def detect(image: np.ndarray) -> list[Detection]:
+def detect(image: np.ndarray) -> list[ShapeDetection]:
     """Detect the objects in a mini image (HWC, uint8 or float in [0,1]); sorted by confidence."""
     img = to_float_hwc(image)
     bg = background_colour(img)
     fg = np.abs(img - bg).max(axis=-1) > FG_THRESHOLD
     labels, n = connected_components(fg)
-    dets: list[Detection] = []
+    dets: list[ShapeDetection] = []
     for k in range(1, n + 1):
         comp = labels == k
         area = int(comp.sum())
@@ -121,7 +121,7 @@ def detect(image: np.ndarray) -> list[Detection]:
         aspect = float(np.exp(-(np.log(max(w, 1) / max(h, 1)) ** 2) / (2 * 0.3**2)))
         score = float(fit * margin * aspect)
         colour = _colour_name(np.median(img[comp], axis=0))
-        dets.append(Detection(best, (float(x0), float(y0), float(x1), float(y1)), score, colour, area, ious))
+        dets.append(ShapeDetection(best, (float(x0), float(y0), float(x1), float(y1)), score, colour, area, ious))
     dets.sort(key=lambda d: -d.score)
     return dets
 

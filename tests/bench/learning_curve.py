@@ -22,8 +22,9 @@ TASKS = ("compose", "text", "preference", "quality")
 SCALE = {"compose": 1.0, "text": 1.0, "preference": 1.0, "quality": 5.0}  # 0-1 as the reproduction table (quality / 5)
 
 
-def curve(run: Path, limit: int) -> dict:
-    """The run's points: samples seen and each task's normalised headline score, per checkpoint."""
+def curve(run: Path, limit: int, every: int = 1) -> dict:
+    """The run's points: samples seen and each task's normalised headline score, per checkpoint (every ``every``-th step
+    and the last one)."""
     import yaml
 
     from flowopd.benchmarks.runner import EvalConfig, run_eval
@@ -33,7 +34,9 @@ def curve(run: Path, limit: int) -> dict:
 
     cfg = TrainConfig.model_validate(yaml.safe_load((run / CONFIG_FILE).read_text()))
     points = []
-    for step, model in [(0, cfg.model)] + [(int(c.name.split("-")[1]), c) for c in checkpoints(run)]:
+    saved = [(int(c.name.split("-")[1]), c) for c in checkpoints(run)]
+    saved = [(s, c) for s, c in saved if s % every == 0 or s == saved[-1][0]]
+    for step, model in [(0, cfg.model)] + saved:
         where = run / "curve" / f"step-{step:06d}"
         if step:
             lora = where / "lora"
@@ -88,9 +91,10 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("runs", type=Path, nargs="+", help="run folders of `flowopd train teacher|mix`")
     parser.add_argument("--limit", type=int, default=24, help="held-out prompts per task (compose: per tag)")
+    parser.add_argument("--every", type=int, default=1, help="evaluate the checkpoints of every N-th step (and the last)")
     parser.add_argument("--out", type=Path, default=Path("docs/figures/learning-curves.png"))
     args = parser.parse_args()
-    curves = [curve(run, args.limit) for run in args.runs]
+    curves = [curve(run, args.limit, args.every) for run in args.runs]
     plot(curves, args.out)
     args.out.with_suffix(".json").write_text(json.dumps(curves, indent=1) + "\n")
     print(f"wrote {args.out} and {args.out.with_suffix('.json')}")
