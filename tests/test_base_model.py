@@ -19,15 +19,16 @@ def test_shipped_base_loads_and_records_its_training():
 
 @pytest.mark.slow
 def test_base_scores_leave_room_to_improve(tmp_path):
-    """Like SD3.5-M in the paper (GenEval 0.63, OCR 0.59), the base is neither useless nor solved."""
+    """Like SD3.5-M in the paper (GenEval 0.63, OCR 0.59), the base is neither useless nor solved: issue 14's band, every task's
+    headline 0.2-0.7 of its 0-1 scale (quality / 5). World v2 base, 48 prompts a task: 0.427, 0.470, 0.425, 1.65 (docs/mini-world.md)."""
     from flowopd.benchmarks.runner import EvalConfig, run_eval
 
     summary = run_eval(EvalConfig(suites=["mini"], model="mini-base", limit=24), tmp_path / "eval", cache_path=tmp_path / "c.sqlite")
     m = summary["suites"]["mini"]["metrics"]
-    assert 0.02 < m["compose/geneval_overall"]["mean"] < 0.85  # measured 0.075 (96 prompts a tag): docs/training.md
-    assert 0.15 < m["text/mini_ocr"]["mean"] < 0.9
-    assert 0.3 < m["preference/mini_preference"]["mean"] < 0.95
-    assert 1.5 < m["quality/mini_quality"]["mean"] < 4.95  # the shipped (world v1) base under the v2 judge: 2.38 (48 prompts)
+    assert 0.2 < m["compose/geneval_overall"]["mean"] < 0.7
+    assert 0.2 < m["text/mini_ocr"]["mean"] < 0.7
+    assert 0.2 < m["preference/mini_preference"]["mean"] < 0.7
+    assert 1.0 < m["quality/mini_quality"]["mean"] < 3.5
 
 
 def test_every_suite_image_has_its_own_seed():

@@ -1,6 +1,6 @@
 """A picture of what a mini model draws: one row per task, held-out prompts, the evaluation protocol (20 ODE steps, CFG 3).
 
-    python tests/bench/sample_grid.py --model staging/mini-base-v2 --n 8 --out docs/figures/mini-base-v2-samples.png
+    python tests/bench/sample_grid.py --model mini-base --n 8 --out docs/figures/mini-base-v2-samples.png
 
 Row order: compose (its six tags in turn), text, preference, quality; images upscaled x4 with hard pixel edges.
 Prints each image's prompt and its own task's score, so a reader can check the picture against the numbers.
