@@ -718,7 +718,31 @@ def add_deltas(lb: Leaderboard, baseline: Run) -> None:
                 "evaluate both with the same settings"
             )
     lb.deltas = {r.label: paired_deltas(r.samples("mini"), base) for r in lb.runs if r.samples("mini") and r.folder.resolve() != same}
+    for d in lb.deltas.values():
+        avg = paired_avg(d)
+        if avg is not None:
+            d[PAIRED_AVG] = avg
     lb.delta_baseline = str(baseline.model.get("label") or baseline.model.get("spec") or baseline.folder.name)
+
+
+PAIRED_AVG = "Avg (0-1)"
+
+
+def paired_avg(deltas: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
+    """The paired change of the mini Avg: the mean of the four headline changes, each divided by its scale (quality / 5).
+
+    The four tasks are scored on disjoint prompts, so their errors add in
+    quadrature. None unless all four are present.
+    """
+    parts = []
+    for col in MAIN_MINI.columns:
+        d = deltas.get(col.key.removeprefix("mini/"))
+        if d is None or not all(math.isfinite(x) for x in d["ci95"]):
+            return None
+        parts.append((d["mean"] / col.scale, (d["ci95"][1] - d["ci95"][0]) / (2 * Z95) / col.scale, d.get("n", 0)))
+    mean = sum(m for m, _, _ in parts) / len(parts)
+    se = math.sqrt(sum(e * e for _, e, _ in parts)) / len(parts)
+    return {"mean": mean, "ci95": [mean - Z95 * se, mean + Z95 * se], "se": se, "n": sum(n for _, _, n in parts)}
 
 
 def _mini_sampling(run: Run) -> dict[str, Any]:

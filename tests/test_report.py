@@ -50,6 +50,22 @@ def test_paired_deltas_average_like_the_metric():
     assert "+0.250 [+0.250, +0.250]*" in md and "+0.250" in md
 
 
+def test_paired_avg_is_the_mean_of_the_normalised_task_changes():
+    """Issue 14 point 5: the report shows the four-task mean's paired change, quality / 5, errors in quadrature."""
+    from flowopd.benchmarks.report import paired_avg
+
+    def d(mean, half):
+        return {"mean": mean, "ci95": [mean - half, mean + half], "n": 10}
+
+    deltas = {"compose/geneval_overall": d(0.1, 0.04), "text/mini_ocr": d(0.2, 0.04), "preference/mini_preference": d(0.0, 0.04)}
+    assert paired_avg(deltas) is None  # quality missing: no Avg
+    deltas["quality/mini_quality"] = d(0.5, 0.2)  # 1-5 scale: +0.1 and a half-width of 0.04 on 0-1
+    avg = paired_avg(deltas)
+    assert avg["mean"] == pytest.approx((0.1 + 0.2 + 0.0 + 0.1) / 4)
+    assert avg["ci95"][1] - avg["mean"] == pytest.approx(0.04 * 2 / 4)  # four equal errors: sqrt(4) e / 4
+    assert avg["n"] == 40
+
+
 def _main(lb, table_id="main"):
     (t,) = [t for t in lb.tables if t.spec.id == table_id]
     return t
