@@ -1,5 +1,8 @@
 """User-facing errors: the CLI prints them as one line (no traceback unless ``--debug``)."""
 
+import contextlib
+from collections.abc import Iterator
+
 
 class FlowOPDError(Exception):
     """An error whose message says what went wrong and how to fix it."""
@@ -29,3 +32,14 @@ def corrupt_weights_error(file: object, exc: BaseException) -> FlowOPDError:
     """One line naming the unreadable weights file and the fix."""
     first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
     return FlowOPDError(f"{file} is truncated or corrupt ({first}); copy it again or rerun the command that wrote it")
+
+
+@contextlib.contextmanager
+def naming_corrupt_weights(file: object) -> Iterator[None]:
+    """Inside it, safetensors refusing a truncated or corrupt file becomes one line naming ``file`` and the fix."""
+    try:
+        yield
+    except Exception as exc:
+        if is_corrupt_safetensors(exc):
+            raise corrupt_weights_error(file, exc) from None
+        raise

@@ -110,14 +110,10 @@ def load_safetensors(file: Path) -> dict[str, torch.Tensor]:
     """A safetensors file's tensors; a truncated or corrupt file is one line naming it."""
     from safetensors.torch import load_file
 
-    from flowopd.errors import corrupt_weights_error, is_corrupt_safetensors
+    from flowopd.errors import naming_corrupt_weights
 
-    try:
+    with naming_corrupt_weights(file):
         return load_file(file)
-    except Exception as exc:
-        if is_corrupt_safetensors(exc):
-            raise corrupt_weights_error(file, exc) from None
-        raise
 
 
 def read_peft_lora(folder: Path) -> tuple[dict[str, torch.Tensor], dict[str, Any]]:
@@ -159,9 +155,12 @@ def check_lora_base(folder: str | Path, base_digest: str | None, base_name: str)
 def load_lora(transformer: torch.nn.Module, folder: str | Path, name: str, trainable: bool = False) -> None:
     """Load a saved LoRA (ours, any diffusers-format SD3 LoRA, or a peft folder) as adapter ``name``: frozen, or ``trainable``."""
     folder = Path(folder)
+    from flowopd.errors import naming_corrupt_weights
+
     before = active_adapters(transformer)
+    weights = folder / LORA_FILE if (folder / LORA_FILE).is_file() else folder / PEFT_FILES[0]
     try:
-        with warnings.catch_warnings():  # peft warns that a model with adapters gets another one: that is the point here
+        with naming_corrupt_weights(weights), warnings.catch_warnings():  # peft warns of a second adapter: that is the point
             warnings.simplefilter("ignore", UserWarning)
             if (folder / LORA_FILE).is_file():
                 transformer.load_lora_adapter(folder, weight_name=LORA_FILE, prefix="transformer", adapter_name=name)
@@ -171,14 +170,10 @@ def load_lora(transformer: torch.nn.Module, folder: str | Path, name: str, train
                 state, config = read_peft_lora(folder)
                 transformer.add_adapter(LoraConfig(**config), adapter_name=name)
                 set_lora_state_dict(transformer, {k.removeprefix("transformer."): v for k, v in state.items()}, name)
-    except Exception as exc:
-        from flowopd.errors import corrupt_weights_error, is_corrupt_safetensors
-
-        if is_corrupt_safetensors(exc):
-            raise corrupt_weights_error(folder / LORA_FILE if (folder / LORA_FILE).is_file() else folder / PEFT_FILES[0], exc) from None
-        if isinstance(exc, (RuntimeError, ValueError, KeyError)):
-            raise FlowOPDError(f"LoRA {folder} does not fit this model: {str(exc).splitlines()[0]}") from None
+    except FlowOPDError:
         raise
+    except (RuntimeError, ValueError, KeyError) as exc:
+        raise FlowOPDError(f"LoRA {folder} does not fit this model: {str(exc).splitlines()[0]}") from None
     for n, p in transformer.named_parameters():
         if f".{name}." in n:
             p.requires_grad_(trainable)

@@ -84,14 +84,10 @@ def build_tokenizer():
 
 def _read_weights(folder: Path, load: Any) -> Any:
     """``load(folder)``, a truncated or corrupt safetensors file there named in one line."""
-    from flowopd.errors import corrupt_weights_error, is_corrupt_safetensors
+    from flowopd.errors import naming_corrupt_weights
 
-    try:
+    with naming_corrupt_weights(next(folder.glob("*.safetensors"), folder)):
         return load(folder)
-    except Exception as exc:
-        if is_corrupt_safetensors(exc):
-            raise corrupt_weights_error(next(folder.glob("*.safetensors"), folder), exc) from None
-        raise
 
 
 class MiniBackbone(torch.nn.Module):
