@@ -334,6 +334,7 @@ def _run_suite(
 ) -> list[dict[str, Any]]:
     """Sample the missing images of ``jobs`` batch by batch, then score every image with its rewards through the cache."""
     from flowopd.reward_models import load_reward
+    from flowopd.reward_models.base import to_uint8_hwc
     from flowopd.sampling import sample_ode
 
     keys = [image_key(j, sampling) for j in jobs]
@@ -353,7 +354,7 @@ def _run_suite(
             negative_prompt=sampling["negative_prompt"],
             batch_size=cfg.batch_size,
         )
-        arrays = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
+        arrays = to_uint8_hwc(images)
         for k, arr in zip(batch, arrays):
             job = jobs[k]
             meta = {"prompt": job.prompt, "seed": job.seed, "sampling": sampling, "model": model.spec, "model_label": model.label}

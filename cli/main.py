@@ -113,12 +113,6 @@ def _save_png(array, path: Path, scale: int = 1) -> None:
         img.save(f, format="PNG")
 
 
-def _to_uint8(images):
-    import torch
-
-    return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-
-
 def _grid(arrays, cols: int):
     import numpy as np
 
@@ -231,7 +225,9 @@ def sample(
             batch_size=batch,
             progress=advance,
         )
-    arrays = _to_uint8(images)
+    from flowopd.reward_models.base import to_uint8_hwc
+
+    arrays = to_uint8_hwc(images)
     if single:
         _save_png(arrays[0] if n == 1 else _grid(arrays, min(n, 8)), out, scale)
         console.print(f"wrote {out}  ({n} image{'s' * (n > 1)}, seed {seed}, {steps} steps, cfg {cfg})")
