@@ -732,12 +732,12 @@ def paired_avg(deltas: dict[str, dict[str, Any]]) -> dict[str, Any] | None:
     """The paired change of the mini Avg: the mean of the four headline changes, each divided by its scale (quality / 5).
 
     The four tasks are scored on disjoint prompts, so their errors add in
-    quadrature. None unless all four are present.
+    quadrature (an undefined interval, n < 2, leaves it undefined). None unless all four are present.
     """
     parts = []
     for col in MAIN_MINI.columns:
         d = deltas.get(col.key.removeprefix("mini/"))
-        if d is None or not all(math.isfinite(x) for x in d["ci95"]):
+        if d is None:
             return None
         parts.append((d["mean"] / col.scale, (d["ci95"][1] - d["ci95"][0]) / (2 * Z95) / col.scale, d.get("n", 0)))
     mean = sum(m for m, _, _ in parts) / len(parts)

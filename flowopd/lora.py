@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from flowopd.errors import FlowOPDError
+from flowopd.errors import FlowOPDError, naming_corrupt_weights
 
 if TYPE_CHECKING:
     import torch
@@ -110,8 +110,6 @@ def load_safetensors(file: Path) -> dict[str, torch.Tensor]:
     """A safetensors file's tensors; a truncated or corrupt file is one line naming it."""
     from safetensors.torch import load_file
 
-    from flowopd.errors import naming_corrupt_weights
-
     with naming_corrupt_weights(file):
         return load_file(file)
 
@@ -155,14 +153,12 @@ def check_lora_base(folder: str | Path, base_digest: str | None, base_name: str)
 def load_lora(transformer: torch.nn.Module, folder: str | Path, name: str, trainable: bool = False) -> None:
     """Load a saved LoRA (ours, any diffusers-format SD3 LoRA, or a peft folder) as adapter ``name``: frozen, or ``trainable``."""
     folder = Path(folder)
-    from flowopd.errors import naming_corrupt_weights
-
     before = active_adapters(transformer)
-    weights = folder / LORA_FILE if (folder / LORA_FILE).is_file() else folder / PEFT_FILES[0]
+    ours = (folder / LORA_FILE).is_file()  # else peft's own layout
     try:
-        with naming_corrupt_weights(weights), warnings.catch_warnings():  # peft warns of a second adapter: that is the point
-            warnings.simplefilter("ignore", UserWarning)
-            if (folder / LORA_FILE).is_file():
+        with naming_corrupt_weights(folder / (LORA_FILE if ours else PEFT_FILES[0])), warnings.catch_warnings():
+            warnings.simplefilter("ignore", UserWarning)  # peft warns that a model with adapters gets another: the point here
+            if ours:
                 transformer.load_lora_adapter(folder, weight_name=LORA_FILE, prefix="transformer", adapter_name=name)
             else:  # peft's own layout: its config, then its weights (keys as `lora_state_dict` gives them)
                 from peft import LoraConfig

@@ -140,7 +140,7 @@ def _norm(m: dict[str, Any], task: str) -> tuple[float, float]:
 
 def summarise(out: Path, specs: dict[str, str]) -> dict[str, Any]:
     """Per row: the four headline metrics and their normalised mean; the paired comparisons the issue asks about."""
-    from flowopd.benchmarks.report import paired_deltas
+    from flowopd.benchmarks.report import paired_avg, paired_deltas
 
     rows: dict[str, Any] = {}
     for row, table, what in ROWS:
@@ -166,9 +166,8 @@ def summarise(out: Path, specs: dict[str, str]) -> dict[str, Any]:
         for t in TASKS:
             key = next(k for k in d if k.startswith(f"{t}/"))
             by_task[t] = _scaled(d[key], 1 / SCALE[t])
-        se = math.sqrt(sum(((v["ci95"][1] - v["ci95"][0]) / (2 * Z95)) ** 2 for v in by_task.values())) / 4
-        mean = sum(v["mean"] for v in by_task.values()) / 4
-        return {"tasks": by_task, "mean4": {"mean": mean, "ci95": [mean - Z95 * se, mean + Z95 * se]}}
+        avg = paired_avg(d)  # the report's paired Avg: the same four changes, quality / 5
+        return {"tasks": by_task, "mean4": {"mean": avg["mean"], "ci95": avg["ci95"]}}
 
     comparisons = {f"{t} - base": paired(t, "base") for t in [*(f"teacher-{t}" for t in TASKS), "mix-weighted", "mix-alternate"]}
     comparisons.update({f"mix-weighted - teacher-{t}": paired("mix-weighted", f"teacher-{t}") for t in TASKS})
