@@ -574,7 +574,7 @@ def _train(
         except KeyboardInterrupt:
             lora = None
     if lora is None:  # said after the progress bar has closed
-        from flowopd.trainer import checkpoints
+        from flowopd.run_folder import checkpoints
 
         done = checkpoints(out)
         kept = f"kept checkpoint {done[-1]}" if done else "no checkpoint yet (the same command restarts it in place)"
@@ -711,7 +711,7 @@ def train_coldstart(
 ) -> None:
     """Make the student's starting LoRA from the teachers (SPEC section 5); writes it in the diffusers format."""
     from flowopd.coldstart import cold_start
-    from flowopd.trainer import check_plan
+    from flowopd.plan_checks import check_plan
 
     cfg = _load_train_config(config, {"seed": seed, "threads": threads})
     if cfg.opd is None:

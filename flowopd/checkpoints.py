@@ -21,9 +21,10 @@ def export_checkpoint(checkpoint: str | Path, out: str | Path) -> Path:
 
     from flowopd.lora import add_lora, load_safetensors, save_lora, set_lora_state_dict
     from flowopd.models import load_backbone, model_digest
+    from flowopd.run_folder import CONFIG_FILE
     from flowopd.runinfo import atomic_dir
     from flowopd.train_config import TrainConfig
-    from flowopd.trainer import CONFIG_FILE, lora_record
+    from flowopd.trainer import lora_record
 
     checkpoint, out = Path(checkpoint), Path(out)
     state_file = checkpoint / "trainer_state.json"

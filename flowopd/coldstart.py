@@ -147,13 +147,13 @@ def _draw(pool: tuple, n: int, rng: np.random.Generator) -> list:
 
 def sft_cold_start(cfg: TrainConfig, out: Path, progress: Callable[[str, int, int], None] | None = None) -> Path:
     """The SFT cold start into ``out``: teacher images for their routed prompts, then flow matching (eq. 1) on a fresh LoRA."""
+    from flowopd.draws import training_prompts
     from flowopd.lora import add_lora, save_lora, use_adapter
     from flowopd.mini import world
     from flowopd.mini.pretrain import flow_matching_loss
     from flowopd.models import load_backbone, model_digest
     from flowopd.runinfo import atomic_dir
     from flowopd.sampling import sample_ode
-    from flowopd.trainer import training_prompts
 
     sft = cfg.opd.cold_start.sft
     backbone = load_backbone(cfg.model, device=_device(), resolution=cfg.resolution)

@@ -3,7 +3,7 @@
 :func:`train_plan` returns a JSON-ready dict: the process count and where it
 came from, the batch arithmetic per GPU, the sampler, the LoRA, the learning
 signal (rewards, or teachers and routing for OPD), the trainer's own checks
-(:func:`flowopd.trainer.check_arithmetic` decides; :func:`flowopd.trainer.check_inputs`
+(:func:`flowopd.plan_checks.check_arithmetic` decides; :func:`flowopd.plan_checks.check_inputs`
 is reported, never raised) and a per-GPU memory estimate. :func:`format_plan`
 turns it into the text the CLI prints.
 
@@ -108,13 +108,13 @@ def train_plan(cfg: TrainConfig, processes: int | None = None, command: str = "t
     """Everything ``flowopd train`` would do with ``cfg`` on ``processes`` processes, checked; loads no model."""
     from flowopd.errors import FlowOPDError
     from flowopd.models import is_sd3
-    from flowopd.trainer import check_arithmetic
+    from flowopd.plan_checks import check_arithmetic
 
     n, source = resolve_processes(processes)
     if command == "coldstart":  # `flowopd train coldstart` runs in one process
         n, source = 1, "`flowopd train coldstart` runs in one process"
     b, g = cfg.batch_size, cfg.group_size
-    u = cfg.grpo.updates_per_rollout
+    u = cfg.updates_per_rollout
     per_gpu = b // n if b % n == 0 else None
     per_update = per_gpu // u if per_gpu is not None and per_gpu % u == 0 else None
     plan: dict[str, Any] = {
@@ -229,7 +229,7 @@ def _lora(cfg: TrainConfig, command: str) -> dict[str, Any]:
 
 def _inputs(cfg: TrainConfig) -> dict[str, Any]:
     """What the run reads, each present or missing (cheap checks, no download), and check_inputs' own verdict."""
-    from flowopd.trainer import check_inputs
+    from flowopd.plan_checks import check_inputs
 
     items: list[dict[str, Any]] = [_model_item(cfg.model)]
     for task, w in cfg.tasks.items():
@@ -242,7 +242,7 @@ def _inputs(cfg: TrainConfig) -> dict[str, Any]:
         for spec in cfg.opd.teachers:
             items.append(_folder_item("teacher", spec.name, spec.lora_folder))
         if cfg.opd.anchor is not None:
-            from flowopd.trainer import anchor_folder
+            from flowopd.objectives.opd import anchor_folder
 
             items.append(_folder_item("anchor", cfg.opd.anchor, lambda: anchor_folder(cfg)))
         if cfg.opd.cold_start.from_lora:
@@ -585,7 +585,7 @@ def _format_run(plan: dict[str, Any], row) -> None:
 
 def fitting_process_counts(cfg: TrainConfig, limit: int = 64) -> list[int]:
     """Process counts up to ``limit`` on which the batch arithmetic works (batch split, equal update parts)."""
-    b, u = cfg.batch_size, cfg.grpo.updates_per_rollout
+    b, u = cfg.batch_size, cfg.updates_per_rollout
     return [n for n in range(1, limit + 1) if b % n == 0 and (b // n) % u == 0]
 
 

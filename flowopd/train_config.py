@@ -1,7 +1,8 @@
 """The training config: one pydantic model per section, validated (and the plan checked) before any model loads.
 
 Sections: data (prompts and rewards), ``sampler`` (rollouts, SPEC section 2),
-``grpo`` (the objective, SPEC section 4), ``lora`` and ``optim``. Defaults are
+the objective's own (``grpo``, SPEC section 4; ``opd``, section 6: its presence
+makes the run an OPD run), ``lora`` and ``optim``. Defaults are
 Flow-GRPO's / the paper's unless a field says otherwise; the mini recipes in
 ``configs/mini/`` override what the 32x32 world needs.
 """
@@ -58,7 +59,6 @@ class GRPOConfig(BaseModel):
     kl_weighting: Literal["exact", "flow_grpo"] = Field(
         "exact", description="eq. 9 exact, or Flow-GRPO's (sde: exact x |dt|; cps: exact, as its code)"
     )
-    updates_per_rollout: int = Field(1, ge=1, description="optimizer updates per rollout (the batch splits into this many parts)")
 
 
 class LoraConfig(BaseModel):
@@ -167,6 +167,7 @@ class TrainConfig(BaseModel):
     batch_size: int = Field(32, ge=1, description="samples per rollout over all processes (= prompts x group_size)")
     group_size: int = Field(8, ge=2, description="samples per prompt (G)")
     micro_batch: int = Field(32, ge=1, description="samples per forward on one process (memory)")
+    updates_per_rollout: int = Field(1, ge=1, description="optimizer updates per rollout (the batch splits into this many parts)")
     sampler: SamplerConfig = Field(default_factory=SamplerConfig)
     grpo: GRPOConfig = Field(default_factory=GRPOConfig)
     lora: LoraConfig = Field(default_factory=LoraConfig)
@@ -193,6 +194,21 @@ class TrainConfig(BaseModel):
         for key in ("cfg", "shift"):
             sampler.setdefault(key, MINI_SAMPLING[key])
         return {**values, "sampler": sampler}
+
+    @model_validator(mode="before")
+    @classmethod
+    def _updates_per_rollout_is_top_level(cls, values: Any) -> Any:
+        """``grpo.updates_per_rollout`` (where configs before the objectives' split kept it) moves to the top level, which
+        every objective reads."""
+        if not isinstance(values, dict) or not isinstance(values.get("grpo"), dict) or "updates_per_rollout" not in values["grpo"]:
+            return values
+        grpo = dict(values["grpo"])
+        old = grpo.pop("updates_per_rollout")
+        if values.get("updates_per_rollout", old) != old:
+            raise ValueError(
+                f"updates_per_rollout {values['updates_per_rollout']} and grpo.updates_per_rollout {old} differ; keep the top-level one"
+            )
+        return {**values, "grpo": grpo, "updates_per_rollout": old}
 
     @field_validator("tasks")
     @classmethod
@@ -232,6 +248,16 @@ class TrainConfig(BaseModel):
         for key in self.RESUMABLE_CHANGES:
             data.pop(key, None)
         return data
+
+    @property
+    def objective(self) -> str:
+        """The objective this config trains with: its section selects it (``opd:`` present: opd; otherwise grpo)."""
+        return "opd" if self.opd is not None else "grpo"
+
+    @property
+    def one_task_per_step(self) -> bool:
+        """Every sample of a step comes from one task (``task_sampling: alternate`` or OPD's ``routing: epoch``)."""
+        return self.task_sampling == "alternate" or (self.opd is not None and self.opd.routing == "epoch")
 
     def with_cold_start(self, **changes) -> TrainConfig:
         """This OPD config with ``opd.cold_start`` fields changed (e.g. ``method="sft"``, ``from_lora=FOLDER``)."""

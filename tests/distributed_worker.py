@@ -25,7 +25,7 @@ trainer = Trainer(cfg, out / "run")
 seen = []
 for _ in range(steps):
     trainer.train_step()
-    b = trainer.last_batch
+    b = trainer.objective.last_batch
     seen.append({k: (v.tolist() if torch.is_tensor(v) else v) for k, v in b.items()})
 lora = torch.cat([p.detach().flatten() for p in trainer.params])
 rank = trainer.accelerator.process_index

@@ -10,10 +10,11 @@ from flowopd.errors import FlowOPDError
 from flowopd.lora import add_lora, load_lora, use_adapter
 from flowopd.models import load_backbone
 from flowopd.objectives.opd import leave_one_out, reward_to_go, step_advantages
+from flowopd.plan_checks import check_plan
 from flowopd.sampling import guided_velocity
 from flowopd.teachers import MINI_TEACHERS, Router, TeacherSpec
 from flowopd.train_config import TrainConfig
-from flowopd.trainer import Trainer, check_plan
+from flowopd.trainer import Trainer
 
 
 def opd_config(model, teachers, **over) -> TrainConfig:
@@ -92,7 +93,7 @@ def test_reward_to_go_and_the_leave_one_out_baseline():
 def test_each_sample_gets_its_routed_teacher_and_the_anchor_exactly(tiny_policy_dir, tiny_teachers, tmp_path):
     trainer = Trainer(opd_config(tiny_policy_dir, tiny_teachers), tmp_path / "run")
     batch = trainer._collect()
-    trainer._opd_signal(batch)
+    trainer.objective.signal(batch)
     tasks = [r.task for r in batch.records]
     assert set(tasks) == {"compose", "text"}
     sig = batch.plan.sigmas
@@ -100,7 +101,7 @@ def test_each_sample_gets_its_routed_teacher_and_the_anchor_exactly(tiny_policy_
         for name in ("compose", "text", "quality"):
             alone = load_backbone(str(tiny_teachers[name]))
             rows = list(range(len(tasks))) if name == "quality" else [i for i, t in enumerate(tasks) if t == name]
-            target = batch.v_anchor if name == "quality" else batch.v_teacher
+            target = batch.signal["v_anchor" if name == "quality" else "v_teacher"]
             for k, i_step in enumerate(batch.plan.trained):
                 v = guided_velocity(alone, batch.traj.states[rows, k], sig[i_step], batch.cond[rows], batch.uncond[rows], 2.0)
                 assert torch.allclose(target[rows, k], v, atol=1e-5), (name, k)
@@ -139,9 +140,9 @@ def test_the_kl_objective_lowers_the_kl_to_the_teachers(tiny_policy_dir, tiny_te
         """The trajectory KL of step 0's prompts, seeds and window under the current student (a fixed yardstick)."""
         step, trainer.step = trainer.step, 0
         batch = trainer._collect()
-        trainer._opd_signal(batch)
+        trainer.objective.signal(batch)
         trainer.step = step
-        return float(trainer.last_batch["kl"].sum(1).mean())
+        return float(trainer.objective.last_batch["kl"].sum(1).mean())
 
     before = probe()
     trainer.train()
@@ -227,7 +228,7 @@ def test_cli_train_opd_and_coldstart(tiny_policy_dir, tiny_teachers, tmp_path, r
 
 
 def test_epoch_routing_serves_one_task_per_step(tiny_policy_dir, tiny_teachers):
-    from flowopd.trainer import draw_prompts
+    from flowopd.draws import draw_prompts
 
     cfg = opd_config(tiny_policy_dir, tiny_teachers, tasks={"compose": 2.0, "text": 1.0}, opd={"routing": "epoch"})
     tasks = [{r.task for r in draw_prompts(cfg, step, 4)} for step in range(6)]

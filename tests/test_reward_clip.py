@@ -551,6 +551,6 @@ def test_a_teacher_trains_on_pickscore_with_the_same_trainer(assets, tiny_policy
     trainer = Trainer(cfg, tmp_path / "run")
     metrics = trainer.train_step()
     assert math.isfinite(metrics["reward/pickscore_v1"]) and metrics["reward_failed"] == 0
-    rewards = trainer.last_batch["rewards"]
+    rewards = trainer.objective.last_batch["rewards"]
     assert metrics["reward/pickscore_v1"] == pytest.approx(float(rewards.mean()), abs=1e-5)
-    assert rewards.std() > 0 and trainer.last_batch["advantages"].abs().sum() > 0  # distinct images, distinct scores
+    assert rewards.std() > 0 and trainer.objective.last_batch["advantages"].abs().sum() > 0  # distinct images, distinct scores

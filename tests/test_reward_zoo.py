@@ -280,7 +280,7 @@ def test_the_trainer_leaves_failed_images_out_and_stops_when_all_fail(tiny_polic
 
     trainer = Trainer(tiny_config(tiny_policy_dir, steps=1, rewards={"test_first_fails": 1.0}), tmp_path / "run")
     metrics = trainer.train_step()
-    rewards, adv = trainer.last_batch["rewards"], trainer.last_batch["advantages"]
+    rewards, adv = trainer.objective.last_batch["rewards"], trainer.objective.last_batch["advantages"]
     assert torch.isnan(rewards).sum() == 1 and metrics["reward_failed"] == 1
     assert adv[torch.isnan(rewards)].item() == 0 and math.isfinite(metrics["reward"]) and math.isfinite(metrics["loss"])
     monkeypatch.setattr(FirstFails, "everything", True)

@@ -124,7 +124,7 @@ def test_recipe_header_names_spec_and_its_launch_command(name):
 @pytest.mark.parametrize("name", RECIPES)
 def test_arithmetic_passes_on_32_gpus_and_the_plan_says_so(name):
     from flowopd.plan import train_plan
-    from flowopd.trainer import check_arithmetic
+    from flowopd.plan_checks import check_arithmetic
 
     cfg = load(name)
     check_arithmetic(cfg, 32)

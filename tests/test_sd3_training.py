@@ -10,8 +10,9 @@ from test_sd3_backbone import save_tiny_sd3
 from test_trainer import tiny_config
 
 from flowopd.errors import ConfigError
+from flowopd.plan_checks import check_plan
 from flowopd.reward_models import RewardModel, register_reward
-from flowopd.trainer import Trainer, check_plan
+from flowopd.trainer import Trainer
 
 PROMPTS = ["a red apple on a table", "a photo of a blue bus", "a green field under a grey sky", "a yellow taxi at night"]
 SAMPLER = {"steps": 4, "cfg": 4.5, "shift": 3.0, "kind": "sde", "noise_level": 0.7, "window_size": 2, "window_start_max": 1}
@@ -81,7 +82,7 @@ def test_a_grpo_step_trains_the_lora_of_an_sd3_model(sd3_dir, prompt_file, tmp_p
     metrics = trainer.train_step()
     assert torch.isfinite(torch.tensor(metrics["loss"])) and metrics["reward"] == metrics["reward"]
     assert not torch.equal(before, _lora(trainer))  # the update reached the LoRA through the SD3 transformer
-    assert set(trainer.last_batch["prompts"]) <= set(PROMPTS)  # training prompts come from the prompts: file
+    assert set(trainer.objective.last_batch["prompts"]) <= set(PROMPTS)  # training prompts come from the prompts: file
     assert trainer.backbone._embeds  # prompt embeddings cached (the negative prompt and each group's prompt)
 
 
@@ -118,7 +119,7 @@ def test_an_opd_step_with_two_teacher_adapters_and_an_anchor_on_sd3(sd3_dir, sd3
         steps=1,
     )
     trainer = Trainer(cfg, tmp_path / "opd")
-    assert set(trainer.teacher_adapters) == {"compose", "text"} and trainer.anchor_adapter == "anchor"
+    assert set(trainer.objective.teacher_adapters) == {"compose", "text"} and trainer.objective.anchor_adapter == "anchor"
     before = _lora(trainer)
     metrics = trainer.train_step()
     assert all(torch.isfinite(torch.tensor(metrics[k])) for k in ("loss", "kl", "mar"))

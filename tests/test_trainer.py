@@ -9,8 +9,9 @@ import yaml
 from safetensors.torch import load_file
 
 from flowopd.errors import FlowOPDError
+from flowopd.run_folder import checkpoints
 from flowopd.train_config import TrainConfig
-from flowopd.trainer import Trainer, checkpoints
+from flowopd.trainer import Trainer
 
 
 def _umask() -> int:
@@ -32,7 +33,8 @@ def tiny_config(model: Path, **over) -> TrainConfig:
         group_size=4,
         micro_batch=4,
         sampler={"steps": 4, "cfg": 2.0, "shift": 1.0, "kind": "sde", "noise_level": 0.7, "window_size": 2, "window_start_max": 1},
-        grpo={"beta": 0.04, "updates_per_rollout": 2},
+        grpo={"beta": 0.04},
+        updates_per_rollout=2,
         lora={"rank": 4, "alpha": 8},
         optim={"lr": 1e-2},
         checkpoint_every=1,
@@ -105,7 +107,7 @@ def test_resume_continues_exactly_where_the_run_stopped(tiny_policy_dir, tmp_pat
         ({"sampler": {"steps": 4, "window_size": 3, "window_start_max": 2}}, "outside the 4-step schedule"),
         ({"sampler": {"steps": 4, "noise_level": 0.0}}, "noise_level 0"),
         ({"tasks": {"text": 1.0}, "rewards": {"mini_geneval": 1.0}}, "can score text prompts"),
-        ({"grpo": {"updates_per_rollout": 3}}, "updates_per_rollout=3"),
+        ({"updates_per_rollout": 3}, "updates_per_rollout=3"),
     ],
 )
 def test_bad_plans_fail_before_any_model_loads(tiny_policy_dir, tmp_path, monkeypatch, over, message):
@@ -118,6 +120,14 @@ def test_bad_plans_fail_before_any_model_loads(tiny_policy_dir, tmp_path, monkey
     with pytest.raises(FlowOPDError, match=message.replace("(", r"\(").replace("[", r"\[")):
         Trainer(tiny_config(tiny_policy_dir, **over), tmp_path / "run")
     assert not (tmp_path / "run").exists()
+
+
+def test_updates_per_rollout_under_grpo_reads_as_the_top_level_field_and_a_conflict_is_refused(tmp_path):
+    old = tiny_config(tmp_path, grpo={"beta": 0.04, "updates_per_rollout": 2}, updates_per_rollout=2)
+    new = tiny_config(tmp_path)
+    assert old.updates_per_rollout == 2 and old.digest() == new.digest()
+    with pytest.raises(ValueError, match="updates_per_rollout 1 and grpo.updates_per_rollout 2 differ"):
+        tiny_config(tmp_path, grpo={"updates_per_rollout": 2}, updates_per_rollout=1)
 
 
 def test_an_existing_run_needs_resume_and_a_checkpoint_from_another_model_is_refused(tiny_policy_dir, tiny_model_dir, tmp_path):

@@ -73,9 +73,11 @@ def reproduce(
     from flowopd.coldstart import merge_teachers, sft_cold_start
     from flowopd.config import load_config
     from flowopd.lora import LORA_FILE
+    from flowopd.plan_checks import check_plan
+    from flowopd.run_folder import RUN_MARKER
     from flowopd.runinfo import write_json_atomic
     from flowopd.train_config import TrainConfig, recipe_path
-    from flowopd.trainer import RUN_MARKER, Trainer, check_plan
+    from flowopd.trainer import Trainer
 
     cfg = load_config(TrainConfig, recipe_path(config), {"steps": steps})
     if cfg.opd is None:

@@ -1,1 +1,1 @@
-"""Learning signals on top of one rollout and one trainer: GRPO here; OPD and MAR come with distillation."""
+"""Objectives: the learning signals over the one rollout and the one trainer (GRPO, OPD), behind one interface (``base``)."""

@@ -12,8 +12,15 @@
 from __future__ import annotations
 
 import dataclasses
+from typing import TYPE_CHECKING, Any
 
 import torch
+
+from flowopd.errors import ConfigError, FlowOPDError
+from flowopd.objectives.base import Objective
+
+if TYPE_CHECKING:
+    from flowopd.train_config import TrainConfig
 
 STD_MODES = ("global", "group")
 
@@ -64,3 +71,90 @@ def clipped_surrogate(
     unclipped = -advantages * ratio
     clipped = -advantages * torch.clamp(ratio, 1.0 - clip_range, 1.0 + clip_range)
     return SurrogateOutput(torch.maximum(unclipped, clipped), ratio.detach(), (clipped > unclipped).detach())
+
+
+class GRPO(Objective):
+    """GRPO on rewards (SPEC section 4): score the rollout, group-relative advantages, clipped ratio loss + beta KL."""
+
+    name = "grpo"
+
+    @classmethod
+    def check_inputs(cls, cfg: TrainConfig) -> None:
+        """Every reward can run here, names known tasks, and can score each trained task's prompts."""
+        from flowopd.draws import training_prompts
+        from flowopd.mini import world
+        from flowopd.reward_models.registry import get_reward_class
+
+        names = set(cfg.rewards) | {n for w in cfg.task_rewards.values() for n in w}
+        for name in sorted(names):
+            ok, why = get_reward_class(name).weights_status()  # unknown names: "did you mean ..."
+            if not ok:
+                raise FlowOPDError(f"reward {name!r} cannot run here: {why}")
+        bad_tasks = sorted(set(cfg.task_rewards) - set(world.TASKS))
+        if bad_tasks:
+            raise ConfigError(f"task_rewards names unknown tasks {bad_tasks}; use {', '.join(world.TASKS)}")
+        rewards = {n: get_reward_class(n)() for n in names}
+        for t_index, task in enumerate(t for t, w in cfg.tasks.items() if w > 0):
+            rec = (
+                training_prompts(cfg.prompts[task], task)[0]
+                if task in cfg.prompts
+                else world.make_prompts(task, 1, seed=t_index, split="train")[0]
+            )
+            weights = cfg.task_rewards.get(task, cfg.rewards)
+            if not any(w > 0 and rewards[n].applies_to(rec.prompt, rec.metadata) for n, w in weights.items()):
+                raise ConfigError(
+                    f"no reward in {sorted(weights)} can score {task} prompts such as {rec.prompt!r}; "
+                    f"add one (e.g. task_rewards: {{{task}: {{...}}}}) or drop {task} from tasks"
+                )
+
+    @classmethod
+    def lora_fields(cls, cfg: TrainConfig) -> dict[str, Any]:
+        return {"rewards": cfg.task_rewards or cfg.rewards}
+
+    def setup(self) -> None:
+        from flowopd.reward_models.weighted import WeightedReward
+
+        self.rewards = WeightedReward(self.cfg.rewards, self.cfg.task_rewards)
+
+    def signal(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        """Score this process's images, gather every reward, and compute advantages over whole groups (eq. 3)."""
+        cfg, trainer = self.cfg, self.trainer
+        recs = batch.records
+        prompts = [r.prompt for r in recs]
+        reward_local, per_reward_local = self.rewards(batch.traj.images, prompts, [r.metadata for r in recs], [r.task for r in recs])
+        rewards = trainer.gather_global(reward_local)
+        group_ids = torch.arange(cfg.batch_size) // cfg.group_size
+        failed = torch.isnan(rewards)
+        if failed.all():
+            first = getattr(self.rewards, "last_errors", [])[:1] or ["on another process"]
+            raise FlowOPDError(f"every image of step {trainer.step + 1} failed to score; the first: {first[0]} (is its server up?)")
+        adv = group_advantages(rewards, group_ids, cfg.grpo.adv_std, cfg.grpo.adv_clip)
+        keep = nonzero_groups(adv, group_ids) & ~failed
+        batch.signal["advantages"] = adv[batch.local].to(trainer.accelerator.device)
+        self.last_batch = {"local": batch.local, "reward_local": reward_local, "rewards": rewards, "advantages": adv, "prompts": prompts}
+        metrics = {
+            "reward": float(rewards[~failed].mean()),
+            "reward_std": float(rewards[~failed].std(unbiased=False)),
+            "reward_failed": float(failed.sum()),
+            "kept_frac": float(keep.float().mean()),
+        }
+        metrics.update(trainer.per_task(keep.float(), [r.task for r in recs], "kept_frac"))  # groups with a reward difference
+        for name, local_vals in per_reward_local.items():
+            vals = trainer.gather_global(local_vals)
+            if (~torch.isnan(vals)).any():
+                metrics[f"reward/{name}"] = float(vals[~torch.isnan(vals)].mean())
+        return keep, metrics
+
+    def piece_loss(self, batch: Any, k: int, a: int, b: int, x: torch.Tensor, v: torch.Tensor, out: Any) -> tuple[torch.Tensor, dict]:
+        """Clipped ratio loss (eq. 3) + beta KL to the reference, per sample."""
+        from flowopd.sde import per_step_kl
+
+        cfg, scfg, sig, i_step = self.cfg, self.cfg.sampler, batch.plan.sigmas, batch.plan.trained[k]
+        old = batch.traj.log_probs[a:b, k].to(x.device)
+        surr = clipped_surrogate(out.log_prob, old, batch.signal["advantages"][a:b], cfg.grpo.clip_range)
+        loss, kl = surr.loss, torch.zeros_like(surr.loss)
+        if cfg.grpo.beta > 0:
+            v_ref = self.trainer.reference_velocity(batch, a, b, x, i_step)
+            kl = per_step_kl(v, v_ref, sig[i_step], sig[i_step + 1], scfg.noise_level, scfg.kind, cfg.grpo.kl_weighting)
+            loss = loss + cfg.grpo.beta * kl
+        return loss, {"kl": kl.detach(), "clip_frac": surr.clipped.float(), "ratio": surr.ratio}

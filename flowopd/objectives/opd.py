@@ -24,10 +24,17 @@ with gradient, toward a frozen anchor teacher (or the base model).
 from __future__ import annotations
 
 import dataclasses
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
 import torch
 
+from flowopd.errors import ConfigError
+from flowopd.objectives.base import Objective
 from flowopd.objectives.grpo import clipped_surrogate
+
+if TYPE_CHECKING:
+    from flowopd.train_config import TrainConfig
 
 OBJECTIVES = ("kl", "kl_pg", "paper")
 
@@ -92,3 +99,201 @@ def opd_step_loss(
     else:
         raise ValueError(f"unknown OPD objective {objective!r}; use one of {', '.join(OBJECTIVES)}")
     return OPDStepLoss(loss, surr.ratio, surr.clipped)
+
+
+def check_kl_weights(cfg: TrainConfig) -> None:
+    """No trained step may be (nearly) deterministic: OPD's KL there is undefined, or so heavily weighted that it rules the loss.
+
+    With cps the std of a step is ``sigma_next * sin(a pi / 2)``: the last step
+    (``sigma_next = 0``) has none, and diffusers' schedules end ``..., 0.001, 0``,
+    so the step into 0.001 weighs thousands of times any other (eq. 9 is exact
+    there; one step would decide every update).
+    """
+    from flowopd.rollout import plan_steps
+    from flowopd.sde import per_step_kl
+
+    scfg = cfg.sampler
+    sigmas = plan_steps(scfg.steps, scfg.shift).sigmas
+    steps = [i for i in range(scfg.steps) if float(sigmas[i + 1]) > 0]
+    one = torch.ones(1, 1)
+
+    def weight(i: int) -> float:
+        return float(per_step_kl(one, torch.zeros(1, 1), sigmas[i], sigmas[i + 1], scfg.noise_level, scfg.kind, cfg.opd.kl_weighting))
+
+    median = sorted(weight(i) for i in steps)[len(steps) // 2]
+    trained = sorted(
+        {
+            i
+            for start in range(scfg.window_start_max + 1)
+            for i in plan_steps(scfg.steps, scfg.shift, scfg.window_size, start, scfg.timestep_fraction).trained
+        }
+    )
+    bad = [i for i in trained if float(sigmas[i + 1]) == 0 or weight(i) > 1000 * median]
+    if bad:
+        i, first_bad = max(bad), min(bad)  # report the latest (a deterministic last step, if trained); fix from the first
+        s, s_next = float(sigmas[i]), float(sigmas[i + 1])
+        why = "is deterministic (sigma_next = 0)" if s_next == 0 else f"weighs {weight(i):.0f}, {weight(i) / median:.0f}x the median step"
+        raise ConfigError(
+            f"OPD would train sampler step {i} (sigma {s:.3f} -> {s_next:.3f}), whose {scfg.kind} KL {why}; "
+            f"keep trained steps before step {first_bad} (e.g. sampler.window_start_max {max(0, first_bad - max(scfg.window_size, 1))} "
+            f"or timestep_fraction {first_bad / scfg.steps:.2f})"
+        )
+
+
+def anchor_folder(cfg: TrainConfig) -> Path | None:
+    """The MAR anchor's LoRA folder: a teacher's name, a shipped weight or a folder; None: the base model."""
+    from flowopd.lora import LORA_FILE
+    from flowopd.teachers import TeacherSpec
+
+    anchor = cfg.opd.anchor
+    if anchor is None:
+        return None
+    for spec in cfg.opd.teachers:
+        if anchor == spec.name:
+            return spec.lora_folder()
+    try:
+        return TeacherSpec(name="anchor", tasks=["-"], reward="-", checkpoint=anchor).lora_folder()
+    except ConfigError:
+        raise ConfigError(
+            f"opd.anchor {anchor!r} is neither a teacher ({', '.join(t.name for t in cfg.opd.teachers)}), a shipped weight nor a folder "
+            f"with {LORA_FILE}; name one, or set anchor: null to anchor to the base model"
+        ) from None
+
+
+class OPD(Objective):
+    """On-policy distillation from routed teachers (SPEC section 6): the teachers' velocities at the student's states."""
+
+    name = "opd"
+
+    @classmethod
+    def check_arithmetic(cls, cfg: TrainConfig, num_processes: int) -> None:
+        from flowopd.teachers import Router
+
+        Router(cfg.opd.teachers, cfg.opd.routing).check([t for t, w in cfg.tasks.items() if w > 0])
+        check_kl_weights(cfg)
+
+    @classmethod
+    def check_inputs(cls, cfg: TrainConfig) -> None:
+        """A teacher or anchor recorded as trained on another base, or missing, or bad merge weights: refused before the cold start."""
+        from flowopd.coldstart import merge_weights
+        from flowopd.models import check_base, model_digest
+
+        opd = cfg.opd
+        digest = model_digest(cfg.model)
+        for spec in opd.teachers:
+            check_base(spec.lora_folder(), cfg.model, digest)
+        if opd.anchor is not None:
+            check_base(anchor_folder(cfg), cfg.model, digest)
+        if opd.cold_start.method == "merge" and not opd.cold_start.from_lora:
+            merge_weights(cfg)
+
+    @classmethod
+    def lora_fields(cls, cfg: TrainConfig) -> dict[str, Any]:
+        opd = cfg.opd
+        return {
+            "teachers": {t.name: {"tasks": t.tasks, "reward": t.reward, "checkpoint": t.checkpoint} for t in opd.teachers},
+            "objective": opd.objective,
+            "mar_lambda": opd.mar_lambda,
+            "anchor": opd.anchor,
+            "cold_start": opd.cold_start.method,
+        }
+
+    def initial_lora(self) -> Path | None:
+        """The student's initial LoRA (SPEC section 5), made once on the main process; reused when resuming."""
+        from flowopd.coldstart import cold_start
+        from flowopd.run_folder import COLDSTART_DIR
+
+        trainer = self.trainer
+        acc, folder = trainer.accelerator, trainer.out / COLDSTART_DIR
+        if acc.is_main_process:
+            self.cold_start_folder = cold_start(self.cfg, folder, reuse=trainer.resume_from is not None)
+        acc.wait_for_everyone()
+        if not acc.is_main_process:
+            self.cold_start_folder = cold_start(self.cfg, folder, reuse=True)
+        return self.cold_start_folder
+
+    def setup(self) -> None:
+        """Teachers and the MAR anchor as frozen adapters on the student's own transformer."""
+        from flowopd.coldstart import load_teachers
+        from flowopd.lora import load_lora
+        from flowopd.models import check_base
+        from flowopd.teachers import Router
+
+        cfg, backbone = self.cfg, self.trainer.backbone
+        self.teacher_adapters = load_teachers(backbone, cfg)
+        self.router = Router(cfg.opd.teachers, cfg.opd.routing)
+        folder = anchor_folder(cfg)
+        self.anchor_adapter = None  # None: the base model (every adapter off)
+        if folder is not None:
+            same = [n for n, spec in zip(self.teacher_adapters, cfg.opd.teachers) if spec.lora_folder().resolve() == folder.resolve()]
+            if same:
+                self.anchor_adapter = self.teacher_adapters[same[0]]
+            else:
+                check_base(folder, cfg.model, self.trainer.base_digest)
+                load_lora(backbone.transformer, folder, "anchor")
+                self.anchor_adapter = "anchor"
+
+    def signal(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        """Routed teacher (and anchor) velocities at every trained state, per-step KLs and the surrogate's advantages (eq. 7-11).
+
+        Each teacher runs one gradient-free, batched forward per step over the
+        samples routed to it; the KLs use the rollout's own student velocities.
+        """
+        from flowopd.sde import per_step_kl
+
+        cfg, opd, scfg, trainer = self.cfg, self.cfg.opd, self.cfg.sampler, self.trainer
+        traj, sig = batch.traj, batch.plan.sigmas
+        tasks = [r.task for r in batch.records]
+        routes = self.router.groups(tasks)
+        v_teacher = self._velocities(batch, [(self.teacher_adapters[t], idx) for t, idx in routes.items()])
+        v_anchor = self._velocities(batch, [(self.anchor_adapter, list(range(len(tasks))))]) if opd.mar_lambda > 0 else None
+        kl = torch.stack(
+            [
+                per_step_kl(traj.velocities[:, k], v_teacher[:, k], sig[i], sig[i + 1], scfg.noise_level, scfg.kind, opd.kl_weighting)
+                for k, i in enumerate(batch.plan.trained)
+            ],
+            1,
+        )  # [n_local, K]
+        kl_all = trainer.gather_global(kl)
+        group_ids = torch.arange(cfg.batch_size) // cfg.group_size
+        advantages = step_advantages(opd.objective, kl_all, group_ids)[batch.local].to(trainer.accelerator.device)
+        batch.signal.update(advantages=advantages, v_teacher=v_teacher, v_anchor=v_anchor)
+        metrics = {"kl_rollout": float(kl_all.sum(1).mean())}
+        metrics.update(trainer.per_task(kl_all.sum(1), tasks, "kl"))  # trajectory KL to the routed teacher
+        self.last_batch = {"local": batch.local, "kl": kl_all, "advantages": advantages, "tasks": tasks, "routes": routes}
+        return torch.ones(cfg.batch_size, dtype=torch.bool), metrics
+
+    def _velocities(self, batch: Any, jobs: list[tuple[str | None, list[int]]]) -> torch.Tensor:
+        """The guided velocity of adapter ``name`` at the trained states of samples ``rows``, for each (name, rows) job."""
+        trainer, sig, traj = self.trainer, batch.plan.sigmas, batch.traj
+        target = torch.empty_like(traj.velocities)
+        for adapter, idx in jobs:
+            with torch.no_grad(), trainer.adapter(adapter):
+                for k, i_step in enumerate(batch.plan.trained):
+                    for a in range(0, len(idx), self.cfg.micro_batch):
+                        rows = idx[a : a + self.cfg.micro_batch]
+                        x = traj.states[rows, k].to(trainer.accelerator.device)
+                        target[rows, k] = trainer.guided(batch, rows, x, sig[i_step]).float().cpu()
+        return target
+
+    def piece_loss(self, batch: Any, k: int, a: int, b: int, x: torch.Tensor, v: torch.Tensor, out: Any) -> tuple[torch.Tensor, dict]:
+        """The OPD objective at one trained step (eq. 9-11) + MAR (eq. 12), per sample."""
+        from flowopd.sde import per_step_kl
+
+        opd, scfg, sig, i_step = self.cfg.opd, self.cfg.sampler, batch.plan.sigmas, batch.plan.trained[k]
+        dev = x.device
+
+        def kl_to(target: torch.Tensor) -> torch.Tensor:
+            return per_step_kl(v, target[a:b, k].to(dev), sig[i_step], sig[i_step + 1], scfg.noise_level, scfg.kind, opd.kl_weighting)
+
+        kl = kl_to(batch.signal["v_teacher"])
+        old = batch.traj.log_probs[a:b, k].to(dev)
+        step = opd_step_loss(opd.objective, kl, out.log_prob, old, batch.signal["advantages"][a:b, k], opd.clip_range, x[0].numel())
+        loss, mar = step.loss, torch.zeros_like(kl)
+        if batch.signal["v_anchor"] is not None:
+            mar = kl_to(batch.signal["v_anchor"])  # eq. 12: w(t) ||v_student - v_anchor||^2, with gradient
+            loss = loss + opd.mar_lambda * mar
+        if opd.beta > 0:
+            v_ref = self.trainer.reference_velocity(batch, a, b, x, i_step)
+            loss = loss + opd.beta * per_step_kl(v, v_ref, sig[i_step], sig[i_step + 1], scfg.noise_level, scfg.kind, opd.kl_weighting)
+        return loss, {"kl": kl.detach(), "mar": mar.detach(), "clip_frac": step.clipped.float(), "ratio": step.ratio}

@@ -47,7 +47,7 @@ def main() -> None:
         for pos in args.positions:
             over = {
                 "sampler": {**base.sampler.model_dump(), **sampler, "window_size": 1, "window_start_max": max(pos, 1)},
-                "grpo": {**base.grpo.model_dump(), "updates_per_rollout": 2},
+                "updates_per_rollout": 2,
                 "steps": 1,
                 "trackers": [],
             }

@@ -29,8 +29,8 @@ def curve(run: Path, limit: int, every: int = 1) -> dict:
 
     from flowopd.benchmarks.runner import EvalConfig, run_eval
     from flowopd.checkpoints import export_checkpoint
+    from flowopd.run_folder import CONFIG_FILE, checkpoints
     from flowopd.train_config import TrainConfig
-    from flowopd.trainer import CONFIG_FILE, checkpoints
 
     cfg = TrainConfig.model_validate(yaml.safe_load((run / CONFIG_FILE).read_text()))
     points = []
