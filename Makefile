@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.flowopd-installed
 DEMO ?= runs/demo
 
-.PHONY: install demo test test-slow bench lint clean
+.PHONY: install demo test test-slow bench lint lint-imports clean
 
 $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
@@ -29,9 +29,17 @@ demo: $(STAMP)
 	@cat $(DEMO)/report.md
 	@echo "HTML report: $(DEMO)/report.html"
 
-test: $(STAMP)
+test: $(STAMP) lint-imports
 	$(BIN)/ruff check .
 	$(BIN)/python -m pytest -q
+
+# the import layers (pyproject.toml [tool.importlinter], docs/architecture.md), checked on an installed copy: there the sibling
+# folders (reward_models/, benchmarks/, teachers/, cli/) sit under flowopd/ as they do in the wheel
+lint-imports: $(STAMP)
+	rm -rf build/lib build/import-graph && mkdir -p build
+	$(BIN)/python -m pip install --quiet --no-deps --no-build-isolation --target build/import-graph . 2> build/import-graph.log \
+		|| (cat build/import-graph.log; exit 1)
+	cd build/import-graph && PYTHONPATH=. ../../$(BIN)/lint-imports ../../pyproject.toml --no-cache
 
 test-slow: $(STAMP)
 	$(BIN)/python -m pytest -q -m slow

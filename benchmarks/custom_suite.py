@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from flowopd.benchmarks.stats import mean_ci
-from flowopd.benchmarks.suites import Suite, _mini_items, _raw, _raw_range
+from flowopd.benchmarks.suites import SUITES, Suite, _raw, _raw_range
 from flowopd.errors import InputError
 
 NAME = "custom"
@@ -33,7 +33,7 @@ def custom_suite(prompts: str, rewards: Sequence[str], model_world: str) -> Suit
     described = f"--prompts {prompts} scored by {', '.join(rewards)}"
     common: dict[str, Any] = dict(images_per_prompt=1, rewards=tuple(dict.fromkeys(rewards)), aggregate=_aggregate)
     if prompts == "mini":
-        return Suite(NAME, described, "mini", build_items=_mini_items, group_key="task", **common)
+        return Suite(NAME, described, "mini", build_items=SUITES["mini"].build_items, group_key="task", **common)
     if prompts in PROMPT_SETS:
         return Suite(NAME, described, "real", prompt_sets=(prompts,), **common)
     if not Path(prompts).is_file():

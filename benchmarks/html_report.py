@@ -511,3 +511,18 @@ def publish(lb: Leaderboard, out: str | Path) -> Path:
             (tmp / "model-index" / f"{e.slug}.yaml").write_text(model_index_yaml([e]), encoding="utf-8")
         write_json_atomic(tmp / "results.json", to_json(lb))
     return out
+
+
+def write_run_report(folder: str | Path, baselines: str | Path | None = None) -> list[Path]:
+    """Write ``report.md`` and ``report.html`` (self-contained) into an evaluation run folder; returns their paths."""
+    from flowopd.benchmarks.report import build_report, to_markdown
+    from flowopd.runinfo import atomic_file
+
+    folder = Path(folder)
+    lb = build_report([folder], baselines)
+    written = []
+    for name, text in (("report.md", to_markdown(lb)), ("report.html", render_report(lb))):
+        with atomic_file(folder / name, "w") as f:
+            f.write(text)
+        written.append(folder / name)
+    return written

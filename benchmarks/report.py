@@ -1,5 +1,6 @@
 """Leaderboard reports from evaluation run folders: the paper's tables with 95% CIs and sample counts, published
-baselines beside the measured runs, as Markdown, JSON and Hugging Face ``model-index`` YAML (HTML: html_report.py).
+baselines beside the measured runs, as Markdown, JSON and Hugging Face ``model-index`` YAML (the HTML page, and an eval
+run folder's ``report.md`` + ``report.html``: html_report.py).
 
 A run folder is what `flowopd eval` writes: ``summary.json`` (metrics keyed ``<suite>/<metric>`` with mean, n
 and ci95) and ``<suite>/samples.jsonl`` (one record per image). A baselines file (CSV or JSON) holds published
@@ -1052,18 +1053,3 @@ def build_report(results: Sequence[str | Path], baselines: str | Path | None = N
     if baseline_run is not None:
         add_deltas(lb, load_run(baseline_run))
     return lb
-
-
-def write_run_report(folder: str | Path, baselines: str | Path | None = None) -> list[Path]:
-    """Write ``report.md`` and ``report.html`` (self-contained) into an evaluation run folder; returns their paths."""
-    from flowopd.benchmarks.html_report import render_report
-    from flowopd.runinfo import atomic_file
-
-    folder = Path(folder)
-    lb = build_report([folder], baselines)
-    written = []
-    for name, text in (("report.md", to_markdown(lb)), ("report.html", render_report(lb))):
-        with atomic_file(folder / name, "w") as f:
-            f.write(text)
-        written.append(folder / name)
-    return written

@@ -423,10 +423,8 @@ def _summarise(suite: Suite, records: list[dict[str, Any]], sampling: dict[str, 
     }
     if skipped_metrics:
         out["skipped_metrics"] = skipped_metrics
-    if suite.name == "mini":
-        from flowopd.benchmarks.mini_suite import headline
-
-        out["headline"] = headline(metrics)
+    if suite.headline is not None:
+        out["headline"] = suite.headline(metrics)
     return out
 
 

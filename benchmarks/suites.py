@@ -27,6 +27,8 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from flowopd.benchmarks.stats import mean_ci, mean_of_means_ci
+from flowopd.errors import InputError
+from flowopd.registry import Registry
 
 WORLD_REASON = "needs a real text-to-image model (--model sd3:<hub id or folder>); a mini model knows only the mini vocabulary"
 Record = dict[str, Any]
@@ -76,6 +78,7 @@ class Suite:
     build_items: Callable[[Suite, int | None, int], list[tuple[str, str, dict[str, Any]]]] | None = None
     aggregate: Callable[[Suite, list[Record], Sequence[str]], Metrics] | None = None
     rewards_for: Callable[[Job, Sequence[str]], list[str]] | None = None
+    headline: Callable[[Metrics], dict[str, str]] | None = None  # task -> its primary metric's key (summary.json "headline")
 
     def items(self, limit: int | None, seed: int) -> list[tuple[str, str, dict[str, Any]]]:
         """(task, prompt, metadata) per prompt, at most ``limit`` per group (tag, style, category or task)."""
@@ -191,25 +194,6 @@ def chunked_mean_ci(values: Sequence[float], chunks: int = 10) -> dict[str, Any]
 
 
 # ------------------------------------------------------------------ the suites
-
-
-def _mini_items(suite: Suite, limit: int | None, seed: int) -> list[tuple[str, str, dict[str, Any]]]:
-    from flowopd.benchmarks.mini_suite import DEFAULT_PROMPTS_PER_TASK, suite_prompts
-
-    return [(task, rec.prompt, rec.metadata) for task, rec in suite_prompts(limit or DEFAULT_PROMPTS_PER_TASK, seed)]
-
-
-def _mini_rewards(job: Job, available: Sequence[str]) -> list[str]:
-    from flowopd.benchmarks.mini_suite import SECONDARY
-    from flowopd.teachers import MINI_TASK_REWARDS
-
-    return [MINI_TASK_REWARDS[job.task], *SECONDARY[job.task]]
-
-
-def _mini_aggregate(suite: Suite, records: list[Record], rewards: Sequence[str]) -> Metrics:
-    from flowopd.benchmarks.mini_suite import summarise
-
-    return summarise(records)
 
 
 def _geneval_aggregate(suite: Suite, records: list[Record], rewards: Sequence[str]) -> Metrics:
@@ -334,17 +318,6 @@ def _suites() -> dict[str, Suite]:
     t2i_sets = tuple(f"t2i-compbench/{c}" for c, m in T2I_METRIC_MODELS.items() if m)
     suites = [
         Suite(
-            "mini",
-            "the mini world's four tasks on held-out prompts; every mini reward on every task it applies to",
-            "mini",
-            1,
-            ("mini_geneval", "mini_ocr", "mini_preference", "mini_quality"),
-            group_key="task",
-            build_items=_mini_items,
-            aggregate=_mini_aggregate,
-            rewards_for=_mini_rewards,
-        ),
-        Suite(
             "geneval",
             "GenEval (553 prompts, 4 images each): strict accuracy per tag, overall = mean of the six tags",
             "real",
@@ -429,17 +402,10 @@ def _suites() -> dict[str, Suite]:
     return {s.name: s for s in suites}
 
 
-SUITES: dict[str, Suite] = _suites()
+# the mini world's suite is a registry entry (flowopd/mini/suite.py), imported when used
+SUITES: Registry[Suite] = Registry("suite", {"mini": "flowopd.mini.suite:SUITE", **_suites()}, error=InputError)
 
 
 def get_suite(name: str) -> Suite:
     """A suite by name, or a one-line error with close matches."""
-    from flowopd.errors import InputError
-
-    if name not in SUITES:
-        import difflib
-
-        close = difflib.get_close_matches(name, [*SUITES, "all"], n=2, cutoff=0.5)
-        hint = f"did you mean {', '.join(close)}?" if close else f"available: {', '.join(SUITES)}, all"
-        raise InputError(f"unknown suite {name!r}; {hint}")
-    return SUITES[name]
+    return SUITES.get_or_explain(name, extra=("all",))

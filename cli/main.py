@@ -892,7 +892,7 @@ def eval_cmd(
         f"scores: {c['hits']} from the cache, {c['misses']} computed ({c['path']})"
     )
     if not no_report:
-        from flowopd.benchmarks.report import write_run_report
+        from flowopd.benchmarks.html_report import write_run_report
 
         written = write_run_report(out)
         console.print(f"report: {', '.join(str(p) for p in written)}")

@@ -148,10 +148,9 @@ def _draw(pool: tuple, n: int, rng: np.random.Generator) -> list:
 def sft_cold_start(cfg: TrainConfig, out: Path, progress: Callable[[str, int, int], None] | None = None) -> Path:
     """The SFT cold start into ``out``: teacher images for their routed prompts, then flow matching (eq. 1) on a fresh LoRA."""
     from flowopd.draws import training_prompts
+    from flowopd.flow_matching import flow_matching_loss
     from flowopd.lora import add_lora, save_lora, use_adapter
-    from flowopd.mini import world
-    from flowopd.mini.pretrain import flow_matching_loss
-    from flowopd.models import load_backbone, model_digest
+    from flowopd.models import load_backbone, model_digest, prompt_world
     from flowopd.runinfo import atomic_dir
     from flowopd.sampling import sample_ode
 
@@ -172,7 +171,7 @@ def sft_cold_start(cfg: TrainConfig, out: Path, progress: Callable[[str, int, in
             for r in (
                 _draw(training_prompts(cfg.prompts[task], task), sft.prompts_per_teacher, rng)
                 if task in cfg.prompts
-                else world.make_prompts(task, sft.prompts_per_teacher, 31_000 + 10 * t_index + i, split="train")
+                else prompt_world(cfg.model).prompts(task, sft.prompts_per_teacher, 31_000 + 10 * t_index + i, split="train")
             )
         ]
         if not recs:

@@ -21,8 +21,8 @@ def alternate_schedule(tasks: dict[str, float]) -> list[str]:
 
 def draw_prompts(cfg: TrainConfig, step: int, n: int) -> list:
     """``n`` training prompt records for ``step``: a task by weight (or the step's task), then a prompt of that task from its
-    ``prompts:`` file, or from the mini world's generator (training split) for a task without one."""
-    from flowopd.mini import world
+    ``prompts:`` file, or from the base model's prompt world (its training split) for a task without one."""
+    from flowopd.models import prompt_world
 
     rng = np.random.default_rng([cfg.seed, step, 1])
     if cfg.one_task_per_step:
@@ -32,15 +32,16 @@ def draw_prompts(cfg: TrainConfig, step: int, n: int) -> list:
         names = [t for t, w in cfg.tasks.items() if w > 0]
         p = np.array([cfg.tasks[t] for t in names], dtype=float)
         tasks = [str(t) for t in rng.choice(names, size=n, p=p / p.sum())]
-    records = []
+    records, world = [], None
     for task in tasks:
         if task in cfg.prompts:
             pool = training_prompts(cfg.prompts[task], task)
             records.append(pool[int(rng.integers(len(pool)))])
             continue
-        while not world.in_split(rec := world.PROMPT_MAKERS[task](rng), "train"):
-            pass
-        records.append(rec)
+        world = world or prompt_world(cfg.model)
+        if world is None or task not in world.tasks:
+            raise ConfigError(f"task {task!r} has no training prompts for {cfg.model}; add prompts: {{{task}: FILE}}")
+        records.append(world.training_prompt(task, rng))
     return records
 
 
@@ -48,7 +49,7 @@ def draw_prompts(cfg: TrainConfig, step: int, n: int) -> list:
 def training_prompts(spec: str, task: str) -> tuple:
     """The records of a ``prompts:`` entry (a named set or a file), each tagged with ``task``; read once per process."""
     from flowopd.benchmarks.prompt_sets import resolve
-    from flowopd.mini.world import PromptRecord
+    from flowopd.tasks import PromptRecord
 
     prompts = resolve(spec, task=task)
     if not prompts:

@@ -6,9 +6,11 @@ import dataclasses
 import functools
 import hashlib
 from pathlib import Path
+from typing import Any
 
 from flowopd.errors import FlowOPDError
 from flowopd.lora import LORA_FILE
+from flowopd.registry import Registry
 
 MINI_BASE_DIR = Path(__file__).resolve().parent / "mini" / "assets" / "mini-base"
 MINI_TEACHERS_DIR = Path(__file__).resolve().parent / "mini" / "assets" / "teachers"
@@ -84,14 +86,24 @@ def is_sd3(spec: str) -> bool:
     return spec.startswith(SD3_PREFIX) or (Path(spec) / "model_index.json").is_file()
 
 
+def prompt_world(spec: str):
+    """The prompt world that draws prompts for tasks without a prompt file on base ``spec``: the mini world for a mini model,
+    None for an SD3 base (its tasks need prompt files)."""
+    from flowopd.tasks import get_world
+
+    return None if is_sd3(spec) else get_world("mini")
+
+
+# backbone kind -> its class; an SD3 base loads through flowopd.sd3 (``sd3:`` specs and diffusers folders)
+BACKBONES: Registry[Any] = Registry("backbone", {"mini": "flowopd.mini.model:MiniBackbone"})
+
+
 def load_backbone(spec: str = "mini-base", device: str = "cpu", resolution: int | None = None, dtype=None):
     """``mini-base``, a model folder (``flowopd mini pretrain``), an SD3 base (``sd3:<hub id>`` or a diffusers folder),
     or a LoRA folder (``flowopd train``: its base with the LoRA fused in) -> a backbone in eval mode.
 
     ``dtype`` sets an SD3 model's weights (default: bf16 on a GPU, float32 on a CPU); the mini model is always float32.
     """
-    from flowopd.mini.model import MiniBackbone
-
     if is_sd3(spec):
         from flowopd.sd3 import SD3Backbone
 
@@ -115,7 +127,7 @@ def load_backbone(spec: str = "mini-base", device: str = "cpu", resolution: int 
         info = path / "model_info.json"
         if not info.is_file():
             raise FlowOPDError(f"{path} has no model_info.json; pass a folder written by `flowopd mini pretrain`")
-    model = MiniBackbone.from_pretrained(path)
+    model = BACKBONES["mini"].from_pretrained(path)
     return model.to(device).eval()
 
 

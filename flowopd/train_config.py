@@ -17,6 +17,7 @@ from typing import Any, ClassVar, Literal
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from flowopd.lora import SD3_LORA_TARGETS
+from flowopd.tasks import unknown_tasks_message
 from flowopd.teachers import MINI_ANCHOR, MINI_TEACHERS, TeacherSpec
 
 
@@ -153,7 +154,7 @@ class TrainConfig(BaseModel):
     model: str = Field("mini-base", description="the base model: mini-base, a mini model folder, a diffusers SD3 folder, or sd3:<hub id>")
     seed: int = 0
     steps: int = Field(100, ge=1, description="training steps (one rollout each)")
-    tasks: dict[str, float] = Field(default_factory=lambda: {"compose": 1.0}, description="prompt mix: mini task -> weight")
+    tasks: dict[str, float] = Field(default_factory=lambda: {"compose": 1.0}, description="prompt mix: task -> weight (flowopd.tasks)")
     prompts: dict[str, str] = Field(
         default_factory=dict,
         description="task -> training prompts: a named set (geneval-train, ocr-train, pickscore-train) or a .txt/.jsonl/.json "
@@ -213,11 +214,8 @@ class TrainConfig(BaseModel):
     @field_validator("tasks")
     @classmethod
     def _valid_tasks(cls, tasks: dict[str, float]) -> dict[str, float]:
-        from flowopd.mini.world import TASKS
-
-        unknown = sorted(set(tasks) - set(TASKS))
-        if unknown:
-            raise ValueError(f"unknown tasks {unknown}; use {', '.join(TASKS)}")
+        if (message := unknown_tasks_message(tasks)) is not None:
+            raise ValueError(message)
         if any(v < 0 for v in tasks.values()) or sum(tasks.values()) <= 0:
             raise ValueError("task weights must be >= 0 with a positive sum")
         return tasks
@@ -225,11 +223,8 @@ class TrainConfig(BaseModel):
     @field_validator("prompts")
     @classmethod
     def _valid_prompts(cls, prompts: dict[str, str]) -> dict[str, str]:
-        from flowopd.mini.world import TASKS
-
-        unknown = sorted(set(prompts) - set(TASKS))
-        if unknown:
-            raise ValueError(f"prompts names unknown tasks {unknown}; use {', '.join(TASKS)}")
+        if (message := unknown_tasks_message(prompts, "prompts")) is not None:
+            raise ValueError(message)
         return prompts
 
     @field_validator("rewards")

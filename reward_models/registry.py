@@ -23,10 +23,10 @@ ENTRY_POINT_GROUP = "flowopd.reward_models"
 
 # name -> "module:Class"; imported on first use.
 BUILTIN: dict[str, str] = {
-    "mini_geneval": "flowopd.reward_models.mini:MiniGenEval",
-    "mini_ocr": "flowopd.reward_models.mini:MiniOCR",
-    "mini_preference": "flowopd.reward_models.mini:MiniPreference",
-    "mini_quality": "flowopd.reward_models.mini:MiniQuality",
+    "mini_geneval": "flowopd.mini.rewards:MiniGenEval",
+    "mini_ocr": "flowopd.mini.rewards:MiniOCR",
+    "mini_preference": "flowopd.mini.rewards:MiniPreference",
+    "mini_quality": "flowopd.mini.rewards:MiniQuality",
     "geneval": "flowopd.reward_models.geneval:GenEvalMMDet",
     "geneval@hf-m2f": "flowopd.reward_models.geneval:GenEvalHFMask2Former",
     "ocr": "flowopd.reward_models.ocr:RapidOCRReward",

@@ -32,6 +32,7 @@ from pathlib import Path
 
 from flowopd.config import env_var_name
 from flowopd.errors import FlowOPDError
+from flowopd.registry import Registry
 from flowopd.runinfo import atomic_file
 
 ENV_DIR = "FLOWOPD_WEIGHTS_DIR"
@@ -106,15 +107,12 @@ class WeightSet:
         return root
 
 
-WEIGHT_SETS: dict[str, WeightSet] = {}
+WEIGHT_SETS: Registry[WeightSet] = Registry("weight set", error=FlowOPDError)
 
 
 def register_weight_set(ws: WeightSet) -> WeightSet:
     """Add a weight set (plugins may register their own); re-registering the same definition is allowed."""
-    existing = WEIGHT_SETS.get(ws.name)
-    if existing is not None and existing != ws:
-        raise FlowOPDError(f"weight set {ws.name!r} is already registered with a different definition; choose another name")
-    WEIGHT_SETS[ws.name] = ws
+    WEIGHT_SETS.register(ws.name, ws)
     return ws
 
 

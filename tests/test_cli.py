@@ -315,7 +315,7 @@ def test_an_interrupted_eval_or_training_says_what_was_kept_and_how_to_continue(
 
 def test_a_huge_mini_limit_is_capped_not_hung():
     """Issue 15 #3: --limit 100000000 built a hundred million prompts before the first image."""
-    from flowopd.benchmarks.mini_suite import MAX_PROMPTS_PER_TASK, suite_prompts
+    from flowopd.mini.suite import MAX_PROMPTS_PER_TASK, suite_prompts
 
     items = suite_prompts(10**8)
     assert len(items) == (len(world_tasks := ("compose",) * 6 + ("text", "preference", "quality"))) * MAX_PROMPTS_PER_TASK

@@ -129,7 +129,7 @@ def test_euler_step_matches_the_flow_convention():
 
 
 def test_flow_matching_loss_is_zero_for_the_true_velocity():
-    from flowopd.mini.pretrain import flow_matching_loss
+    from flowopd.flow_matching import flow_matching_loss
 
     images = torch.rand(4, 3, 32, 32)
     gen = torch.Generator().manual_seed(3)
@@ -151,7 +151,8 @@ def test_flow_matching_loss_is_zero_for_the_true_velocity():
 
 
 def test_short_pretraining_learns_and_saves(tmp_path):
-    from flowopd.mini.pretrain import PretrainConfig, flow_matching_loss, pretrain, render_batch
+    from flowopd.flow_matching import flow_matching_loss
+    from flowopd.mini.pretrain import PretrainConfig, pretrain, render_batch
 
     cfg = PretrainConfig(steps=12, batch_size=8, lr=1e-3, warmup=2, save_every=6, seed=0)
     model = pretrain(cfg, tmp_path / "m")

@@ -19,7 +19,7 @@ REPO = Path(__file__).resolve().parents[1]
 def test_builtins_are_listed_without_importing_them():
     code = (
         "import sys; from flowopd.reward_models import names; n = names(); "
-        f"print(all(k in n for k in {list(BUILTIN)!r}), 'flowopd.reward_models.mini' in sys.modules)"
+        f"print(all(k in n for k in {list(BUILTIN)!r}), 'flowopd.mini.rewards' in sys.modules)"
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.split()
     assert out == ["True", "False"]

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from flowopd.flow_matching import flow_matching_loss
 from flowopd.mini import world
 from flowopd.mini.model import MiniBackbone
 
@@ -69,18 +70,6 @@ def render_batch(
         prompts.append("" if rng.random() < dropout else rec.prompt)
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
     return x, prompts
-
-
-def flow_matching_loss(model: MiniBackbone, images: torch.Tensor, prompts: list[str], gen: torch.Generator) -> torch.Tensor:
-    """Eq. 1: regress the velocity ``eps - x0`` at a logit-normal ``sigma`` (any backbone with ``encode_images``: the mini
-    model's pixels, SD3's VAE latents)."""
-    x0 = model.encode_images(images.to(model.device))
-    eps = torch.randn(x0.shape, generator=gen).to(x0.device)  # drawn on the CPU generator: the same numbers on any device
-    sigma = torch.sigmoid(torch.randn(x0.shape[0], generator=gen)).to(x0.device)
-    s = sigma.view(-1, 1, 1, 1)
-    x_sigma = (1 - s) * x0 + s * eps
-    v = model.velocity(x_sigma, sigma, model.encode_prompts(prompts))
-    return torch.nn.functional.mse_loss(v, eps - x0)
 
 
 STATE_FILE = "trainer_state.pt"

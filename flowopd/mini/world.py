@@ -37,6 +37,7 @@ from typing import Any
 import numpy as np
 
 from flowopd.reward_models.geneval_rules import relative_position
+from flowopd.tasks import PromptRecord, unknown_tasks_message
 
 SIZE = 32
 SHAPES = ("square", "circle", "triangle")
@@ -58,7 +59,9 @@ BACKGROUNDS: dict[str, tuple[int, int, int]] = {
 NUMBERS = {2: "two", 3: "three", 4: "four"}
 RELATIONS = ("left of", "right of", "above", "below")
 SIZES_WORDS = ("big", "small")
-TASKS = ("compose", "text", "preference", "quality")
+TASKS = ("compose", "text", "preference", "quality")  # the core's four tasks (flowopd.tasks), each with its prompt maker below
+if (_unknown := unknown_tasks_message(TASKS, "the mini world")) is not None:
+    raise ImportError(_unknown)
 COMPOSE_TAGS = ("single_object", "two_object", "counting", "colors", "position", "color_attr")
 TEXT_BG = (235, 235, 225)
 TEXT_INK = (20, 20, 20)
@@ -103,18 +106,6 @@ DEGRADED_SHARE = 0.6
 def glyph_array(digit: str) -> np.ndarray:
     """The 5x3 boolean bitmap of one digit."""
     return np.array([[c == "#" for c in row] for row in FONT_3X5[digit]], dtype=bool)
-
-
-@dataclasses.dataclass(frozen=True)
-class PromptRecord:
-    """One prompt of the world, with its task tag and GenEval-style metadata."""
-
-    prompt: str
-    task: str
-    metadata: dict[str, Any]
-
-    def to_json(self) -> dict[str, Any]:
-        return {"prompt": self.prompt, "task": self.task, **self.metadata}
 
 
 # ---------------------------------------------------------------- prompts
@@ -509,3 +500,21 @@ def training_record(rng: np.random.Generator, mix: dict[str, float] | None = Non
         if task == "compose" and rng.random() < 0.2:  # also learn prompts without the "a photo of" prefix
             rec = PromptRecord(rec.prompt.removeprefix("a photo of "), rec.task, rec.metadata)
         return rec
+
+
+class MiniWorld:
+    """The mini world as a prompt world (:class:`flowopd.tasks.PromptWorld`): its four tasks on its train / test split."""
+
+    name = "mini"
+    tasks = TASKS
+
+    def training_prompt(self, task: str, rng: np.random.Generator) -> PromptRecord:
+        while not in_split(rec := PROMPT_MAKERS[task](rng), "train"):
+            pass
+        return rec
+
+    def prompts(self, task: str, n: int, seed: int, split: str = "test") -> list[PromptRecord]:
+        return make_prompts(task, n, seed, split=split)
+
+
+WORLD = MiniWorld()

@@ -25,12 +25,11 @@ Adding an objective is one module with a subclass and one line in
 
 from __future__ import annotations
 
-import importlib
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 
-from flowopd.errors import ConfigError
+from flowopd.registry import Registry
 
 if TYPE_CHECKING:
     from pathlib import Path
@@ -38,10 +37,13 @@ if TYPE_CHECKING:
     from flowopd.train_config import TrainConfig
 
 # name -> "module:Class", imported when a run uses it
-OBJECTIVES: dict[str, str] = {
-    "grpo": "flowopd.objectives.grpo:GRPO",
-    "opd": "flowopd.objectives.opd:OPD",
-}
+OBJECTIVES: Registry[type[Objective]] = Registry(
+    "objective",
+    {
+        "grpo": "flowopd.objectives.grpo:GRPO",
+        "opd": "flowopd.objectives.opd:OPD",
+    },
+)
 
 
 class Objective:
@@ -89,9 +91,4 @@ class Objective:
 
 def objective_class(cfg: TrainConfig) -> type[Objective]:
     """The objective class ``cfg`` trains with (``cfg.objective``), imported on first use."""
-    try:
-        target = OBJECTIVES[cfg.objective]
-    except KeyError:
-        raise ConfigError(f"unknown objective {cfg.objective!r}; use one of {', '.join(OBJECTIVES)}") from None
-    module, _, attr = target.partition(":")
-    return getattr(importlib.import_module(module), attr)
+    return OBJECTIVES.get_or_explain(cfg.objective)

@@ -82,24 +82,23 @@ class GRPO(Objective):
     def check_inputs(cls, cfg: TrainConfig) -> None:
         """Every reward can run here, names known tasks, and can score each trained task's prompts."""
         from flowopd.draws import training_prompts
-        from flowopd.mini import world
+        from flowopd.models import prompt_world
         from flowopd.reward_models.registry import get_reward_class
+        from flowopd.tasks import unknown_tasks_message
 
         names = set(cfg.rewards) | {n for w in cfg.task_rewards.values() for n in w}
         for name in sorted(names):
             ok, why = get_reward_class(name).weights_status()  # unknown names: "did you mean ..."
             if not ok:
                 raise FlowOPDError(f"reward {name!r} cannot run here: {why}")
-        bad_tasks = sorted(set(cfg.task_rewards) - set(world.TASKS))
-        if bad_tasks:
-            raise ConfigError(f"task_rewards names unknown tasks {bad_tasks}; use {', '.join(world.TASKS)}")
+        if (message := unknown_tasks_message(cfg.task_rewards, "task_rewards")) is not None:
+            raise ConfigError(message)
         rewards = {n: get_reward_class(n)() for n in names}
         for t_index, task in enumerate(t for t, w in cfg.tasks.items() if w > 0):
-            rec = (
-                training_prompts(cfg.prompts[task], task)[0]
-                if task in cfg.prompts
-                else world.make_prompts(task, 1, seed=t_index, split="train")[0]
-            )
+            if task in cfg.prompts:
+                rec = training_prompts(cfg.prompts[task], task)[0]
+            else:  # check_prompts has made sure a task without a prompt file has a world that draws it
+                rec = prompt_world(cfg.model).prompts(task, 1, seed=t_index, split="train")[0]
             weights = cfg.task_rewards.get(task, cfg.rewards)
             if not any(w > 0 and rewards[n].applies_to(rec.prompt, rec.metadata) for n, w in weights.items()):
                 raise ConfigError(

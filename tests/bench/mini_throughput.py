@@ -19,8 +19,9 @@ def main() -> None:
     if args.threads:
         torch.set_num_threads(args.threads)
 
+    from flowopd.flow_matching import flow_matching_loss
     from flowopd.mini.model import MiniBackbone
-    from flowopd.mini.pretrain import flow_matching_loss, render_batch
+    from flowopd.mini.pretrain import render_batch
     from flowopd.models import MINI_SAMPLING, load_backbone
     from flowopd.sampling import sample_ode
 

@@ -1,6 +1,7 @@
-"""The ``mini`` suite's prompts and metrics: the four mini tasks on held-out prompts, every applicable reward on every image.
+"""The ``mini`` suite: the four mini tasks on held-out prompts, every applicable reward on every image.
 
-The runner (:mod:`flowopd.benchmarks.runner`) samples and scores; this module says which prompts and how they aggregate.
+The runner (:mod:`flowopd.benchmarks.runner`) samples and scores; this module says which prompts and how they
+aggregate. It is a registry entry of :data:`flowopd.benchmarks.suites.SUITES` (``flowopd.mini.suite:SUITE``).
 
 Primary metrics (one per task, like the paper's Table 2):
 
@@ -17,9 +18,11 @@ indices, so no two images share a seed (:func:`flowopd.benchmarks.suites.jobs_fo
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import Any
 
 from flowopd.benchmarks.stats import mean_ci, mean_of_means_ci
+from flowopd.benchmarks.suites import Job, Suite
 
 SECONDARY = {
     "compose": ["mini_preference", "mini_quality"],
@@ -89,3 +92,31 @@ HEADLINE = {  # each task's primary metric (the paper's Table 2 analogues)
 def headline(metrics: dict[str, Any]) -> dict[str, str]:
     """task -> its primary metric's key, for the tasks ``metrics`` has."""
     return {t: k for t, k in HEADLINE.items() if k in metrics}
+
+
+def _items(suite: Suite, limit: int | None, seed: int) -> list[tuple[str, str, dict[str, Any]]]:
+    return [(task, rec.prompt, rec.metadata) for task, rec in suite_prompts(limit or DEFAULT_PROMPTS_PER_TASK, seed)]
+
+
+def _rewards(job: Job, available: Sequence[str]) -> list[str]:
+    from flowopd.teachers import MINI_TASK_REWARDS
+
+    return [MINI_TASK_REWARDS[job.task], *SECONDARY[job.task]]
+
+
+def _aggregate(suite: Suite, records: list[dict[str, Any]], rewards: Sequence[str]) -> dict[str, Any]:
+    return summarise(records)
+
+
+SUITE = Suite(
+    "mini",
+    "the mini world's four tasks on held-out prompts; every mini reward on every task it applies to",
+    "mini",
+    1,
+    ("mini_geneval", "mini_ocr", "mini_preference", "mini_quality"),
+    group_key="task",
+    build_items=_items,
+    aggregate=_aggregate,
+    rewards_for=_rewards,
+    headline=headline,
+)
