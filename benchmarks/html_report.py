@@ -27,7 +27,7 @@ from flowopd.benchmarks.report import (
     Leaderboard,
     Run,
     Table,
-    fmt_value,
+    cell_text,
     legend,
     model_index_yaml,
     provenance_lines,
@@ -115,19 +115,17 @@ def page(title: str, body: str, nav: str = "", subtitle: str = "") -> str:
 def cell_html(lb: Leaderboard, cell: Cell | None, col: Column, rank: int | None) -> str:
     if cell is None:
         return '<td class="na">n/a</td>'
+    t = cell_text(lb, cell, col.digits)
     cls = ["best"] if rank == 1 else ["second"] if rank == 2 else []
-    inner = f'<span class="v">{esc(fmt_value(cell, col.digits))}</span>'
+    inner = f'<span class="v">{esc(t.value)}</span>'
+    inner += f'<span class="ci">{t.ci}</span>' if t.ci else ""
+    inner += f'<span class="n">{t.n}</span>' if t.n else ""
     title = ""
-    if cell.measured:
-        if cell.ci95:
-            inner += f'<span class="ci">[{cell.ci95[0]:.{col.digits}f}, {cell.ci95[1]:.{col.digits}f}]</span>'
-        if cell.n:
-            inner += f'<span class="n">n={int(cell.n)}</span>'
-    else:
+    if not cell.measured:
         cls.append("reported")
-        inner += f'<span class="mark">{esc(lb.source_mark(cell.source or ""))}</span>'
+        inner += f'<span class="mark">{esc(t.mark)}</span>'
         title = f' title="reported: {esc(cell.source)}"'
-        if cell.teacher:
+        if t.teacher:
             cls.append("teacher")
             inner += '<span class="mark">‡</span>'
     klass = f' class="{" ".join(cls)}"' if cls else ""
