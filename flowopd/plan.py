@@ -7,8 +7,9 @@ signal (rewards, or teachers and routing for OPD), the trainer's own checks
 is reported, never raised) and a per-GPU memory estimate. :func:`format_plan`
 turns it into the text the CLI prints.
 
-The memory estimate for an SD3 base uses SD3.5-Medium's sizes (below); it is an
-estimate, and the formula is part of the output so it can be checked.
+The memory estimate (:mod:`flowopd.memory`) for an SD3 base uses SD3.5-Medium's
+sizes (:mod:`flowopd.sd35m_sizes`); it is an estimate, and the formula is part of
+the output so it can be checked.
 """
 
 from __future__ import annotations
@@ -17,81 +18,8 @@ import math
 import os
 from typing import Any
 
+from flowopd.memory import memory_estimate
 from flowopd.train_config import TrainConfig
-
-GIB = 1024**3
-
-# SD3.5-Medium (stabilityai/stable-diffusion-3.5-medium), parameter counts. The transformer (MMDiT-X, 24 joint blocks of
-# width 1536, dual attention in blocks 0-12) has 2.243B parameters plus a 226M-element position-embedding table stored
-# with them (384 x 384 positions x 1536): 2.47B numbers held in bf16. tests/test_sd35m_recipes.py checks these against
-# diffusers' SD3Transformer2DModel built on the meta device.
-# the public transformer/config.json of stabilityai/stable-diffusion-3.5-medium: builds the architecture without a download
-SD35M_TRANSFORMER_CONFIG: dict[str, Any] = dict(
-    sample_size=128,
-    patch_size=2,
-    in_channels=16,
-    out_channels=16,
-    num_layers=24,
-    attention_head_dim=64,
-    num_attention_heads=24,
-    joint_attention_dim=4096,
-    caption_projection_dim=1536,
-    pooled_projection_dim=2048,
-    pos_embed_max_size=384,
-    qk_norm="rms_norm",
-    dual_attention_layers=tuple(range(13)),
-)
-SD35M_TRANSFORMER = 2_469_663_936
-SD35M_TEXT_ENCODERS = {"CLIP-L": 123_650_304, "CLIP-G": 694_659_840, "T5-XXL": 4_762_310_656}
-SD35M_VAE = 83_653_863
-SD35M_LAYERS, SD35M_DUAL_LAYERS, SD35M_WIDTH = 24, 13, 1536
-# the attention projections of SD3.5-M's blocks (all 1536 -> 1536): the joint attention of every block (the last block
-# has no text output projection) and the image-only second attention of the dual-attention blocks
-SD35M_ATTENTION = [
-    f"transformer_blocks.{i}.attn.{m}"
-    for i in range(SD35M_LAYERS)
-    for m in (
-        "to_q",
-        "to_k",
-        "to_v",
-        "to_out.0",
-        "add_q_proj",
-        "add_k_proj",
-        "add_v_proj",
-        *(("to_add_out",) if i < SD35M_LAYERS - 1 else ()),
-    )
-] + [f"transformer_blocks.{i}.attn2.{m}" for i in range(SD35M_DUAL_LAYERS) for m in ("to_q", "to_k", "to_v", "to_out.0")]
-SD3_TEXT_TOKENS = 77 + 256  # CLIP (77) + T5 (256) tokens per prompt, concatenated
-SD3_LATENT_CHANNELS, SD3_VAE_FACTOR, SD3_PATCH = 16, 8, 2
-SD3_PROMPT_EMBED_BYTES = SD3_TEXT_TOKENS * 4096 * 2 + 2048 * 2  # one prompt's states + pooled vector, bf16
-
-# reward models a GRPO run may hold on each GPU: (parameters, bytes per parameter, what) as the reward classes load them
-REWARD_SIZES: dict[str, tuple[int, int, str]] = {
-    "pickscore_v1": (986_000_000, 4, "CLIP ViT-H/14, fp32"),
-    "deqa": (8_200_000_000, 2, "mPLUG-Owl2 (LLaMA-2-7B + ViT-L), fp16"),
-    "geneval": (500_000_000, 4, "Mask2Former Swin-S + CLIP ViT-L/14, fp32"),
-    "ocr": (0, 0, "PP-OCR in onnxruntime, on the CPU"),
-    "hpsv2.1": (986_000_000, 4, "CLIP ViT-H/14, fp32"),
-    "hpsv2": (986_000_000, 4, "CLIP ViT-H/14, fp32"),
-    "clipscore": (428_000_000, 4, "CLIP ViT-L/14, fp32"),
-    "aesthetic_laion_v2": (428_000_000, 4, "CLIP ViT-L/14 + MLP, fp32"),
-    "imagereward_v1": (450_000_000, 4, "BLIP ViT-L + MLP, fp32"),
-}
-
-# activations of one sequence through one joint block, in bytes per token per width unit (bf16): 34 s h is the
-# Korthikanti et al. (2022) count for a transformer layer with memory-efficient attention (no s^2 term); the
-# dual-attention blocks add ~12 s_img h for their second attention's q, k, v, output and norms
-ACT_PER_LAYER, ACT_PER_DUAL = 34, 12
-# the VAE decoder at 512 px holds a few 128-channel full-resolution maps at once (no grad): ~0.3 GiB per image
-VAE_DECODE_BYTES_PER_PIXEL = 0.3 * GIB / (512 * 512)
-OVERHEAD_GIB = 2.0  # CUDA context, cuBLAS workspaces, allocator slack
-
-
-def sd35m_lora_per_rank(targets: list[str] | tuple[str, ...]) -> tuple[int, int]:
-    """(LoRA parameters per unit of rank, adapted modules) on SD3.5-M for ``lora.targets`` (peft's rule: a name or a
-    dot-separated suffix of one); targets outside the attention projections are not counted."""
-    hit = [n for n in SD35M_ATTENTION if any(n == t or n.endswith("." + t) for t in targets)]
-    return len(hit) * 2 * SD35M_WIDTH, len(hit)
 
 
 def resolve_processes(processes: int | None = None) -> tuple[int, str]:
@@ -323,139 +251,6 @@ def _folder_item(kind: str, name: str, folder) -> dict[str, Any]:
         return {"kind": kind, "name": name, "ok": True, "detail": str(folder())}
     except Exception as exc:
         return {"kind": kind, "name": name, "ok": False, "detail": _line(exc)}
-
-
-# ----------------------------------------------------------------------------- memory
-
-
-def _per_row_activations(px: int, checkpointing: bool) -> tuple[float, str]:
-    """Bytes of activations one sequence (one CFG row) keeps for the backward through the SD3.5-M transformer (an estimate)."""
-    img_tokens = (px // SD3_VAE_FACTOR // SD3_PATCH) ** 2
-    s, h = img_tokens + SD3_TEXT_TOKENS, SD35M_WIDTH
-    if checkpointing:
-        nbytes = SD35M_LAYERS * 2 * s * h + ACT_PER_LAYER * s * h + ACT_PER_DUAL * img_tokens * h
-        how = f"{SD35M_LAYERS} x 2 s h B (block inputs) + one block recomputed (34 s h + 12 s_img h)"
-    else:
-        nbytes = SD35M_LAYERS * ACT_PER_LAYER * s * h + SD35M_DUAL_LAYERS * ACT_PER_DUAL * img_tokens * h
-        how = f"{SD35M_LAYERS} x 34 s h + {SD35M_DUAL_LAYERS} x 12 s_img h B"
-    return nbytes, f"per row {nbytes / GIB:.2f} GiB = {how}, s = {img_tokens} image + {SD3_TEXT_TOKENS} text tokens, h = {h}"
-
-
-def memory_estimate(cfg: TrainConfig, plan: dict[str, Any]) -> dict[str, Any]:
-    """Per-GPU memory of the run, term by term, with each term's formula (an estimate; SD3.5-M sizes for any SD3 base).
-
-    The terms of one phase (``update``: the backward's activations; ``rollout``: the VAE decode) never coexist, so
-    the total holds the larger phase on top of everything else.
-    """
-    if plan["backbone"] != "sd3":
-        return {
-            "estimate": True,
-            "negligible": True,
-            "total_gib": None,
-            "terms": [],
-            "note": "mini model: ~4M parameters at 32x32 px; weights, LoRA and activations take a few hundred MB at most (negligible)",
-        }
-    px = cfg.resolution or 1024  # SD3.5-M's native size when unset
-    lat = px // SD3_VAE_FACTOR
-    cfg_rows = 2 if cfg.sampler.cfg != 1.0 else 1  # CFG: one forward on [uncond; cond]
-    coldstart = plan["command"] == "coldstart"
-    terms: list[dict[str, Any]] = []
-
-    def add(what: str, nbytes: float, formula: str, phase: str | None = None) -> None:
-        terms.append({"what": what, "gib": round(nbytes / GIB, 2), "formula": formula, "phase": phase})
-
-    add("transformer (bf16)", SD35M_TRANSFORMER * 2, "2.47e9 numbers (2.24e9 parameters + 2.26e8 position table) x 2 B")
-    add(
-        "text encoders (bf16)",
-        sum(SD35M_TEXT_ENCODERS.values()) * 2,
-        "(CLIP-L 123M + CLIP-G 695M + T5-XXL 4.76B) x 2 B; held on the GPU unless offloaded (T5 alone is 8.9 GiB)",
-    )
-    add("VAE (bf16)", SD35M_VAE * 2, "84M x 2 B")
-    per_rank, n_modules = sd35m_lora_per_rank(cfg.lora.targets)
-    q = per_rank * cfg.lora.rank
-    if cfg.opd is not None:
-        names = {t.name for t in cfg.opd.teachers}
-        anchor = 1 if cfg.opd.anchor is not None and cfg.opd.anchor not in names and not coldstart else 0
-        frozen = len(names) + anchor
-        what = f"{len(names)} teachers + the anchor" if anchor else f"{len(names)} teachers"
-        add(f"frozen adapters ({what}, fp32)", frozen * q * 4, f"{frozen} x {q / 1e6:.1f}M params (r{cfg.lora.rank}) x 4 B")
-    rank = plan["lora"]["student_rank"]
-    p = per_rank * rank
-    if coldstart and cfg.opd.cold_start.method == "merge":
-        add(f"merged LoRA r{rank} (fp32)", p * 4, f"{p / 1e6:.1f}M params x 4 B")
-        add("overhead", OVERHEAD_GIB * GIB, "CUDA context, workspaces, allocator slack (a guess)")
-    elif coldstart:  # SFT: teacher images, then flow matching on a fresh LoRA (no CFG in the loss, no EMA)
-        sft = cfg.opd.cold_start.sft
-        n_img = sft.prompts_per_teacher * sft.images_per_prompt * len(cfg.opd.teachers)
-        add(
-            f"student LoRA r{rank} + AdamW (fp32)",
-            p * 16,
-            f"{p / 1e6:.1f}M params ({n_modules} projections x r{rank} x (1536 + 1536)) x (4 weights + 4 grads + 8 Adam moments) B",
-        )
-        add("teacher images (fp32)", n_img * 3 * px * px * 4, f"up to {n_img} images x 3 x {px} x {px} x 4 B")
-        per_row, how = _per_row_activations(px, False)
-        add(
-            f"activations, batch {sft.batch_size} (no gradient checkpointing assumed: an upper bound)",
-            sft.batch_size * per_row,
-            f"{how} (estimate)",
-            phase="update",
-        )
-        add(
-            "VAE decode peak (no grad, while the teachers draw)",
-            sft.batch_size * px * px * VAE_DECODE_BYTES_PER_PIXEL,
-            f"{sft.batch_size} images x ~0.3 GiB per 512x512 image (estimate)",
-            phase="rollout",
-        )
-        add("overhead", OVERHEAD_GIB * GIB, "CUDA context, workspaces, allocator slack (a guess)")
-    else:
-        add(
-            f"student LoRA r{rank} + AdamW + EMA (fp32)",
-            p * 20,
-            f"{p / 1e6:.1f}M params ({n_modules} projections x r{rank} x (1536 + 1536)) x (4 weights + 4 grads + 8 Adam moments + 4 EMA) B",
-        )
-        if cfg.opd is None:
-            names_ = set(cfg.rewards) | {n for ws in cfg.task_rewards.values() for n in ws}
-            known = {n: REWARD_SIZES[n] for n in sorted(names_) if n in REWARD_SIZES}
-            if known:
-                add(
-                    "reward models, if held on the GPU",
-                    sum(n_ * b_ for n_, b_, _ in known.values()),
-                    "; ".join(f"{n} {v[0] / 1e9:.2f}B x {v[1]} B ({v[2]})" for n, v in known.items()),
-                )
-        per_row, how = _per_row_activations(px, cfg.gradient_checkpointing)
-        micro = cfg.micro_batch
-        add(
-            f"activations, micro-batch {micro} x {cfg_rows} rows (gradient checkpointing {'on' if cfg.gradient_checkpointing else 'off'})",
-            micro * cfg_rows * per_row,
-            f"{how} (estimate)",
-            phase="update",
-        )
-        local = plan["batch_per_gpu"] or math.ceil(cfg.batch_size / plan["processes"])
-        k = plan["sampler"]["trained_steps"] or cfg.sampler.steps
-        lat_bytes = SD3_LATENT_CHANNELS * lat * lat * 4
-        add(
-            "rollout buffers",
-            local * (3 * k * lat_bytes + 3 * px * px * 4 + cfg_rows * SD3_PROMPT_EMBED_BYTES),
-            f"{local} samples x ({k} trained steps x 3 latents fp32 + the fp32 image + {cfg_rows} prompt embeddings bf16)",
-        )
-        add(
-            "VAE decode peak (no grad, during the rollout)",
-            micro * px * px * VAE_DECODE_BYTES_PER_PIXEL,
-            f"{micro} images x ~0.3 GiB per 512x512 image (estimate)",
-            phase="rollout",
-        )
-        add("overhead", OVERHEAD_GIB * GIB, "CUDA context, workspaces, allocator slack (a guess)")
-    steady = sum(t["gib"] for t in terms if t["phase"] is None)
-    total = steady + max([0.0] + [sum(t["gib"] for t in terms if t["phase"] == ph) for ph in ("update", "rollout")])
-    return {
-        "estimate": True,
-        "negligible": False,
-        "sizes_of": "SD3.5-Medium",
-        "total_gib": round(total, 1),
-        "terms": terms,
-        "note": "an estimate: the sum of the terms, counting only the larger of the update's activations and the rollout's VAE "
-        "decode (they never coexist); check it with torch.cuda.max_memory_allocated() after a first step",
-    }
 
 
 # ----------------------------------------------------------------------------- text

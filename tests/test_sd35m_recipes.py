@@ -201,7 +201,7 @@ def test_sd35m_sizes_match_diffusers_model_on_the_meta_device():
     import torch
     from diffusers import SD3Transformer2DModel
 
-    from flowopd import plan
+    from flowopd import sd35m_sizes as plan
     from flowopd.lora import SD3_LORA_TARGETS
 
     with torch.device("meta"):
