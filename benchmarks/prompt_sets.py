@@ -75,52 +75,56 @@ class PromptSet:
         return [dataclasses.replace(p, metadata={**p.metadata, **extra}) for p in prompts]
 
 
+# the fixed sets: the benchmarks' test splits, then Flow-GRPO's training splits
+FIXED_SETS = (
+    PromptSet(
+        "geneval",
+        "geneval/evaluation_metadata.jsonl",
+        "compose",
+        "https://raw.githubusercontent.com/djghosh13/geneval/main/prompts/evaluation_metadata.jsonl",
+        553,
+        "GenEval: 553 compositional prompts in 6 tags with include/exclude clauses",
+    ),
+    PromptSet("ocr", "flow-grpo/ocr/test.txt", "text", f"{FLOW_GRPO}/ocr/test.txt", 1018, "Flow-GRPO visual-text test split"),
+    PromptSet(
+        "pickscore",
+        "flow-grpo/pickscore_sfw/test.txt",
+        "preference",
+        f"{FLOW_GRPO}/pickscore_sfw/test.txt",
+        1024,
+        "Flow-GRPO Pick-a-Pic (SFW) test split",
+    ),
+    PromptSet(
+        "drawbench",
+        "flow-grpo/drawbench/test.txt",
+        "quality",
+        f"{FLOW_GRPO}/drawbench/test.txt",
+        1000,
+        "DrawBench-style prompts (Flow-GRPO)",
+    ),
+    # Flow-GRPO's training splits: what `prompts:` in a training recipe names for an SD3 model
+    PromptSet(
+        "geneval-train",
+        "flow-grpo/geneval/train_metadata.jsonl",
+        "compose",
+        f"{FLOW_GRPO}/geneval/train_metadata.jsonl",
+        None,
+        "Flow-GRPO GenEval-style training prompts (metadata JSONL, the GenEval rules' clauses)",
+    ),
+    PromptSet("ocr-train", "flow-grpo/ocr/train.txt", "text", f"{FLOW_GRPO}/ocr/train.txt", None, "Flow-GRPO visual-text train split"),
+    PromptSet(
+        "pickscore-train",
+        "flow-grpo/pickscore_sfw/train.txt",
+        "preference",
+        f"{FLOW_GRPO}/pickscore_sfw/train.txt",
+        None,
+        "Flow-GRPO Pick-a-Pic (SFW) train split",
+    ),
+)
+
+
 def _sets() -> dict[str, PromptSet]:
-    sets = [
-        PromptSet(
-            "geneval",
-            "geneval/evaluation_metadata.jsonl",
-            "compose",
-            "https://raw.githubusercontent.com/djghosh13/geneval/main/prompts/evaluation_metadata.jsonl",
-            553,
-            "GenEval: 553 compositional prompts in 6 tags with include/exclude clauses",
-        ),
-        PromptSet("ocr", "flow-grpo/ocr/test.txt", "text", f"{FLOW_GRPO}/ocr/test.txt", 1018, "Flow-GRPO visual-text test split"),
-        PromptSet(
-            "pickscore",
-            "flow-grpo/pickscore_sfw/test.txt",
-            "preference",
-            f"{FLOW_GRPO}/pickscore_sfw/test.txt",
-            1024,
-            "Flow-GRPO Pick-a-Pic (SFW) test split",
-        ),
-        PromptSet(
-            "drawbench",
-            "flow-grpo/drawbench/test.txt",
-            "quality",
-            f"{FLOW_GRPO}/drawbench/test.txt",
-            1000,
-            "DrawBench-style prompts (Flow-GRPO)",
-        ),
-        # training splits (Flow-GRPO's), what `prompts:` in a training recipe names for an SD3 model
-        PromptSet(
-            "geneval-train",
-            "flow-grpo/geneval/train_metadata.jsonl",
-            "compose",
-            f"{FLOW_GRPO}/geneval/train_metadata.jsonl",
-            None,
-            "Flow-GRPO GenEval-style training prompts (metadata JSONL, the GenEval rules' clauses)",
-        ),
-        PromptSet("ocr-train", "flow-grpo/ocr/train.txt", "text", f"{FLOW_GRPO}/ocr/train.txt", None, "Flow-GRPO visual-text train split"),
-        PromptSet(
-            "pickscore-train",
-            "flow-grpo/pickscore_sfw/train.txt",
-            "preference",
-            f"{FLOW_GRPO}/pickscore_sfw/train.txt",
-            None,
-            "Flow-GRPO Pick-a-Pic (SFW) train split",
-        ),
-    ]
+    sets = list(FIXED_SETS)
     for cat in T2I_CATEGORIES:
         sets.append(
             PromptSet(

@@ -314,96 +314,94 @@ def _t2i_notes() -> tuple[str, ...]:
     return (f"computed: {', '.join(done)}", f"not computed yet (their metric model is not in the reward zoo): {', '.join(todo)}")
 
 
-def _suites() -> dict[str, Suite]:
-    t2i_sets = tuple(f"t2i-compbench/{c}" for c, m in T2I_METRIC_MODELS.items() if m)
-    suites = [
-        Suite(
-            "geneval",
-            "GenEval (553 prompts, 4 images each): strict accuracy per tag, overall = mean of the six tags",
-            "real",
-            4,
-            ("geneval",),
-            prompt_sets=("geneval",),
-            group_key="tag",
-            aggregate=_geneval_aggregate,
-        ),
-        Suite(
-            "geneval@hf-m2f",
-            "GenEval rules with the transformers Mask2Former detector (a different detector: a different metric)",
-            "real",
-            4,
-            ("geneval@hf-m2f",),
-            prompt_sets=("geneval",),
-            group_key="tag",
-            aggregate=_geneval_aggregate,
-        ),
-        Suite(
-            "ocr",
-            "visual text (Flow-GRPO OCR test split): mean OCR accuracy 1 - NED, and exact match",
-            "real",
-            1,
-            ("ocr",),
-            prompt_sets=("ocr",),
-            aggregate=_ocr_aggregate,
-        ),
-        Suite(
-            "pickscore",
-            "human preference (Flow-GRPO PickScore test split): mean PickScore",
-            "real",
-            1,
-            ("pickscore_v1",),
-            prompt_sets=("pickscore",),
-            aggregate=_mean_of("pickscore_v1", "pickscore"),
-        ),
-        Suite(
-            "deqa",
-            "image quality on DrawBench: mean DeQA score (1-5)",
-            "real",
-            1,
-            ("deqa",),
-            prompt_sets=("drawbench",),
-            aggregate=_mean_of("deqa", "deqa"),
-        ),
-        Suite(
-            "quality",
-            "the paper's Table 4 on DrawBench: ImageReward, Aesthetic, UnifiedReward, HPS v2.1, QwenVL judge (those available)",
-            "real",
-            1,
-            (),
-            optional_rewards=tuple(QUALITY_METRICS),
-            prompt_sets=("drawbench",),
-            aggregate=_quality_aggregate,
-            notes=("rewards that are not available are listed under skipped_metrics",),
-        ),
-        Suite(
-            "hpsv2",
-            "the HPS v2 benchmark (4 styles x 800 prompts): per style the mean of 10 chunk means of HPS v2 x 100",
-            "real",
-            1,
-            ("hpsv2",),
-            prompt_sets=tuple(f"hpsv2/{s}" for s in ("anime", "concept-art", "paintings", "photo")),
-            group_key="style",
-            aggregate=_hpsv2_aggregate,
-        ),
-        Suite(
-            "t2i-compbench",
-            "T2I-CompBench++ validation prompts (10 images each), per category with its metric model where the zoo has it",
-            "real",
-            10,
-            tuple(sorted({m[0] for m in T2I_METRIC_MODELS.values() if m})),
-            prompt_sets=t2i_sets,
-            group_key="category",
-            build_items=_t2i_items,
-            aggregate=_t2i_aggregate,
-            rewards_for=_t2i_rewards,
-            notes=_t2i_notes(),
-        ),
-    ]
-    return {s.name: s for s in suites}
+# the built-in suites on real models (the mini world's is a registry entry below)
+BUILTIN_SUITES = (
+    Suite(
+        "geneval",
+        "GenEval (553 prompts, 4 images each): strict accuracy per tag, overall = mean of the six tags",
+        "real",
+        4,
+        ("geneval",),
+        prompt_sets=("geneval",),
+        group_key="tag",
+        aggregate=_geneval_aggregate,
+    ),
+    Suite(
+        "geneval@hf-m2f",
+        "GenEval rules with the transformers Mask2Former detector (a different detector: a different metric)",
+        "real",
+        4,
+        ("geneval@hf-m2f",),
+        prompt_sets=("geneval",),
+        group_key="tag",
+        aggregate=_geneval_aggregate,
+    ),
+    Suite(
+        "ocr",
+        "visual text (Flow-GRPO OCR test split): mean OCR accuracy 1 - NED, and exact match",
+        "real",
+        1,
+        ("ocr",),
+        prompt_sets=("ocr",),
+        aggregate=_ocr_aggregate,
+    ),
+    Suite(
+        "pickscore",
+        "human preference (Flow-GRPO PickScore test split): mean PickScore",
+        "real",
+        1,
+        ("pickscore_v1",),
+        prompt_sets=("pickscore",),
+        aggregate=_mean_of("pickscore_v1", "pickscore"),
+    ),
+    Suite(
+        "deqa",
+        "image quality on DrawBench: mean DeQA score (1-5)",
+        "real",
+        1,
+        ("deqa",),
+        prompt_sets=("drawbench",),
+        aggregate=_mean_of("deqa", "deqa"),
+    ),
+    Suite(
+        "quality",
+        "the paper's Table 4 on DrawBench: ImageReward, Aesthetic, UnifiedReward, HPS v2.1, QwenVL judge (those available)",
+        "real",
+        1,
+        (),
+        optional_rewards=tuple(QUALITY_METRICS),
+        prompt_sets=("drawbench",),
+        aggregate=_quality_aggregate,
+        notes=("rewards that are not available are listed under skipped_metrics",),
+    ),
+    Suite(
+        "hpsv2",
+        "the HPS v2 benchmark (4 styles x 800 prompts): per style the mean of 10 chunk means of HPS v2 x 100",
+        "real",
+        1,
+        ("hpsv2",),
+        prompt_sets=tuple(f"hpsv2/{s}" for s in ("anime", "concept-art", "paintings", "photo")),
+        group_key="style",
+        aggregate=_hpsv2_aggregate,
+    ),
+    Suite(
+        "t2i-compbench",
+        "T2I-CompBench++ validation prompts (10 images each), per category with its metric model where the zoo has it",
+        "real",
+        10,
+        tuple(sorted({m[0] for m in T2I_METRIC_MODELS.values() if m})),
+        prompt_sets=tuple(f"t2i-compbench/{c}" for c, m in T2I_METRIC_MODELS.items() if m),
+        group_key="category",
+        build_items=_t2i_items,
+        aggregate=_t2i_aggregate,
+        rewards_for=_t2i_rewards,
+        notes=_t2i_notes(),
+    ),
+)
 
 
 # the mini world's suite is a registry entry (flowopd/mini/suite.py), imported when used
-SUITES: Registry[Suite] = Registry("suite", {"mini": "flowopd.mini.suite:SUITE", **_suites()}, error=InputError)
+SUITES: Registry[Suite] = Registry("suite", {"mini": "flowopd.mini.suite:SUITE", **{s.name: s for s in BUILTIN_SUITES}}, error=InputError)
 
 
 def get_suite(name: str) -> Suite:

@@ -290,10 +290,8 @@ class Trainer:
         gradient; ``out``: the SDE step scoring the stored ``x_next``) and the
         per-sample values to log.
         """
-        from flowopd.sde import sde_step
-
-        cfg, acc, scfg = self.cfg, self.accelerator, self.cfg.sampler
-        traj, plan, sig, dev = batch.traj, batch.plan, batch.plan.sigmas, acc.device
+        cfg, acc = self.cfg, self.accelerator
+        plan, dev = batch.plan, acc.device
         self.model.train()
         world, parts = acc.num_processes, cfg.updates_per_rollout
         size = len(batch.local) // parts
@@ -310,25 +308,10 @@ class Trainer:
             scale = world / (kept * k_steps)  # DDP averages over processes: the global mean over kept samples and steps
             pieces = [(k, a, min(a + cfg.micro_batch, hi)) for k in range(k_steps) for a in range(lo, hi, cfg.micro_batch)]
             for j, (k, a, b) in enumerate(pieces):
-                i_step = plan.trained[k]
-                x, x_next = traj.states[a:b, k].to(dev), traj.next_states[a:b, k].to(dev)
                 sync = contextlib.nullcontext() if j == len(pieces) - 1 else acc.no_sync(self.model)
                 with sync:
-                    v = self.guided(batch, slice(a, b), x, sig[i_step], transformer=self.model)
-                    out = sde_step(
-                        x,
-                        v,
-                        float(sig[i_step]),
-                        float(sig[i_step + 1]),
-                        scfg.noise_level,
-                        kind=scfg.kind,
-                        x_next=x_next,
-                        log_prob=scfg.log_prob,
-                    )
-                    per_sample, logs = piece_loss(batch, k, a, b, x, v, out)
-                    w = keep_l[a:b]
-                    loss = (per_sample * w).sum() * scale
-                    acc.backward(loss)
+                    per_sample, logs = self._piece_backward(batch, piece_loss, k, a, b, keep_l[a:b], scale)
+                w = keep_l[a:b]
                 logs["loss"] = per_sample.detach()
                 for name, values in logs.items():
                     sums[name] = sums.get(name, torch.zeros((), device=dev)) + (values.float() * w).sum()
@@ -344,6 +327,22 @@ class Trainer:
         metrics = {n: float(totals[i + 1]) / denom for i, n in enumerate(names)}
         metrics.update(grad_norm=float(np.mean(grad_norms)) if grad_norms else 0.0, updates=float(len(grad_norms)))
         return metrics
+
+    def _piece_backward(self, batch: Batch, piece_loss, k: int, a: int, b: int, w: torch.Tensor, scale: float) -> tuple[torch.Tensor, dict]:
+        """One micro-batch at trained step ``k``: the student's velocity with gradient, the SDE step scoring the stored
+        next states, the objective's per-sample loss, and the backward of its kept (``w``) sum times ``scale``."""
+        from flowopd.sde import sde_step
+
+        scfg, traj, sig, dev = self.cfg.sampler, batch.traj, batch.plan.sigmas, self.accelerator.device
+        i_step = batch.plan.trained[k]
+        x, x_next = traj.states[a:b, k].to(dev), traj.next_states[a:b, k].to(dev)
+        v = self.guided(batch, slice(a, b), x, sig[i_step], transformer=self.model)
+        out = sde_step(
+            x, v, float(sig[i_step]), float(sig[i_step + 1]), scfg.noise_level, kind=scfg.kind, x_next=x_next, log_prob=scfg.log_prob
+        )
+        per_sample, logs = piece_loss(batch, k, a, b, x, v, out)
+        self.accelerator.backward((per_sample * w).sum() * scale)
+        return per_sample, logs
 
     def adapter(self, name: str | None):
         """Forwards with adapter ``name`` on the student's transformer (None: the base, i.e. the reference)."""

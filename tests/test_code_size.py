@@ -18,15 +18,12 @@ LONG_FUNCTIONS = {
     "cli/evaluate.py::eval_cmd": 105,
     "flowopd/mini/pretrain.py::pretrain": 94,
     "reward_models/hps.py::convert_open_clip_state_dict": 89,
-    "benchmarks/suites.py::_suites": 86,
     "cli/evaluate.py::sample": 81,
     "benchmarks/runner.py::_run_suite": 77,
     "flowopd/plan.py::train_plan": 74,
-    "benchmarks/prompt_sets.py::_sets": 71,
     "flowopd/coldstart.py::sft_cold_start": 69,
     "benchmarks/runner.py::run_eval": 66,
     "flowopd/mini/reproduce.py::reproduce": 65,
-    "flowopd/trainer.py::_update": 62,
 }
 LONG_FILES = {
     "reward_models/geneval.py": 584,
