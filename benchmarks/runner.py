@@ -81,7 +81,13 @@ def plan_eval(suites: Sequence[str], model: ModelRef, prompts: str | None = None
     names = list(SUITES) if "all" in suites else explicit
     run, skipped, warnings = [], {}, []
     for name in dict.fromkeys(names):
-        suite = get_suite(name)
+        try:
+            suite = get_suite(name)
+        except InputError as exc:  # a plugin suite that cannot be imported: `all` runs the others
+            if name in explicit:
+                raise
+            skipped[name] = str(exc)
+            continue
         world_reason = suite.unavailable_reason(model.world) if suite.world != model.world else None
         if world_reason and name not in explicit:
             missing = suite.missing_inputs() if suite.world == "real" else None

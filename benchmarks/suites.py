@@ -400,8 +400,12 @@ BUILTIN_SUITES = (
 )
 
 
-# the mini world's suite is a registry entry (flowopd/mini/suite.py), imported when used
-SUITES: Registry[Suite] = Registry("suite", {"mini": "flowopd.mini.suite:SUITE", **{s.name: s for s in BUILTIN_SUITES}}, error=InputError)
+# the mini world's suite is a registry entry (flowopd/mini/suite.py), imported when used; plugins add theirs through
+# the flowopd.suites entry-point group (examples/suite-plugin)
+ENTRY_POINT_GROUP = "flowopd.suites"
+SUITES: Registry[Suite] = Registry(
+    "suite", {"mini": "flowopd.mini.suite:SUITE", **{s.name: s for s in BUILTIN_SUITES}}, InputError, ENTRY_POINT_GROUP
+)
 
 
 def get_suite(name: str) -> Suite:

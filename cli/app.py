@@ -36,6 +36,8 @@ app.add_typer(weights_app, name="weights")
 app.add_typer(mini_app, name="mini")
 prompts_app = typer.Typer(rich_markup_mode=None, help="Benchmark prompt sets: list them, fetch them, show them.", no_args_is_help=True)
 app.add_typer(prompts_app, name="prompts")
+suites_app = typer.Typer(rich_markup_mode=None, help="Evaluation suites, built in and from plugins.", no_args_is_help=True)
+app.add_typer(suites_app, name="suites")
 
 
 class Format(str, Enum):

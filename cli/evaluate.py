@@ -10,7 +10,19 @@ from pathlib import Path
 
 import typer
 
-from flowopd.cli.app import _fail, _grid, _interrupted, _print_table, _refuse_blank_prompts, _rerun_command, _save_png, app
+from flowopd.cli.app import (
+    Format,
+    _fail,
+    _grid,
+    _interrupted,
+    _print_table,
+    _refuse_blank_prompts,
+    _rerun_command,
+    _save_png,
+    _yes_no,
+    app,
+    suites_app,
+)
 from flowopd.cli.ui import console, progress_bar, styled, warn
 from flowopd.models import MINI_SAMPLING  # stdlib-only module: keeps --help fast
 
@@ -292,3 +304,32 @@ def publish(
     lb = build_report(results, baselines)
     write_site(lb, out)
     console.print(f"wrote {out}/index.html, {len(lb.runs)} model page(s) in models/, results.json and model-index/")
+
+
+@suites_app.command("list")
+def suites_list(fmt: Format = typer.Option(Format.table, "--format", help="table or json.")) -> None:
+    """Every evaluation suite (built in, or a plugin's): its world, images per prompt, rewards, and whether it can run here."""
+    from flowopd.benchmarks.suites import SUITES
+    from flowopd.errors import InputError
+
+    rows = []
+    for name in SUITES:
+        row: dict = {"name": name, "source": SUITES.source(name)}
+        try:
+            suite = SUITES[name]
+        except InputError as exc:  # a plugin that cannot be imported: listed with its one-line reason
+            rows.append({**row, "available": False, "reason": str(exc)})
+            continue
+        reason = suite.missing_inputs()
+        rewards = [*suite.rewards, *suite.optional_rewards]
+        row.update(world=suite.world, images_per_prompt=suite.images_per_prompt, rewards=rewards, description=suite.description)
+        rows.append({**row, "available": reason is None, "reason": reason})
+    for msg in SUITES.plugin_errors:
+        warn(msg)
+    if fmt is Format.json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = [
+        (r["name"], r["source"], r.get("world", "?"), ", ".join(r.get("rewards", [])), _yes_no(r["available"], r["reason"])) for r in rows
+    ]
+    _print_table("evaluation suites", ("name", "source", "world", "rewards", "can run here"), table)
