@@ -7,6 +7,7 @@ import os
 import time
 from enum import Enum
 from pathlib import Path
+from typing import Annotated
 
 import typer
 
@@ -47,25 +48,7 @@ def sample(
     scale: int | None = typer.Option(None, "--scale", min=1, max=64, help="Nearest-neighbour upscale of the saved PNG (mini 8, SD3 1)."),
 ) -> None:
     """Generate images with the deterministic ODE sampler and save them as PNG."""
-    texts: list[str] = list(prompt or [])
-    if prompts_file is not None:
-        from flowopd.benchmarks.prompts import load_prompt_file
-
-        texts += [p.text for p in load_prompt_file(prompts_file)]
-    if not texts:
-        _fail("give a prompt with --prompt TEXT or a prompt file with --prompts FILE")
-    _refuse_blank_prompts(texts)
-    single = len(texts) == 1
-    if single and out.suffix.lower() != ".png":
-        _fail(f"--out {out} must end in .png for one prompt (or pass several prompts and a folder)")
-    if not single and out.suffix:
-        _fail(f"--out {out} must be a folder when sampling {len(texts)} prompts")
-    from flowopd.runinfo import check_output_dir, check_writable
-
-    if single:
-        check_writable(out.parent)  # before minutes of sampling, not after
-    else:
-        check_output_dir(out, "metadata.jsonl")
+    texts = _sample_prompts(prompt, prompts_file, out)
     import torch
 
     from flowopd.models import load_backbone
@@ -98,10 +81,40 @@ def sample(
     from flowopd.reward_models.base import to_uint8_hwc
 
     arrays = to_uint8_hwc(images)
-    if single:
+    if len(texts) == 1:
         _save_png(arrays[0] if n == 1 else _grid(arrays, min(n, 8)), out, scale)
         console.print(f"wrote {out}  ({n} image{'s' * (n > 1)}, seed {seed}, {steps} steps, cfg {cfg})")
         return
+    _save_sample_folder(out, jobs, arrays, scale, {"steps": steps, "cfg": cfg, "model": model})
+
+
+def _sample_prompts(prompt: list[str] | None, prompts_file: Path | None, out: Path) -> list[str]:
+    """The prompts to sample (``--prompt`` and ``--prompts``), refused in one line before any model loads: none, a blank
+    one, or an ``--out`` that does not fit (a .png for one prompt, a writable new folder for several)."""
+    texts: list[str] = list(prompt or [])
+    if prompts_file is not None:
+        from flowopd.benchmarks.prompts import load_prompt_file
+
+        texts += [p.text for p in load_prompt_file(prompts_file)]
+    if not texts:
+        _fail("give a prompt with --prompt TEXT or a prompt file with --prompts FILE")
+    _refuse_blank_prompts(texts)
+    single = len(texts) == 1
+    if single and out.suffix.lower() != ".png":
+        _fail(f"--out {out} must end in .png for one prompt (or pass several prompts and a folder)")
+    if not single and out.suffix:
+        _fail(f"--out {out} must be a folder when sampling {len(texts)} prompts")
+    from flowopd.runinfo import check_output_dir, check_writable
+
+    if single:
+        check_writable(out.parent)  # before minutes of sampling, not after
+    else:
+        check_output_dir(out, "metadata.jsonl")
+    return texts
+
+
+def _save_sample_folder(out: Path, jobs: list[tuple[str, int]], arrays, scale: int, protocol: dict) -> None:
+    """One PNG per image and ``metadata.jsonl`` (file, prompt, seed, steps, cfg, model), written whole or not at all."""
     from flowopd.runinfo import atomic_dir
 
     with atomic_dir(out, marker="metadata.jsonl") as tmp:
@@ -109,7 +122,7 @@ def sample(
             for k, ((t, s), a) in enumerate(zip(jobs, arrays)):
                 name = f"{k:05d}.png"
                 _save_png(a, tmp / name, scale)
-                f.write(json.dumps({"file": name, "prompt": t, "seed": s, "steps": steps, "cfg": cfg, "model": model}) + "\n")
+                f.write(json.dumps({"file": name, "prompt": t, "seed": s, **protocol}) + "\n")
     console.print(f"wrote {len(jobs)} images and metadata.jsonl to {out}/")
 
 
@@ -132,25 +145,39 @@ def _print_skipped(skipped: dict[str, str]) -> None:
             console.print(label + f" {rest}", highlight=False)  # reasons hold [extras]: printed as they are
 
 
-@app.command("eval")
-def eval_cmd(
-    suite: list[str] = typer.Option(
-        ["all"],
+EvalSuites = Annotated[
+    list[str],
+    typer.Option(
         "--suite",
         "-s",
-        help="A suite (mini, geneval, geneval@hf-m2f, ocr, pickscore, deqa, quality, hpsv2, t2i-compbench) or all; repeatable.",
+        help="A suite (mini, geneval, geneval@hf-m2f, ocr, pickscore, deqa, quality, hpsv2, t2i-compbench, a plugin's: "
+        "`flowopd suites list`) or all; repeatable.",
     ),
-    model: str | None = typer.Option(
-        None,
+]
+EvalModel = Annotated[
+    str | None,
+    typer.Option(
         "--model",
         "-m",
         help="mini-student (default), mini-base, a shipped teacher, a model or LoRA folder, a diffusers SD3 folder, or sd3:<hub id>.",
     ),
+]
+EvalLimit = Annotated[
+    int | None, typer.Option("--limit", min=1, help="Prompts per group (GenEval tag, HPS style, T2I-CompBench category, mini task).")
+]
+EvalPrompts = Annotated[
+    str | None,
+    typer.Option("--prompts", help="Build the suite on the fly: a prompt set (see `flowopd prompts list`), a .txt/.jsonl file, or mini."),
+]
+
+
+@app.command("eval")
+def eval_cmd(
+    suite: EvalSuites = ["all"],  # noqa: B006 (typer copies the default; the help shows it)
+    model: EvalModel = None,
     lora: Path | None = typer.Option(None, "--lora", help="A diffusers-format LoRA on an SD3 base."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (default runs/eval-<model>); an unfinished one is resumed."),
-    limit: int | None = typer.Option(
-        None, "--limit", min=1, help="Prompts per group (GenEval tag, HPS style, T2I-CompBench category, mini task)."
-    ),
+    limit: EvalLimit = None,
     images: int | None = typer.Option(None, "--images-per-prompt", min=1, help="Override the suites' images per prompt."),
     steps: int | None = typer.Option(None, "--steps", min=1, help="ODE steps (default: the model's; SD3 40)."),
     cfg: float | None = typer.Option(None, "--cfg", min=1.0, help="Guidance scale (default: the model's; SD3 4.5)."),
@@ -160,9 +187,7 @@ def eval_cmd(
     strict: bool = typer.Option(False, "--strict", help="Fail when any requested suite cannot run."),
     cache: Path | None = typer.Option(None, "--cache", help="Score cache (default $FLOWOPD_CACHE_DIR/scores.sqlite, ~/.cache/flowopd)."),
     no_report: bool = typer.Option(False, "--no-report", help="Do not write report.md / report.html into the run folder."),
-    prompts: str | None = typer.Option(
-        None, "--prompts", help="Build the suite on the fly: a prompt set (see `flowopd prompts list`), a .txt/.jsonl file, or mini."
-    ),
+    prompts: EvalPrompts = None,
     reward: list[str] = typer.Option([], "--reward", "-r", help="With --prompts: a reward to score every image with (repeatable)."),
 ) -> None:
     """Evaluate a model on benchmark suites: images, per-sample JSONL, summary.json with CIs, and a report.
@@ -172,39 +197,40 @@ def eval_cmd(
     `flowopd eval` alone evaluates the shipped mini student on every suite it can run and lists the others with the reason.
     Under `accelerate launch` the images are split across processes.
     """
-    from diffusers.utils import logging as diffusers_logging
-
-    from flowopd.benchmarks.runner import EvalConfig, run_eval
-    from flowopd.models import KNOWN_WEIGHTS
-
-    if os.environ.get("FLOWOPD_DEBUG") != "1":
-        diffusers_logging.disable_progress_bar()  # "Loading pipeline components": ours shows the eval's progress
+    from flowopd.benchmarks.runner import EvalConfig
+    from flowopd.models import KNOWN_WEIGHTS, resolve_model
 
     if model is None:
         model = "mini-student" if KNOWN_WEIGHTS["mini-student"].present else "mini-base"
     if (prompts is not None or reward) and suite != ["all"]:
         _fail("pass either --suite or --prompts with --reward (a suite built on the fly), not both")
-    ecfg = EvalConfig(
-        prompts=prompts,
-        rewards=list(reward),
-        suites=suite,
-        model=model,
-        lora=str(lora) if lora else None,
-        limit=limit,
-        images_per_prompt=images,
-        steps=steps,
-        cfg=cfg,
-        resolution=resolution,
-        seed=seed,
-        batch_size=batch_size,
-        strict=strict,
+    lora_spec = str(lora) if lora else None
+    ecfg = EvalConfig(suites=suite, model=model, lora=lora_spec, limit=limit, images_per_prompt=images, steps=steps, cfg=cfg)
+    ecfg.resolution, ecfg.seed, ecfg.batch_size, ecfg.strict, ecfg.prompts, ecfg.rewards = (
+        resolution,
+        seed,
+        batch_size,
+        strict,
+        prompts,
+        list(reward),
     )
-    from flowopd.models import resolve_model
-
     ref = resolve_model(model, ecfg.lora)
     out = out or Path("runs") / f"eval-{ref.label}"
     t0 = time.time()
-    with progress_bar(f"eval {ref.label}", None) as advance:
+    summary = _run_eval_with_progress(ecfg, out, cache, ref.label)
+    if summary:  # empty on the other processes under accelerate
+        _print_eval_summary(summary, ref.label, out, no_report, t0)
+
+
+def _run_eval_with_progress(ecfg, out: Path, cache: Path | None, label: str) -> dict | None:
+    """``run_eval`` under a progress bar; Ctrl-C says what was kept and the command that continues, and exits 130."""
+    from diffusers.utils import logging as diffusers_logging
+
+    from flowopd.benchmarks.runner import run_eval
+
+    if os.environ.get("FLOWOPD_DEBUG") != "1":
+        diffusers_logging.disable_progress_bar()  # "Loading pipeline components": ours shows the eval's progress
+    with progress_bar(f"eval {label}", None) as advance:
 
         def show(stage: str, done: int, total: int) -> None:
             advance(description=f"eval: {stage}", completed=done, total=total)
@@ -216,8 +242,11 @@ def eval_cmd(
     if summary is None:  # said after the progress bar has closed
         n = len(list((out / "images").glob("*.json"))) if (out / "images").is_dir() else 0
         _interrupted("evaluation stopped", f"{n} finished images kept in {out / 'images'}", _rerun_command())
-    if not summary:  # not the main process
-        return
+    return summary
+
+
+def _print_eval_summary(summary: dict, label: str, out: Path, no_report: bool, t0: float) -> None:
+    """The metrics table, the suites skipped with why, where the images and scores came from, and the report."""
     for w in summary.get("warnings", []):
         warn(w)
     rows = []
@@ -225,7 +254,7 @@ def eval_cmd(
         for key, m in s["metrics"].items():
             ci = m.get("note") or f"[{m['ci95'][0]:.4g}, {m['ci95'][1]:.4g}]" + (" (clipped to range)" if m.get("clipped") else "")
             rows.append((name, key, f"{m['mean']:.4g}", ci, str(m["n"])))
-    _print_table(f"{ref.label}: metrics (mean, 95% CI, n)", ("suite", "metric", "mean", "95% CI", "n"), rows)
+    _print_table(f"{label}: metrics (mean, 95% CI, n)", ("suite", "metric", "mean", "95% CI", "n"), rows)
     _print_skipped(summary["skipped"])
     img, c = summary["images"], summary["cache"]
     console.print(
