@@ -200,21 +200,12 @@ def run_eval(cfg: EvalConfig, out: str | Path, cache_path: str | Path | None = N
     """Plan, sample, score and summarise; returns the run's summary (``OUT/summary.json``)."""
     from accelerate import PartialState
 
-    from flowopd.benchmarks.score_cache import ScoreCache
     from flowopd.runinfo import write_json_atomic
 
     t0 = time.time()
     out = Path(out)
     model = resolve_model(cfg.model, cfg.lora)
-    plan = plan_eval(cfg.suites, model, cfg.prompts, cfg.rewards)
-    if cfg.strict and plan.skipped:
-        name, reason = next(iter(plan.skipped.items()))
-        raise FlowOPDError(
-            f"--strict: suite {name} cannot run: {reason}" + (f" (and {len(plan.skipped) - 1} more)" if len(plan.skipped) > 1 else "")
-        )
-    if not plan.run:
-        reasons = "; ".join(f"{k}: {v}" for k, v in plan.skipped.items())
-        raise FlowOPDError(f"no suite can run for {model.spec}: {reasons}")
+    plan = _runnable_plan(cfg, model)
     from accelerate.utils import parse_flag_from_env
 
     # on a machine without CUDA, processes started by `accelerate launch` talk over gloo (PartialState() alone would not)
@@ -236,11 +227,7 @@ def run_eval(cfg: EvalConfig, out: str | Path, cache_path: str | Path | None = N
     if hasattr(backbone, "set_resolution") and sampling.get("resolution"):
         backbone.set_resolution(int(sampling["resolution"]))
     store = ImageStore(out)
-    if state.is_main_process:  # one process creates the file and switches it to WAL; then the others open it
-        cache = ScoreCache(cache_path or default_cache_path())
-    state.wait_for_everyone()
-    if not state.is_main_process:
-        cache = ScoreCache(cache_path or default_cache_path())
+    cache = _open_cache(state, cache_path)
     rewards: dict[str, Any] = {}
     counts = {"generated": 0, "reused": 0}
     try:
@@ -262,6 +249,31 @@ def run_eval(cfg: EvalConfig, out: str | Path, cache_path: str | Path | None = N
     summary = _merge(plan, out, state.num_processes, digest, config, sampling, cfg, cache_path, t0) if state.is_main_process else {}
     _end_processes(state)
     return summary
+
+
+def _runnable_plan(cfg: EvalConfig, model: Any) -> EvalPlan:
+    """The suites to run; with ``--strict`` any suite that cannot run fails the eval, and with none to run it fails too."""
+    plan = plan_eval(cfg.suites, model, cfg.prompts, cfg.rewards)
+    if cfg.strict and plan.skipped:
+        name, reason = next(iter(plan.skipped.items()))
+        more = f" (and {len(plan.skipped) - 1} more)" if len(plan.skipped) > 1 else ""
+        raise FlowOPDError(f"--strict: suite {name} cannot run: {reason}{more}")
+    if not plan.run:
+        reasons = "; ".join(f"{k}: {v}" for k, v in plan.skipped.items())
+        raise FlowOPDError(f"no suite can run for {model.spec}: {reasons}")
+    return plan
+
+
+def _open_cache(state: Any, cache_path: str | Path | None) -> Any:
+    """The score cache: the main process creates the file and switches it to WAL; then the others open it."""
+    from flowopd.benchmarks.score_cache import ScoreCache
+
+    if state.is_main_process:
+        cache = ScoreCache(cache_path or default_cache_path())
+    state.wait_for_everyone()
+    if not state.is_main_process:
+        cache = ScoreCache(cache_path or default_cache_path())
+    return cache
 
 
 def _end_processes(state: Any) -> None:
@@ -339,35 +351,8 @@ def _run_suite(
     say: Progress | None,
 ) -> list[dict[str, Any]]:
     """Sample the missing images of ``jobs`` batch by batch, then score every image with its rewards through the cache."""
-    from flowopd.reward_models import load_reward
-    from flowopd.reward_models.base import to_uint8_hwc
-    from flowopd.sampling import sample_ode
-
     keys = [image_key(j, sampling) for j in jobs]
-    todo = [k for k, key in enumerate(keys) if not store.has(key)]
-    counts["reused"] += len(jobs) - len(todo)
-    for start in range(0, len(todo), cfg.batch_size):
-        batch = todo[start : start + cfg.batch_size]
-        if say:
-            say(f"{suite.name}: sampling", start, len(todo))
-        images = sample_ode(
-            backbone,
-            [jobs[k].prompt for k in batch],
-            [jobs[k].seed for k in batch],
-            steps=int(sampling["steps"]),
-            cfg=float(sampling["cfg"]),
-            shift=float(sampling["shift"]),
-            negative_prompt=sampling["negative_prompt"],
-            batch_size=cfg.batch_size,
-        )
-        arrays = to_uint8_hwc(images)
-        for k, arr in zip(batch, arrays):
-            job = jobs[k]
-            meta = {"prompt": job.prompt, "seed": job.seed, "sampling": sampling, "model": model.spec, "model_label": model.label}
-            store.save(keys[k], arr, meta)
-        counts["generated"] += len(batch)
-    if say:
-        say(f"{suite.name}: sampled", len(todo), max(len(todo), 1))
+    _sample_missing(suite.name, jobs, keys, backbone, sampling, model, store, cfg.batch_size, counts, say)
     records = [
         {
             "suite": suite.name,
@@ -382,25 +367,63 @@ def _run_suite(
         for j, key in zip(jobs, keys)
     ]
     needs = [suite.job_rewards(job, available) for job in jobs]
+    device = str(getattr(backbone, "device", "cpu"))
     chunk = max(cfg.batch_size, 64)
     for start in range(0, len(jobs), chunk):  # each image is read from disk once, then scored by every reward it needs
         if say:
             say(f"{suite.name}: scoring", start, len(jobs))
         part = [k for k in range(start, min(start + chunk, len(jobs))) if needs[k]]
-        pixels = {k: store.load(keys[k]) for k in part}  # uint8: the saved pixels, whether made now or by an earlier run
-        for name in dict.fromkeys(n for k in part for n in needs[k]):
-            if name not in rewards:
-                rewards[name] = load_reward(name, device=str(getattr(backbone, "device", "cpu")))
-            idx = [k for k in part if name in needs[k]]
-            batch = torch.from_numpy(np.stack([pixels[k] for k in idx])).permute(0, 3, 1, 2)
-            scores = cache.score(rewards[name], batch, [jobs[k].prompt for k in idx], [jobs[k].metadata for k in idx])
-            for k, rec in zip(idx, scores.to_records()):
-                records[k]["scores"][name] = rec
-        for k in part:  # each record lists its rewards in its own order, however the chunk was made up
-            records[k]["scores"] = {n: records[k]["scores"][n] for n in needs[k]}
+        _score_part(part, jobs, keys, needs, records, store, cache, rewards, device)
     if say:
         say(f"{suite.name}: scored", len(jobs), max(len(jobs), 1))
     return records
+
+
+def _sample_missing(name, jobs, keys, backbone, sampling, model, store, batch_size: int, counts, say) -> None:
+    """Sample (ODE) and save the images of ``jobs`` the store does not hold yet, ``batch_size`` at a time."""
+    from flowopd.reward_models.base import to_uint8_hwc
+    from flowopd.sampling import sample_ode
+
+    todo = [k for k, key in enumerate(keys) if not store.has(key)]
+    counts["reused"] += len(jobs) - len(todo)
+    for start in range(0, len(todo), batch_size):
+        batch = todo[start : start + batch_size]
+        if say:
+            say(f"{name}: sampling", start, len(todo))
+        images = sample_ode(
+            backbone,
+            [jobs[k].prompt for k in batch],
+            [jobs[k].seed for k in batch],
+            steps=int(sampling["steps"]),
+            cfg=float(sampling["cfg"]),
+            shift=float(sampling["shift"]),
+            negative_prompt=sampling["negative_prompt"],
+            batch_size=batch_size,
+        )
+        for k, arr in zip(batch, to_uint8_hwc(images)):
+            job = jobs[k]
+            meta = {"prompt": job.prompt, "seed": job.seed, "sampling": sampling, "model": model.spec, "model_label": model.label}
+            store.save(keys[k], arr, meta)
+        counts["generated"] += len(batch)
+    if say:
+        say(f"{name}: sampled", len(todo), max(len(todo), 1))
+
+
+def _score_part(part, jobs, keys, needs, records, store, cache, rewards: dict[str, Any], device: str) -> None:
+    """Score the images ``part`` (indices into ``jobs``) with every reward each needs, through the cache, into ``records``."""
+    from flowopd.reward_models import load_reward
+
+    pixels = {k: store.load(keys[k]) for k in part}  # uint8: the saved pixels, whether made now or by an earlier run
+    for name in dict.fromkeys(n for k in part for n in needs[k]):
+        if name not in rewards:
+            rewards[name] = load_reward(name, device=device)
+        idx = [k for k in part if name in needs[k]]
+        batch = torch.from_numpy(np.stack([pixels[k] for k in idx])).permute(0, 3, 1, 2)
+        scores = cache.score(rewards[name], batch, [jobs[k].prompt for k in idx], [jobs[k].metadata for k in idx])
+        for k, rec in zip(idx, scores.to_records()):
+            records[k]["scores"][name] = rec
+    for k in part:  # each record lists its rewards in its own order, however the chunk was made up
+        records[k]["scores"] = {n: records[k]["scores"][n] for n in needs[k]}
 
 
 def _summarise(suite: Suite, records: list[dict[str, Any]], sampling: dict[str, Any], rewards: list[str]) -> dict[str, Any]:

@@ -147,43 +147,17 @@ def _draw(pool: tuple, n: int, rng: np.random.Generator) -> list:
 
 def sft_cold_start(cfg: TrainConfig, out: Path, progress: Callable[[str, int, int], None] | None = None) -> Path:
     """The SFT cold start into ``out``: teacher images for their routed prompts, then flow matching (eq. 1) on a fresh LoRA."""
-    from flowopd.draws import training_prompts
     from flowopd.flow_matching import flow_matching_loss
-    from flowopd.lora import add_lora, save_lora, use_adapter
-    from flowopd.models import load_backbone, model_digest, prompt_world
+    from flowopd.lora import add_lora, save_lora
+    from flowopd.models import load_backbone, model_digest
     from flowopd.runinfo import atomic_dir
-    from flowopd.sampling import sample_ode
 
     sft = cfg.opd.cold_start.sft
     backbone = load_backbone(cfg.model, device=_device(), resolution=cfg.resolution)
     backbone.requires_grad_(False)
     torch.manual_seed(cfg.seed)
     add_lora(backbone.transformer, cfg.lora.rank, cfg.lora.alpha, tuple(cfg.lora.targets))
-    adapters = load_teachers(backbone, cfg)
-    images, prompts = [], []
-    rng = np.random.default_rng([cfg.seed, 7])
-    tasks = [t for t, w in cfg.tasks.items() if w > 0]
-    for t_index, spec in enumerate(cfg.opd.teachers):
-        served = [t for t in spec.tasks if t in tasks]
-        recs = [
-            r
-            for i, task in enumerate(served)
-            for r in (
-                _draw(training_prompts(cfg.prompts[task], task), sft.prompts_per_teacher, rng)
-                if task in cfg.prompts
-                else prompt_world(cfg.model).prompts(task, sft.prompts_per_teacher, 31_000 + 10 * t_index + i, split="train")
-            )
-        ]
-        if not recs:
-            continue
-        batch_prompts = [r.prompt for r in recs for _ in range(sft.images_per_prompt)]
-        seeds = [int(s) for s in rng.integers(0, 2**31, size=len(batch_prompts))]
-        if progress:
-            progress(f"teacher {spec.name} draws", t_index, len(cfg.opd.teachers))
-        with use_adapter(backbone.transformer, adapters[spec.name]), torch.no_grad():
-            images.append(sample_ode(backbone, batch_prompts, seeds, steps=sft.sample_steps, cfg=sft.sample_cfg, shift=sft.sample_shift))
-        prompts += batch_prompts
-    data = torch.cat(images)
+    data, prompts = _teacher_images(backbone, cfg, progress)
     params = [p for p in backbone.transformer.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=sft.lr, weight_decay=cfg.optim.weight_decay)
     gen = torch.Generator().manual_seed(cfg.seed)
@@ -214,6 +188,41 @@ def sft_cold_start(cfg: TrainConfig, out: Path, progress: Callable[[str, int, in
     with atomic_dir(out, marker="lora_info.json") as tmp:
         save_lora(backbone.transformer, tmp, info)
     return out
+
+
+def _teacher_images(backbone, cfg: TrainConfig, progress) -> tuple[torch.Tensor, list[str]]:
+    """Each teacher's ODE images for training prompts of the tasks it serves (its adapter on ``backbone``), and their prompts."""
+    from flowopd.draws import training_prompts
+    from flowopd.lora import use_adapter
+    from flowopd.models import prompt_world
+    from flowopd.sampling import sample_ode
+
+    sft = cfg.opd.cold_start.sft
+    adapters = load_teachers(backbone, cfg)
+    images, prompts = [], []
+    rng = np.random.default_rng([cfg.seed, 7])
+    tasks = [t for t, w in cfg.tasks.items() if w > 0]
+    for t_index, spec in enumerate(cfg.opd.teachers):
+        served = [t for t in spec.tasks if t in tasks]
+        recs = [
+            r
+            for i, task in enumerate(served)
+            for r in (
+                _draw(training_prompts(cfg.prompts[task], task), sft.prompts_per_teacher, rng)
+                if task in cfg.prompts
+                else prompt_world(cfg.model).prompts(task, sft.prompts_per_teacher, 31_000 + 10 * t_index + i, split="train")
+            )
+        ]
+        if not recs:
+            continue
+        batch_prompts = [r.prompt for r in recs for _ in range(sft.images_per_prompt)]
+        seeds = [int(s) for s in rng.integers(0, 2**31, size=len(batch_prompts))]
+        if progress:
+            progress(f"teacher {spec.name} draws", t_index, len(cfg.opd.teachers))
+        with use_adapter(backbone.transformer, adapters[spec.name]), torch.no_grad():
+            images.append(sample_ode(backbone, batch_prompts, seeds, steps=sft.sample_steps, cfg=sft.sample_cfg, shift=sft.sample_shift))
+        prompts += batch_prompts
+    return torch.cat(images), prompts
 
 
 def cold_start(cfg: TrainConfig, out: Path, reuse: bool = False, progress: Callable[[str, int, int], None] | None = None) -> Path | None:

@@ -36,6 +36,7 @@ def train_plan(cfg: TrainConfig, processes: int | None = None, command: str = "t
     """Everything ``flowopd train`` would do with ``cfg`` on ``processes`` processes, checked; loads no model."""
     from flowopd.errors import FlowOPDError
     from flowopd.models import is_sd3
+    from flowopd.objectives.base import objective_class
     from flowopd.plan_checks import check_arithmetic
 
     n, source = resolve_processes(processes)
@@ -72,32 +73,7 @@ def train_plan(cfg: TrainConfig, processes: int | None = None, command: str = "t
         "gradient_checkpointing": cfg.gradient_checkpointing,
         "resolution": cfg.resolution,
     }
-    if cfg.opd is None:
-        plan["grpo"] = {
-            "rewards": cfg.rewards,
-            "task_rewards": cfg.task_rewards,
-            "beta": cfg.grpo.beta,
-            "kl_weighting": cfg.grpo.kl_weighting,
-            "clip_range": cfg.grpo.clip_range,
-            "adv_std": cfg.grpo.adv_std,
-        }
-    else:
-        opd = cfg.opd
-        plan["opd"] = {
-            "objective": opd.objective,
-            "routing": opd.routing,
-            "teachers": [{"name": t.name, "tasks": t.tasks, "reward": t.reward, "checkpoint": t.checkpoint} for t in opd.teachers],
-            "anchor": opd.anchor,
-            "mar_lambda": opd.mar_lambda,
-            "kl_weighting": opd.kl_weighting,
-            "beta": opd.beta,
-            "cold_start": {
-                "method": opd.cold_start.method,
-                "merge": opd.cold_start.merge,
-                "from_lora": opd.cold_start.from_lora,
-                **({"sft": opd.cold_start.sft.model_dump()} if opd.cold_start.method == "sft" else {}),
-            },
-        }
+    plan.update(objective_class(cfg).plan_fields(cfg))  # the objective's own section: grpo (rewards) or opd (teachers)
     try:
         check_arithmetic(cfg, n)
         plan["arithmetic"] = {"ok": True, "error": None}

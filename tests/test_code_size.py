@@ -17,10 +17,6 @@ MAX_FILE_LINES = 500
 LONG_FUNCTIONS = {
     "flowopd/mini/pretrain.py::pretrain": 94,
     "reward_models/hps.py::convert_open_clip_state_dict": 89,
-    "benchmarks/runner.py::_run_suite": 77,
-    "flowopd/plan.py::train_plan": 74,
-    "flowopd/coldstart.py::sft_cold_start": 69,
-    "benchmarks/runner.py::run_eval": 66,
     "flowopd/mini/reproduce.py::reproduce": 65,
 }
 LONG_FILES = {

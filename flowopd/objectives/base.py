@@ -17,7 +17,8 @@ run folder. An objective owns its config section and answers five questions:
   (with gradient) at the stored states ``x`` and the SDE step ``out`` that
   scores the stored next states; returns the loss and per-sample values to log.
 
-``lora_fields(cfg)`` adds the objective's own record to ``lora_info.json``.
+``lora_fields(cfg)`` adds the objective's own record to ``lora_info.json``, and
+``plan_fields(cfg)`` its section to the dry-run plan.
 
 Adding an objective is one module with a subclass and one line in
 :data:`OBJECTIVES` (docs/architecture.md walks through it).
@@ -69,6 +70,11 @@ class Objective:
     @classmethod
     def lora_fields(cls, cfg: TrainConfig) -> dict[str, Any]:
         """The objective's entries in the saved LoRA's ``lora_info.json``."""
+        return {}
+
+    @classmethod
+    def plan_fields(cls, cfg: TrainConfig) -> dict[str, Any]:
+        """The objective's section of the dry-run plan (``flowopd train ... --dry-run``)."""
         return {}
 
     # ---------------------------------------------------------------- in the run

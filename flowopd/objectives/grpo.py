@@ -110,6 +110,12 @@ class GRPO(Objective):
     def lora_fields(cls, cfg: TrainConfig) -> dict[str, Any]:
         return {"rewards": cfg.task_rewards or cfg.rewards}
 
+    @classmethod
+    def plan_fields(cls, cfg: TrainConfig) -> dict[str, Any]:
+        grpo = cfg.grpo
+        section = {"beta": grpo.beta, "kl_weighting": grpo.kl_weighting, "clip_range": grpo.clip_range, "adv_std": grpo.adv_std}
+        return {"grpo": {"rewards": cfg.rewards, "task_rewards": cfg.task_rewards, **section}}
+
     def setup(self) -> None:
         from flowopd.reward_models.weighted import WeightedReward
 

@@ -198,6 +198,15 @@ class OPD(Objective):
             "cold_start": opd.cold_start.method,
         }
 
+    @classmethod
+    def plan_fields(cls, cfg: TrainConfig) -> dict[str, Any]:
+        opd, cs = cfg.opd, cfg.opd.cold_start
+        teachers = [{"name": t.name, "tasks": t.tasks, "reward": t.reward, "checkpoint": t.checkpoint} for t in opd.teachers]
+        section = {"objective": opd.objective, "routing": opd.routing, "teachers": teachers, "anchor": opd.anchor}
+        section.update(mar_lambda=opd.mar_lambda, kl_weighting=opd.kl_weighting, beta=opd.beta)
+        cold = {"method": cs.method, "merge": cs.merge, "from_lora": cs.from_lora}
+        return {"opd": {**section, "cold_start": {**cold, **({"sft": cs.sft.model_dump()} if cs.method == "sft" else {})}}}
+
     def initial_lora(self) -> Path | None:
         """The student's initial LoRA (SPEC section 5), made once on the main process; reused when resuming."""
         from flowopd.coldstart import cold_start
