@@ -29,10 +29,8 @@ from flowopd.benchmarks.report import (
     Table,
     cell_text,
     legend,
-    model_index_yaml,
     provenance_lines,
     skipped_groups,
-    to_json,
 )
 
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -483,44 +481,3 @@ def render_model_page(lb: Leaderboard, e: Entry, nav: str = "", per_suite: int =
     parts.append(skipped_html([run]))
     parts.append(provenance_html([run]))
     return page(e.label, "".join(p for p in parts if p), nav=nav, subtitle=f"{run.model.get('spec') or ''} ({run.world} world)")
-
-
-def publish(lb: Leaderboard, out: str | Path) -> Path:
-    """Write the static site into ``out`` atomically: index.html, models/<slug>.html, results.json, model-index/<slug>.yaml."""
-    from flowopd.runinfo import atomic_dir, write_json_atomic
-
-    out = Path(out)
-    measured = [e for e in lb.entries if e.measured]
-    links = {e.slug: f"models/{e.slug}.html" for e in measured}
-    with atomic_dir(out, marker="results.json") as tmp:
-        nav = '<nav><a href="results.json">results.json</a>' + "".join(
-            f'<a href="model-index/{esc(e.slug)}.yaml">model-index: {esc(e.label)}</a>' for e in measured
-        )
-        nav += "</nav>"
-        (tmp / "index.html").write_text(render_report(lb, links, nav=nav), encoding="utf-8")
-        (tmp / "models").mkdir()
-        (tmp / "model-index").mkdir()
-        for e in measured:
-            model_nav = (
-                f'<nav><a href="../index.html">&larr; leaderboard</a><a href="../model-index/{esc(e.slug)}.yaml">model-index YAML</a>'
-                '<a href="../results.json">results.json</a></nav>'
-            )
-            (tmp / "models" / f"{e.slug}.html").write_text(render_model_page(lb, e, nav=model_nav), encoding="utf-8")
-            (tmp / "model-index" / f"{e.slug}.yaml").write_text(model_index_yaml([e]), encoding="utf-8")
-        write_json_atomic(tmp / "results.json", to_json(lb))
-    return out
-
-
-def write_run_report(folder: str | Path, baselines: str | Path | None = None) -> list[Path]:
-    """Write ``report.md`` and ``report.html`` (self-contained) into an evaluation run folder; returns their paths."""
-    from flowopd.benchmarks.report import build_report, to_markdown
-    from flowopd.runinfo import atomic_file
-
-    folder = Path(folder)
-    lb = build_report([folder], baselines)
-    written = []
-    for name, text in (("report.md", to_markdown(lb)), ("report.html", render_report(lb))):
-        with atomic_file(folder / name, "w") as f:
-            f.write(text)
-        written.append(folder / name)
-    return written

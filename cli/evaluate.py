@@ -262,7 +262,7 @@ def _print_eval_summary(summary: dict, label: str, out: Path, no_report: bool, t
         f"scores: {c['hits']} from the cache, {c['misses']} computed ({c['path']})"
     )
     if not no_report:
-        from flowopd.benchmarks.html_report import write_run_report
+        from flowopd.benchmarks.publish import write_run_report
 
         written = write_run_report(out)
         console.print(f"report: {', '.join(str(p) for p in written)}")
@@ -327,7 +327,7 @@ def publish(
     ),
 ) -> None:
     """A static leaderboard site: index.html, one page per model, results.json and model-index YAML; relative links only."""
-    from flowopd.benchmarks.html_report import publish as write_site
+    from flowopd.benchmarks.publish import publish as write_site
     from flowopd.benchmarks.report import build_report
 
     lb = build_report(results, baselines)

@@ -175,74 +175,79 @@ def convert_open_clip_state_dict(sd: Mapping[str, torch.Tensor], config) -> dict
     Raises :class:`FlowOPDError` on a key it does not use (other than old ``attn_mask`` buffers),
     a missing key, or a shape that does not match ``config``.
     """
-    src = {k.removeprefix("module."): v for k, v in sd.items()}
-    used: set[str] = set()
-    out: dict[str, torch.Tensor] = {}
+    conv = _OpenClipToCLIP({k.removeprefix("module."): v for k, v in sd.items()})
+    conv.vision(config.vision_config, config.projection_dim)
+    conv.text(config.text_config, config.projection_dim)
+    conv.put("logit_scale", conv.take("logit_scale").reshape(()), ())
+    unused = sorted(set(conv.src) - conv.used - set(_IGNORED_KEYS))
+    if unused:
+        raise FlowOPDError(f"open_clip state dict has {len(unused)} key(s) the conversion does not know, e.g. {unused[0]!r}")
+    return conv.out
 
-    def take(key: str) -> torch.Tensor:
-        if key not in src:
+
+class _OpenClipToCLIP:
+    """The conversion's bookkeeping: the source keys taken, the target tensors put (shape-checked against the config)."""
+
+    def __init__(self, src: dict[str, torch.Tensor]):
+        self.src, self.used, self.out = src, set(), {}
+
+    def take(self, key: str) -> torch.Tensor:
+        if key not in self.src:
             raise FlowOPDError(f"open_clip state dict has no {key!r}; is it an open_clip ViT CLIP checkpoint matching the config?")
-        used.add(key)
-        return src[key]
+        self.used.add(key)
+        return self.src[key]
 
-    def put(key: str, value: torch.Tensor, shape: tuple[int, ...]) -> None:
+    def put(self, key: str, value: torch.Tensor, shape: tuple[int, ...]) -> None:
         if tuple(value.shape) != shape:
             raise FlowOPDError(f"{key}: shape {tuple(value.shape)} does not match the config's {shape}")
-        out[key] = value.contiguous()
+        self.out[key] = value.contiguous()
 
-    def blocks(src_prefix: str, dst_prefix: str, cfg) -> None:
+    def layer_norm(self, src_key: str, dst_key: str, d: int) -> None:
+        self.put(dst_key + ".weight", self.take(src_key + ".weight"), (d,))
+        self.put(dst_key + ".bias", self.take(src_key + ".bias"), (d,))
+
+    def blocks(self, src_prefix: str, dst_prefix: str, cfg) -> None:
         d, mlp = cfg.hidden_size, cfg.intermediate_size
         for i in range(cfg.num_hidden_layers):
             s, t = f"{src_prefix}{i}.", f"{dst_prefix}{i}."
-            w = take(s + "attn.in_proj_weight")
-            b = take(s + "attn.in_proj_bias")
+            w, b = self.take(s + "attn.in_proj_weight"), self.take(s + "attn.in_proj_bias")
             if tuple(w.shape) != (3 * d, d) or tuple(b.shape) != (3 * d,):
                 raise FlowOPDError(f"{s}attn.in_proj_weight: shape {tuple(w.shape)} is not (3*{d}, {d})")
             for name, wp, bp in zip(("q", "k", "v"), w.chunk(3, dim=0), b.chunk(3, dim=0)):
-                put(f"{t}self_attn.{name}_proj.weight", wp.clone(), (d, d))
-                put(f"{t}self_attn.{name}_proj.bias", bp.clone(), (d,))
-            put(f"{t}self_attn.out_proj.weight", take(s + "attn.out_proj.weight"), (d, d))
-            put(f"{t}self_attn.out_proj.bias", take(s + "attn.out_proj.bias"), (d,))
-            for a, h in (("ln_1", "layer_norm1"), ("ln_2", "layer_norm2")):
-                put(f"{t}{h}.weight", take(f"{s}{a}.weight"), (d,))
-                put(f"{t}{h}.bias", take(f"{s}{a}.bias"), (d,))
-            put(f"{t}mlp.fc1.weight", take(s + "mlp.c_fc.weight"), (mlp, d))
-            put(f"{t}mlp.fc1.bias", take(s + "mlp.c_fc.bias"), (mlp,))
-            put(f"{t}mlp.fc2.weight", take(s + "mlp.c_proj.weight"), (d, mlp))
-            put(f"{t}mlp.fc2.bias", take(s + "mlp.c_proj.bias"), (d,))
+                self.put(f"{t}self_attn.{name}_proj.weight", wp.clone(), (d, d))
+                self.put(f"{t}self_attn.{name}_proj.bias", bp.clone(), (d,))
+            self.put(f"{t}self_attn.out_proj.weight", self.take(s + "attn.out_proj.weight"), (d, d))
+            self.put(f"{t}self_attn.out_proj.bias", self.take(s + "attn.out_proj.bias"), (d,))
+            self.layer_norm(s + "ln_1", t + "layer_norm1", d)
+            self.layer_norm(s + "ln_2", t + "layer_norm2", d)
+            self.put(f"{t}mlp.fc1.weight", self.take(s + "mlp.c_fc.weight"), (mlp, d))
+            self.put(f"{t}mlp.fc1.bias", self.take(s + "mlp.c_fc.bias"), (mlp,))
+            self.put(f"{t}mlp.fc2.weight", self.take(s + "mlp.c_proj.weight"), (d, mlp))
+            self.put(f"{t}mlp.fc2.bias", self.take(s + "mlp.c_proj.bias"), (d,))
 
-    def layer_norm(src_key: str, dst_key: str, d: int) -> None:
-        put(dst_key + ".weight", take(src_key + ".weight"), (d,))
-        put(dst_key + ".bias", take(src_key + ".bias"), (d,))
+    def vision(self, vc, dim: int) -> None:
+        vd, n_patches = vc.hidden_size, (vc.image_size // vc.patch_size) ** 2
+        patch = (vd, vc.num_channels, vc.patch_size, vc.patch_size)
+        self.put("vision_model.embeddings.patch_embedding.weight", self.take("visual.conv1.weight"), patch)
+        self.put("vision_model.embeddings.class_embedding", self.take("visual.class_embedding"), (vd,))
+        self.put("vision_model.embeddings.position_embedding.weight", self.take("visual.positional_embedding"), (n_patches + 1, vd))
+        self.layer_norm("visual.ln_pre", "vision_model.pre_layrnorm", vd)
+        self.blocks("visual.transformer.resblocks.", "vision_model.encoder.layers.", vc)
+        self.layer_norm("visual.ln_post", "vision_model.post_layernorm", vd)
+        self.put("visual_projection.weight", self.take("visual.proj").t(), (dim, vd))
 
-    vc, tc, dim = config.vision_config, config.text_config, config.projection_dim
-    vd, td = vc.hidden_size, tc.hidden_size
-    n_patches = (vc.image_size // vc.patch_size) ** 2
-
-    put("vision_model.embeddings.patch_embedding.weight", take("visual.conv1.weight"), (vd, vc.num_channels, vc.patch_size, vc.patch_size))
-    put("vision_model.embeddings.class_embedding", take("visual.class_embedding"), (vd,))
-    put("vision_model.embeddings.position_embedding.weight", take("visual.positional_embedding"), (n_patches + 1, vd))
-    layer_norm("visual.ln_pre", "vision_model.pre_layrnorm", vd)
-    blocks("visual.transformer.resblocks.", "vision_model.encoder.layers.", vc)
-    layer_norm("visual.ln_post", "vision_model.post_layernorm", vd)
-    put("visual_projection.weight", take("visual.proj").t(), (dim, vd))
-
-    put("text_model.embeddings.token_embedding.weight", take("token_embedding.weight"), (tc.vocab_size, td))
-    put("text_model.embeddings.position_embedding.weight", take("positional_embedding"), (tc.max_position_embeddings, td))
-    blocks("transformer.resblocks.", "text_model.encoder.layers.", tc)
-    layer_norm("ln_final", "text_model.final_layer_norm", td)
-    if "text_projection.weight" in src:  # open_clip text towers with a Linear projection store it transposed already
-        if "text_projection.bias" in src:
-            raise FlowOPDError("text_projection has a bias; transformers' CLIPModel has none")
-        put("text_projection.weight", take("text_projection.weight"), (dim, td))
-    else:
-        put("text_projection.weight", take("text_projection").t(), (dim, td))
-    put("logit_scale", take("logit_scale").reshape(()), ())
-
-    unused = sorted(set(src) - used - set(_IGNORED_KEYS))
-    if unused:
-        raise FlowOPDError(f"open_clip state dict has {len(unused)} key(s) the conversion does not know, e.g. {unused[0]!r}")
-    return out
+    def text(self, tc, dim: int) -> None:
+        td = tc.hidden_size
+        self.put("text_model.embeddings.token_embedding.weight", self.take("token_embedding.weight"), (tc.vocab_size, td))
+        self.put("text_model.embeddings.position_embedding.weight", self.take("positional_embedding"), (tc.max_position_embeddings, td))
+        self.blocks("transformer.resblocks.", "text_model.encoder.layers.", tc)
+        self.layer_norm("ln_final", "text_model.final_layer_norm", td)
+        if "text_projection.weight" in self.src:  # open_clip text towers with a Linear projection store it transposed already
+            if "text_projection.bias" in self.src:
+                raise FlowOPDError("text_projection has a bias; transformers' CLIPModel has none")
+            self.put("text_projection.weight", self.take("text_projection.weight"), (dim, td))
+        else:
+            self.put("text_projection.weight", self.take("text_projection").t(), (dim, td))
 
 
 def read_hps_state_dict(path: str | Path) -> dict[str, torch.Tensor]:

@@ -10,7 +10,8 @@ import yaml
 from report_fixtures import XSS, make_mini_run, make_real_run
 
 from flowopd.benchmarks.charts import line_chart, nice_ticks, radar_chart
-from flowopd.benchmarks.html_report import CSP, curves_html, gallery_html, publish, render_report
+from flowopd.benchmarks.html_report import CSP, curves_html, gallery_html, render_report
+from flowopd.benchmarks.publish import publish
 from flowopd.benchmarks.report import SHIPPED_BASELINES, build_report, load_run, name_runs
 from flowopd.errors import FlowOPDError
 

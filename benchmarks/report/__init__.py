@@ -1,6 +1,6 @@
 """Leaderboard reports from evaluation run folders: the paper's tables with 95% CIs and sample counts, published
-baselines beside the measured runs, as Markdown, JSON and Hugging Face ``model-index`` YAML (the HTML page, and an eval
-run folder's ``report.md`` + ``report.html``: html_report.py).
+baselines beside the measured runs, as Markdown, JSON and Hugging Face ``model-index`` YAML (the HTML page: html_report.py;
+the site and an eval run folder's ``report.md`` + ``report.html``: publish.py).
 
 A run folder is what `flowopd eval` writes: ``summary.json`` (metrics keyed ``<suite>/<metric>`` with mean, n
 and ci95) and ``<suite>/samples.jsonl`` (one record per image). A baselines file (CSV or JSON) holds published

@@ -12,9 +12,11 @@ EMA weights are what ship.
 from __future__ import annotations
 
 import copy
+import dataclasses
 import math
 import time
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -76,6 +78,19 @@ STATE_FILE = "trainer_state.pt"
 RESUME_FREE_KEYS = ("threads", "save_every")  # may differ between a run and its resumption
 
 
+@dataclasses.dataclass
+class _Run:
+    """Everything a pre-training run carries from step to step (and saves, to resume exactly)."""
+
+    model: MiniBackbone
+    params: list
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LambdaLR
+    ema: Any
+    rng: np.random.Generator
+    gen: torch.Generator
+
+
 def pretrain(cfg: PretrainConfig, out: Path, progress=None, resume: bool = False) -> MiniBackbone:
     """Train and write the EMA model to ``out`` every ``save_every`` steps (atomically).
 
@@ -83,16 +98,40 @@ def pretrain(cfg: PretrainConfig, out: Path, progress=None, resume: bool = False
     EMA, both random generators); ``resume=True`` continues from it exactly as
     if the run had not stopped.
     """
-    from diffusers.training_utils import EMAModel
-
     from flowopd.errors import ConfigError
-    from flowopd.runinfo import atomic_dir, check_output_dir, run_info, write_json_atomic
+    from flowopd.runinfo import check_output_dir, run_info
 
     check_output_dir(out, "model_info.json")
     if not resume and (Path(out) / "model_info.json").is_file():  # replacing a base would orphan every LoRA trained on it
         raise ConfigError(f"{out} already holds a pre-trained model; pass --resume to continue its run, or a new --out")
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
+    run = _start(cfg)
+    info = run_info(cfg.model_dump(), cfg.seed)
+    start, wall_before = _resume(run, cfg, Path(out)) if resume else (0, 0.0)
+    t0 = time.time() - wall_before
+    for step in range(start, cfg.steps):
+        images, prompts = render_batch(run.rng, cfg.batch_size, cfg.prompt_dropout, cfg.task_mix, cfg.text_typo_rate)
+        loss = flow_matching_loss(run.model, images, prompts, run.gen)
+        run.opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(run.params, 1.0)
+        run.opt.step()
+        run.sched.step()
+        run.ema.step(run.params)
+        if progress is not None:
+            progress(step + 1, loss.item())
+        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
+            _save(run, cfg, Path(out), info, step + 1, round(time.time() - t0, 1))
+    run.ema.copy_to(run.params)
+    run.model.eval()
+    return run.model
+
+
+def _start(cfg: PretrainConfig) -> _Run:
+    """A fresh run: the seeded generators, the model (random, or ``init_from``), AdamW, warm-up + cosine schedule, EMA."""
+    from diffusers.training_utils import EMAModel
+
     rng = np.random.default_rng(cfg.seed)
     gen = torch.Generator().manual_seed(cfg.seed)
     model = MiniBackbone.random(cfg.seed)
@@ -111,62 +150,50 @@ def pretrain(cfg: PretrainConfig, out: Path, progress=None, resume: bool = False
         return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t))
 
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lr_at)
-    ema = EMAModel(params, decay=cfg.ema_decay)
-    info = run_info(cfg.model_dump(), cfg.seed)
-    start, wall_before = 0, 0.0
-    if resume:
-        state_path = Path(out) / STATE_FILE
-        if not state_path.is_file():
-            raise ConfigError(f"nothing to resume: {state_path} does not exist; drop --resume to start a new run")
-        state = torch.load(state_path, weights_only=True)
-        saved = {k: v for k, v in state["config"].items() if k not in RESUME_FREE_KEYS}
-        now = {k: v for k, v in cfg.model_dump().items() if k not in RESUME_FREE_KEYS}
-        if saved != now:
-            diff = ", ".join(f"{k}: {saved.get(k)!r} in the checkpoint vs {now.get(k)!r}" for k in now if saved.get(k) != now.get(k))
-            raise ConfigError(f"cannot resume {out} with a different config ({diff}); use the checkpoint's values")
-        model.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        sched.load_state_dict(state["scheduler"])
-        ema.load_state_dict(state["ema"])
-        rng.bit_generator.state = state["numpy_rng"]
-        gen.set_state(state["torch_rng"])
-        start, wall_before = int(state["step"]), float(state["wall_seconds"])
-    t0 = time.time() - wall_before
+    return _Run(model, params, opt, sched, EMAModel(params, decay=cfg.ema_decay), rng, gen)
 
-    def save(step: int) -> None:
-        snapshot = copy.deepcopy(model)
-        ema.copy_to([p for p in snapshot.parameters() if p.requires_grad])
-        wall = round(time.time() - t0, 1)
-        extra = {"pretrain": {"step": step, "wall_seconds": wall, "threads": torch.get_num_threads()}}
-        with atomic_dir(out, marker="model_info.json") as tmp:
-            snapshot.save_pretrained(tmp, dtype=torch.float16, extra=extra)
-            write_json_atomic(tmp / "run.json", {**info, **extra})
-            state = {
-                "step": step,
-                "wall_seconds": wall,
-                "config": cfg.model_dump(),
-                "model": model.state_dict(),
-                "optimizer": opt.state_dict(),
-                "scheduler": sched.state_dict(),
-                "ema": ema.state_dict(),
-                "numpy_rng": rng.bit_generator.state,
-                "torch_rng": gen.get_state(),
-            }
-            torch.save(state, tmp / STATE_FILE)
 
-    for step in range(start, cfg.steps):
-        images, prompts = render_batch(rng, cfg.batch_size, cfg.prompt_dropout, cfg.task_mix, cfg.text_typo_rate)
-        loss = flow_matching_loss(model, images, prompts, gen)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(params, 1.0)
-        opt.step()
-        sched.step()
-        ema.step(params)
-        if progress is not None:
-            progress(step + 1, loss.item())
-        if (step + 1) % cfg.save_every == 0 or step + 1 == cfg.steps:
-            save(step + 1)
-    ema.copy_to(params)
-    model.eval()
-    return model
+def _resume(run: _Run, cfg: PretrainConfig, out: Path) -> tuple[int, float]:
+    """Load ``out``'s saved state into ``run`` (refused when the config differs); returns (step, wall seconds so far)."""
+    from flowopd.errors import ConfigError
+
+    state_path = out / STATE_FILE
+    if not state_path.is_file():
+        raise ConfigError(f"nothing to resume: {state_path} does not exist; drop --resume to start a new run")
+    state = torch.load(state_path, weights_only=True)
+    saved = {k: v for k, v in state["config"].items() if k not in RESUME_FREE_KEYS}
+    now = {k: v for k, v in cfg.model_dump().items() if k not in RESUME_FREE_KEYS}
+    if saved != now:
+        diff = ", ".join(f"{k}: {saved.get(k)!r} in the checkpoint vs {now.get(k)!r}" for k in now if saved.get(k) != now.get(k))
+        raise ConfigError(f"cannot resume {out} with a different config ({diff}); use the checkpoint's values")
+    run.model.load_state_dict(state["model"])
+    run.opt.load_state_dict(state["optimizer"])
+    run.sched.load_state_dict(state["scheduler"])
+    run.ema.load_state_dict(state["ema"])
+    run.rng.bit_generator.state = state["numpy_rng"]
+    run.gen.set_state(state["torch_rng"])
+    return int(state["step"]), float(state["wall_seconds"])
+
+
+def _save(run: _Run, cfg: PretrainConfig, out: Path, info: dict, step: int, wall: float) -> None:
+    """The EMA model (fp16) and the state that resumes the run exactly, written into ``out`` whole or not at all."""
+    from flowopd.runinfo import atomic_dir, write_json_atomic
+
+    snapshot = copy.deepcopy(run.model)
+    run.ema.copy_to([p for p in snapshot.parameters() if p.requires_grad])
+    extra = {"pretrain": {"step": step, "wall_seconds": wall, "threads": torch.get_num_threads()}}
+    with atomic_dir(out, marker="model_info.json") as tmp:
+        snapshot.save_pretrained(tmp, dtype=torch.float16, extra=extra)
+        write_json_atomic(tmp / "run.json", {**info, **extra})
+        state = {
+            "step": step,
+            "wall_seconds": wall,
+            "config": cfg.model_dump(),
+            "model": run.model.state_dict(),
+            "optimizer": run.opt.state_dict(),
+            "scheduler": run.sched.state_dict(),
+            "ema": run.ema.state_dict(),
+            "numpy_rng": run.rng.bit_generator.state,
+            "torch_rng": run.gen.get_state(),
+        }
+        torch.save(state, tmp / STATE_FILE)

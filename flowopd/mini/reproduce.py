@@ -11,6 +11,7 @@ so a killed reproduction continues where it stopped.
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -69,15 +70,10 @@ def reproduce(
     out: Path, config: str = "mini/opd", limit: int = 32, steps: int | None = None, progress: Callable[[str, int, int], None] | None = None
 ) -> dict[str, Any]:
     """Run every stage (skipping those already done) and write ``results.json`` and ``results.md`` into ``out``."""
-    from flowopd.benchmarks.runner import EvalConfig, run_eval
-    from flowopd.coldstart import merge_teachers, sft_cold_start
     from flowopd.config import load_config
-    from flowopd.lora import LORA_FILE
     from flowopd.plan_checks import check_plan
-    from flowopd.run_folder import RUN_MARKER
     from flowopd.runinfo import write_json_atomic
     from flowopd.train_config import TrainConfig, recipe_path
-    from flowopd.trainer import Trainer
 
     cfg = load_config(TrainConfig, recipe_path(config), {"steps": steps})
     if cfg.opd is None:
@@ -90,46 +86,53 @@ def reproduce(
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = json.loads((out / "timings.json").read_text()) if (out / "timings.json").is_file() else {}
     t_start = time.perf_counter()
-    stages = 2 + len(variants) + len(ROWS)
-    done = 0
-
-    def stage(label: str, fn: Callable[[], Any], skip: bool) -> None:
-        nonlocal done
+    stages, specs = _stages(cfg, variants, out, limit)
+    for done, (label, work, finished) in enumerate(stages):
         if progress:
-            progress(label, done, stages)
-        if not skip:
+            progress(label, done, len(stages))
+        if not finished():
             t0 = time.perf_counter()
-            fn()
+            work()
             timings[label] = round(time.perf_counter() - t0, 1)
             write_json_atomic(out / "timings.json", timings)
-        done += 1
-
-    models = out / "models"
-    for method in ("merge", "sft"):
-        folder = models / f"coldstart-{method}"
-        c = cfg.with_cold_start(method=method, from_lora=None)
-        make = merge_teachers if method == "merge" else sft_cold_start
-        stage(f"cold start {method}", lambda c=c, folder=folder, make=make: make(c, folder), (folder / LORA_FILE).is_file())
-    for name, v in variants.items():
-        run = out / "runs" / name
-        stage(
-            f"train {name}",
-            lambda v=v, run=run: Trainer(v, run, resume=(run / RUN_MARKER).is_file()).train(),
-            (run / "lora" / LORA_FILE).is_file(),
-        )
-    specs = {**SHIPPED, **{f"coldstart-{m}": str(models / f"coldstart-{m}") for m in ("merge", "sft")}}
-    specs.update({name: str(out / "runs" / name / "lora") for name in variants})
-    for row, _, _ in ROWS:
-        target = out / "evals" / row
-        ecfg = EvalConfig(suites=["mini"], model=specs[row], limit=limit)
-        stage(f"eval {row}", lambda ecfg=ecfg, target=target: run_eval(ecfg, target), (target / "summary.json").is_file())
     if progress:
-        progress("tables", stages, stages)
+        progress("tables", len(stages), len(stages))
     results = summarise(out, specs)
     results.update(timings=timings, wall_seconds_this_call=round(time.perf_counter() - t_start, 1), limit=limit, config=config)
     write_json_atomic(out / "results.json", results)
     (out / "results.md").write_text(to_markdown(results))
     return results
+
+
+def _stages(cfg, variants: dict, out: Path, limit: int) -> tuple[list[tuple[str, Callable[[], Any], Callable[[], bool]]], dict[str, str]]:
+    """The reproduction's stages in order, each (label, work, finished?), and the model spec of every row."""
+    from flowopd.benchmarks.runner import EvalConfig, run_eval
+    from flowopd.coldstart import merge_teachers, sft_cold_start
+    from flowopd.lora import LORA_FILE
+
+    stages: list[tuple[str, Callable[[], Any], Callable[[], bool]]] = []
+    models = out / "models"
+    for method in ("merge", "sft"):
+        folder, c = models / f"coldstart-{method}", cfg.with_cold_start(method=method, from_lora=None)
+        make = merge_teachers if method == "merge" else sft_cold_start
+        stages.append((f"cold start {method}", lambda c=c, folder=folder, make=make: make(c, folder), (folder / LORA_FILE).is_file))
+    for name, v in variants.items():
+        run = out / "runs" / name
+        stages.append((f"train {name}", functools.partial(_train, v, run), (run / "lora" / LORA_FILE).is_file))
+    specs = {**SHIPPED, **{f"coldstart-{m}": str(models / f"coldstart-{m}") for m in ("merge", "sft")}}
+    specs.update({name: str(out / "runs" / name / "lora") for name in variants})
+    for row, _, _ in ROWS:
+        target, ecfg = out / "evals" / row, EvalConfig(suites=["mini"], model=specs[row], limit=limit)
+        stages.append((f"eval {row}", lambda ecfg=ecfg, target=target: run_eval(ecfg, target), (target / "summary.json").is_file))
+    return stages, specs
+
+
+def _train(cfg, run: Path) -> None:
+    """Train one OPD student into ``run`` (continuing it when an earlier call stopped part-way)."""
+    from flowopd.run_folder import RUN_MARKER
+    from flowopd.trainer import Trainer
+
+    Trainer(cfg, run, resume=(run / RUN_MARKER).is_file()).train()
 
 
 # ----------------------------------------------------------------------------- tables
