@@ -27,7 +27,7 @@ BUILTIN: dict[str, str] = {
     "mini_ocr": "flowopd.mini.rewards:MiniOCR",
     "mini_preference": "flowopd.mini.rewards:MiniPreference",
     "mini_quality": "flowopd.mini.rewards:MiniQuality",
-    "geneval": "flowopd.reward_models.geneval:GenEvalMMDet",
+    "geneval": "flowopd.reward_models.geneval_mmdet:GenEvalMMDet",
     "geneval@hf-m2f": "flowopd.reward_models.geneval:GenEvalHFMask2Former",
     "ocr": "flowopd.reward_models.ocr:RapidOCRReward",
     "ocr@paddle": "flowopd.reward_models.ocr:PaddleOCRReward",

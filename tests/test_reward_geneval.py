@@ -19,6 +19,7 @@ import torch
 from PIL import Image
 
 from flowopd.reward_models import geneval as G
+from flowopd.reward_models import geneval_mmdet as M
 from flowopd.reward_models import load_reward
 from flowopd.reward_models.geneval_rules import TAGS
 from flowopd.reward_models.weights import WeightsMissingError
@@ -374,7 +375,7 @@ def test_mmdet_reward_detect_and_rules_with_a_stand_in_mmdet(monkeypatch, record
     apis.inference_detector = inference_detector
     monkeypatch.setitem(sys.modules, "mmdet", types.ModuleType("mmdet"))
     monkeypatch.setitem(sys.modules, "mmdet.apis", apis)
-    r = G.GenEvalMMDet()
+    r = M.GenEvalMMDet()
     r._loaded, r._model, r._classnames = True, object(), list(G.GENEVAL_CLASSES)
     red = np.zeros((1, SIZE, SIZE, 3), np.uint8)
     red[..., 0] = 255
@@ -395,19 +396,19 @@ def test_mmdet_reward_not_available_without_mmdet():
 
 
 def test_mmdet_checkpoint_is_verified_before_unpickling(tmp_path):
-    v3, v2 = (k.filename for k in G.KNOWN_CHECKPOINTS)
-    assert G.verified_checkpoint(tmp_path) is None
+    v3, v2 = (k.filename for k in M.KNOWN_CHECKPOINTS)
+    assert M.verified_checkpoint(tmp_path) is None
     (tmp_path / "mask2former_swin-s-p4-w7-224_lsj_8x2_50e_coco.pth").write_bytes(b"renamed")  # GenEval's name: not loaded
-    assert G.verified_checkpoint(tmp_path) is None
+    assert M.verified_checkpoint(tmp_path) is None
     (tmp_path / v2).write_bytes(b"2.x layout")
     with pytest.raises(G.FlowOPDError, match="mmdet 2.x checkpoint") as exc:
-        G.verified_checkpoint(tmp_path, mmdet_major=3)
+        M.verified_checkpoint(tmp_path, mmdet_major=3)
     assert v3 in str(exc.value) and "\n" not in str(exc.value)
     (tmp_path / v3).write_bytes(b"not the checkpoint")
     with pytest.raises(G.FlowOPDError, match="sha256"):
-        G.verified_checkpoint(tmp_path, mmdet_major=3)
-    assert G.verified_checkpoint(tmp_path, 3, hasher=lambda p: "c9d0c4f2" + "0" * 56) == tmp_path / v3
-    assert G.sha256_of(tmp_path / v3) == __import__("hashlib").sha256(b"not the checkpoint").hexdigest()
+        M.verified_checkpoint(tmp_path, mmdet_major=3)
+    assert M.verified_checkpoint(tmp_path, 3, hasher=lambda p: "c9d0c4f2" + "0" * 56) == tmp_path / v3
+    assert M.sha256_of(tmp_path / v3) == __import__("hashlib").sha256(b"not the checkpoint").hexdigest()
 
 
 def test_official_mmdet_backend_end_to_end(tmp_path, clip_dir, records, monkeypatch):
@@ -420,13 +421,13 @@ def test_official_mmdet_backend_end_to_end(tmp_path, clip_dir, records, monkeypa
     from mmdet.apis import init_detector
 
     torch.manual_seed(0)
-    model = init_detector(str(G.GenEvalMMDet.config_path()), None, device="cpu")
-    known = G.KNOWN_CHECKPOINTS[0]
+    model = init_detector(str(M.GenEvalMMDet.config_path()), None, device="cpu")
+    known = M.KNOWN_CHECKPOINTS[0]
     folder = tmp_path / "m2f"
     folder.mkdir()
     meta = {"dataset_meta": {"classes": tuple(model.dataset_meta["classes"])}}
     torch.save({"state_dict": model.state_dict(), "meta": meta}, folder / known.filename)
-    monkeypatch.setattr(G, "sha256_of", lambda path: known.sha256_prefix + "0" * 56)
+    monkeypatch.setattr(M, "sha256_of", lambda path: known.sha256_prefix + "0" * 56)
     reward = load_reward("geneval", weights={"geneval-mmdet-mask2former": folder, CLIP_SET: clip_dir})
     metas = [first(records, tag) for tag in TAGS]
     images = torch.rand(len(metas), 3, SIZE, SIZE)
