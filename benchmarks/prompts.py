@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from flowopd.errors import InputError
+from flowopd.runinfo import parse_jsonl
 
 
 @dataclasses.dataclass(frozen=True)
@@ -28,13 +29,7 @@ def _jsonl(path: Path, lines: list[str]) -> list[Prompt]:
     from flowopd.reward_models.geneval_rules import validate_metadata
 
     out = []
-    for n, line in enumerate(lines, 1):
-        if not line.strip():
-            continue
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError as exc:
-            raise InputError(f'{path}:{n}: not valid JSON ({exc.msg}); each line must be one object like {{"prompt": "..."}}') from None
+    for n, rec in parse_jsonl(path, "\n".join(lines), 'each line must be one object like {"prompt": "..."}'):
         if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str) or not rec["prompt"].strip():
             raise InputError(f'{path}:{n}: each line needs a non-empty string "prompt" field')
         if "include" in rec:

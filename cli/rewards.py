@@ -9,6 +9,7 @@ import typer
 
 from flowopd.cli.app import Format, _fail, _load_image, _print_table, _refuse_blank_prompts, _yes_no, rewards_app
 from flowopd.cli.ui import err_console, styled, warn
+from flowopd.runinfo import parse_jsonl
 
 # ------------------------------------------------------------------ rewards
 
@@ -125,7 +126,8 @@ def _parse_metadata(text: str, n: int) -> list[dict]:
     try:
         if path.suffix in (".json", ".jsonl") and path.is_file():
             raw = path.read_text()
-            items = [json.loads(line) for line in raw.splitlines() if line.strip()] if path.suffix == ".jsonl" else json.loads(raw)
+            fix = "pass a JSON object or a .json/.jsonl file"
+            items = [rec for _, rec in parse_jsonl(path, raw, fix)] if path.suffix == ".jsonl" else json.loads(raw)
         else:
             items = json.loads(text)
     except json.JSONDecodeError as exc:

@@ -54,19 +54,26 @@ def run_info(config: dict[str, Any], seed: int | None = None) -> dict[str, Any]:
 
 
 def write_json_atomic(path: str | Path, data: Any) -> None:
-    """Write JSON to ``path`` through a temp file and rename, so no reader sees half a file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(data, f, indent=2, sort_keys=False, default=str)
-            f.write("\n")
-        _usual_permissions(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    """Write JSON to ``path`` through a temp file and rename (:func:`atomic_file`), so no reader sees half a file."""
+    with atomic_file(path, "w") as f:
+        json.dump(data, f, indent=2, sort_keys=False, default=str)
+        f.write("\n")
+
+
+def parse_jsonl(path: str | Path, text: str, fix: str) -> list[tuple[int, Any]]:
+    """The objects of JSON Lines ``text`` (read from ``path``) with their line numbers, blank lines skipped; a line that is
+    not JSON is refused in one line naming ``path:line`` and ``fix``."""
+    from flowopd.errors import InputError
+
+    out = []
+    for n, line in enumerate(text.splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            out.append((n, json.loads(line)))
+        except json.JSONDecodeError as exc:
+            raise InputError(f"{path}:{n}: not valid JSON ({exc.msg}); {fix}") from None
+    return out
 
 
 def check_output_dir(path: str | Path, marker: str) -> None:

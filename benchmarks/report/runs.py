@@ -10,6 +10,7 @@ from pathlib import Path
 from typing import Any
 
 from flowopd.errors import InputError
+from flowopd.runinfo import parse_jsonl
 
 # ------------------------------------------------------------------ runs
 
@@ -43,13 +44,7 @@ class Run:
             f = self.folder / "samples.jsonl" if self.legacy else self.folder / suite / "samples.jsonl"
             recs = []
             if f.is_file():
-                for n, line in enumerate(f.read_text().splitlines(), 1):
-                    if not line.strip():
-                        continue
-                    try:
-                        rec = json.loads(line)
-                    except json.JSONDecodeError as exc:
-                        raise InputError(f"{f}:{n}: not valid JSON ({exc.msg}); re-run `flowopd eval` to rewrite the run") from None
+                for _, rec in parse_jsonl(f, f.read_text(), "re-run `flowopd eval` to rewrite the run"):
                     if self.legacy and isinstance(rec, dict) and rec.get("image"):
                         rec.setdefault("suite", suite)
                     recs.append(rec)
