@@ -418,7 +418,7 @@ def _score_part(part, jobs, keys, needs, records, store, cache, rewards: dict[st
         if name not in rewards:
             rewards[name] = load_reward(name, device=device)
         idx = [k for k in part if name in needs[k]]
-        batch = torch.from_numpy(np.stack([pixels[k] for k in idx])).permute(0, 3, 1, 2)
+        batch = np.stack([pixels[k] for k in idx])  # uint8 HWC from the store straight to the reward
         scores = cache.score(rewards[name], batch, [jobs[k].prompt for k in idx], [jobs[k].metadata for k in idx])
         for k, rec in zip(idx, scores.to_records()):
             records[k]["scores"][name] = rec

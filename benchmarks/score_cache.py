@@ -133,21 +133,11 @@ class ScoreCache:
         raws = [math.nan if c is None else c[0] for c in cached]
         details: list[dict[str, Any]] = [{} if c is None else c[1] for c in cached]
         if todo:
-            subset = [arrays[k] for k in todo]
-            fresh = reward.score(
-                torch.from_numpy(np.stack(subset)).permute(0, 3, 1, 2) if isinstance(arrays, np.ndarray) else subset_to_pil(subset),
-                [prompts[k] for k in todo],
-                [meta[k] for k in todo],
-            )
+            subset = [arrays[k] for k in todo]  # uint8 HWC, as the reward's _score takes them: no conversion in between
+            batch = np.stack(subset) if isinstance(arrays, np.ndarray) else subset
+            fresh = reward.score(batch, [prompts[k] for k in todo], [meta[k] for k in todo])
             for k, r, d in zip(todo, fresh.raw.tolist(), fresh.details):
                 raws[k], details[k] = r, d
             self.put([(*keys[k], raws[k], details[k]) for k in todo], reward.name, reward.version, identity)
         raw = torch.tensor(raws, dtype=torch.float32)
         return Scores(raw=raw, normalized=reward.normalize(raw), details=details)
-
-
-def subset_to_pil(arrays: Sequence[np.ndarray]) -> list[Any]:
-    """Ragged uint8 arrays back to PIL images (what ``RewardModel.score`` takes for mixed sizes)."""
-    from PIL import Image
-
-    return [Image.fromarray(np.asarray(a, dtype=np.uint8)) for a in arrays]

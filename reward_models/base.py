@@ -13,7 +13,9 @@ import torch
 
 from flowopd.errors import FlowOPDError
 
-ImageBatch = torch.Tensor | Sequence[Any]  # float [B,3,H,W] in [0,1], or PIL images
+# uint8 [B,H,W,3] arrays (or a list of [H,W,3] ones of mixed sizes): the one image type between the sampler's output and a
+# reward's _score, converted once at each edge; also accepted: the sampler's float [B,3,H,W] tensors in [0,1], PIL images
+ImageBatch = np.ndarray | torch.Tensor | Sequence[Any]
 
 
 @dataclasses.dataclass
@@ -145,7 +147,7 @@ class RewardModel:
         return raw.float()
 
     def score(self, images: ImageBatch, prompts: Sequence[str], metadata: Sequence[dict[str, Any] | None] | None = None) -> Scores:
-        """Score a batch: ``images`` as float ``[B,3,H,W]`` in [0,1] or PIL images, one prompt per image."""
+        """Score a batch: ``images`` as uint8 ``[B,H,W,3]`` arrays, float ``[B,3,H,W]`` in [0,1] or PIL images, one prompt per image."""
         arrays = to_uint8_hwc(images)
         prompts = list(prompts)
         if len(prompts) != len(arrays):
@@ -202,7 +204,11 @@ class RewardModel:
 
 
 def to_uint8_hwc(images: ImageBatch) -> np.ndarray | list[np.ndarray]:
-    """Float ``[B,3,H,W]`` in [0,1] or a list of PIL images -> uint8 ``[B,H,W,3]``."""
+    """Any :data:`ImageBatch` -> uint8 ``[B,H,W,3]`` (a list for mixed sizes); uint8 HWC arrays pass through as they are."""
+    if isinstance(images, np.ndarray):
+        if images.ndim != 4 or images.shape[-1] != 3 or images.dtype != np.uint8:
+            raise ValueError(f"image arrays must be uint8 [B,H,W,3], got {images.dtype} {tuple(images.shape)}")
+        return np.ascontiguousarray(images)
     if isinstance(images, torch.Tensor):
         if images.ndim != 4 or images.shape[1] != 3:
             raise ValueError(f"image tensor must be [B,3,H,W], got {tuple(images.shape)}")
@@ -216,10 +222,12 @@ def to_uint8_hwc(images: ImageBatch) -> np.ndarray | list[np.ndarray]:
         return np.ascontiguousarray(arr)
     out = []
     for im in images:
-        if hasattr(im, "convert"):
+        if isinstance(im, np.ndarray) and im.dtype == np.uint8 and im.ndim == 3 and im.shape[-1] == 3:
+            out.append(im)
+        elif hasattr(im, "convert"):
             out.append(np.asarray(im.convert("RGB"), dtype=np.uint8))
         else:
-            raise TypeError(f"expected PIL images or a [B,3,H,W] tensor, got {type(im).__name__}")
+            raise TypeError(f"expected uint8 [H,W,3] arrays, PIL images or a [B,3,H,W] tensor, got {type(im).__name__}")
     if not out:
         return np.zeros((0, 1, 1, 3), dtype=np.uint8)
     if len({a.shape for a in out}) > 1:

@@ -77,3 +77,38 @@ def test_importing_the_core_imports_no_world():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout.strip()
     assert out == "[]"
+
+
+def test_one_image_type_from_the_sampler_to_a_reward(tmp_path):
+    """uint8 [B,H,W,3] is the image type on the path: converted once from the sampler's float [B,3,H,W], then passed as it
+    is through the score cache to a reward's _score (no CHW round trip, no PIL for mixed sizes)."""
+    import numpy as np
+    import torch
+
+    from flowopd.benchmarks.score_cache import ScoreCache
+    from flowopd.reward_models.base import RewardModel, to_uint8_hwc
+
+    sampled = torch.rand(3, 3, 8, 8)
+    hwc = to_uint8_hwc(sampled)
+    assert hwc.dtype == np.uint8 and hwc.shape == (3, 8, 8, 3)
+    assert np.array_equal(hwc, (sampled.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    assert to_uint8_hwc(hwc) is hwc or np.array_equal(to_uint8_hwc(hwc), hwc)
+    ragged = [hwc[0], np.zeros((4, 6, 3), dtype=np.uint8)]
+    assert [a.shape for a in to_uint8_hwc(ragged)] == [(8, 8, 3), (4, 6, 3)]
+    with pytest.raises(ValueError, match=r"uint8 \[B,H,W,3\]"):
+        to_uint8_hwc(hwc.astype(np.float32))
+
+    seen = []
+
+    class Recorder(RewardModel):
+        name, version = "recorder", "1"
+
+        def _score(self, images, prompts, metadata):
+            seen.extend(images)
+            return [float(a.mean()) for a in images], [{} for _ in images]
+
+    cache = ScoreCache(tmp_path / "scores.sqlite")
+    cache.score(Recorder(), hwc, ["a", "b", "c"])
+    cache.score(Recorder(), ragged, ["x", "y"])
+    cache.close()
+    assert all(np.array_equal(a, b) for a, b in zip(seen, [*hwc, *ragged]))
