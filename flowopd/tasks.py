@@ -8,7 +8,7 @@ more with :func:`register_task`. Every prompt the trainer draws is a
 task's teacher.
 
 A *world* is a prompt generator for tasks that have no prompt file: the mini
-world (``flowopd.mini.world``) generates prompts for the four tasks, on its
+world (``mini/world.py``) generates prompts for the four tasks, on its
 own train / test split. Worlds are registry entries (``"module:attribute"``),
 imported on first use, so the core never imports one.
 """
