@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from flowopd.errors import InputError
+from flowopd.runinfo import parse_jsonl
 
 
 @dataclasses.dataclass
@@ -49,14 +50,7 @@ def load_pairs(path: str | Path) -> list[PairRecord]:
         except json.JSONDecodeError as exc:
             raise InputError(f"{path}: not valid JSON ({exc.msg} at line {exc.lineno})") from None
     else:
-        items = []
-        for lineno, line in enumerate(text.splitlines(), start=1):
-            if not line.strip():
-                continue
-            try:
-                items.append((lineno, json.loads(line)))
-            except json.JSONDecodeError as exc:
-                raise InputError(f"{path}:{lineno}: not valid JSON ({exc.msg})") from None
+        items = parse_jsonl(path, text, "each line must be one {prompt, images, preferred|rank} record")
     records = [_record(path, lineno, item) for lineno, item in items]
     if not any(r.comparisons for r in records):
         raise InputError(f"{path}: no comparisons (every record is a tie or has one image)")

@@ -112,3 +112,16 @@ def test_one_image_type_from_the_sampler_to_a_reward(tmp_path):
     cache.score(Recorder(), ragged, ["x", "y"])
     cache.close()
     assert all(np.array_equal(a, b) for a, b in zip(seen, [*hwc, *ragged]))
+
+
+def test_an_objective_without_its_signal_and_loss_cannot_be_built():
+    from flowopd.objectives.base import Objective
+
+    class Half(Objective):
+        name = "half"
+
+        def signal(self, batch):
+            return None
+
+    with pytest.raises(TypeError, match="piece_loss"):
+        Half(trainer=None)

@@ -26,6 +26,7 @@ Adding an objective is one module with a subclass and one line in
 
 from __future__ import annotations
 
+import abc
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -47,8 +48,9 @@ OBJECTIVES: Registry[type[Objective]] = Registry(
 )
 
 
-class Objective:
-    """A learning signal and its loss over the trainer's rollout (see the module docstring)."""
+class Objective(abc.ABC):
+    """A learning signal and its loss over the trainer's rollout (see the module docstring); ``signal`` and ``piece_loss``
+    are abstract, so an objective without them fails when the trainer builds it, not mid-run."""
 
     name: ClassVar[str]
 
@@ -62,10 +64,12 @@ class Objective:
     @classmethod
     def check_arithmetic(cls, cfg: TrainConfig, num_processes: int) -> None:
         """The objective's own numbers (reads no file)."""
+        return None  # optional: nothing by default
 
     @classmethod
     def check_inputs(cls, cfg: TrainConfig) -> None:
         """What the objective reads (reward weights, teachers), a one-line error each."""
+        return None  # optional: nothing by default
 
     @classmethod
     def lora_fields(cls, cfg: TrainConfig) -> dict[str, Any]:
@@ -85,14 +89,15 @@ class Objective:
 
     def setup(self) -> None:
         """Load what ``signal`` needs, after the trained LoRA exists."""
+        return None  # optional: nothing by default
 
+    @abc.abstractmethod
     def signal(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
         """The mask of global samples to train on [batch_size] and the step's metrics (identical on every process)."""
-        raise NotImplementedError
 
+    @abc.abstractmethod
     def piece_loss(self, batch: Any, k: int, a: int, b: int, x: torch.Tensor, v: torch.Tensor, out: Any) -> tuple[torch.Tensor, dict]:
         """Per-sample loss [b - a] at trained step ``k`` and per-sample values to log."""
-        raise NotImplementedError
 
 
 def objective_class(cfg: TrainConfig) -> type[Objective]:
