@@ -23,6 +23,7 @@ from pathlib import Path
 from flowopd.benchmarks.prompts import Prompt, load_prompt_file
 from flowopd.config import env_var_name
 from flowopd.errors import FlowOPDError, InputError
+from flowopd.registry import Registry
 from flowopd.reward_models.weights import fetch_file
 
 DATA_ENV = "FLOWOPD_DATA_DIR"
@@ -152,7 +153,16 @@ def _sets() -> dict[str, PromptSet]:
     return {s.name: s for s in sets}
 
 
-PROMPT_SETS: dict[str, PromptSet] = _sets()
+def _check_prompt_set(name: str, entry: object) -> PromptSet:
+    if not isinstance(entry, PromptSet) or entry.name != name:
+        raise InputError(f"prompt set {name!r} must be a flowopd.benchmarks.prompt_sets.PromptSet named {name!r}, got {entry!r}")
+    return entry
+
+
+# name -> PromptSet; plugins add theirs through the ``flowopd.prompt_sets`` entry-point group ("module:attribute")
+PROMPT_SETS: Registry[PromptSet] = Registry(
+    "prompt set", _sets(), error=InputError, entry_point_group="flowopd.prompt_sets", check=_check_prompt_set
+)
 GROUPS = {"t2i-compbench": [f"t2i-compbench/{c}" for c in T2I_CATEGORIES], "hpsv2": [f"hpsv2/{s}" for s in HPS_STYLES]}
 
 

@@ -24,7 +24,7 @@ from flowopd.cli.app import (
     app,
     suites_app,
 )
-from flowopd.cli.ui import console, progress_bar, styled, warn
+from flowopd.cli.ui import console, progress_bar, styled, warn, warn_once
 from flowopd.models import MINI_SAMPLING  # stdlib-only module: keeps --help fast
 
 # ------------------------------------------------------------------ sample
@@ -354,7 +354,7 @@ def suites_list(fmt: Format = typer.Option(Format.table, "--format", help="table
         row.update(world=suite.world, images_per_prompt=suite.images_per_prompt, rewards=rewards, description=suite.description)
         rows.append({**row, "available": reason is None, "reason": reason})
     for msg in SUITES.plugin_errors:
-        warn(msg)
+        warn_once(msg)
     if fmt is Format.json:
         print(json.dumps(rows, indent=2))
         return

@@ -14,7 +14,7 @@ import typer
 from flowopd.cli import evaluate, mini, prompts, rewards, train, weights  # noqa: F401  (registers the commands)
 from flowopd.cli.app import _ARGV, app
 from flowopd.cli.train import _load_train_config  # noqa: F401  (tests load recipes through the CLI's path)
-from flowopd.cli.ui import err_console, error, one_line, warn
+from flowopd.cli.ui import err_console, error, one_line, warn_once
 
 # ------------------------------------------------------------------ entry point
 
@@ -24,7 +24,7 @@ def _show_plugin_warning(default, category):
 
     def show(message, cat, *args, **kwargs):
         if issubclass(cat, category):
-            warn(str(message))
+            warn_once(str(message))
         else:
             default(message, cat, *args, **kwargs)
 

@@ -16,19 +16,30 @@ from flowopd.cli.ui import console
 def prompts_list(fmt: Format = typer.Option(Format.table, "--format", help="table or json.")) -> None:
     """The named prompt sets: task tag, upstream size, whether the file is here, and where it was looked for."""
     from flowopd.benchmarks.prompt_sets import GROUPS, PROMPT_SETS, data_dir
+    from flowopd.cli.ui import warn, warn_once
+    from flowopd.errors import FlowOPDError
 
-    rows = [
-        {
-            "name": s.name,
-            "task": s.task,
-            "size": s.size,
-            "present": s.present(),
-            "path": str(s.path()),
-            "url": s.url,
-            "description": s.description,
-        }
-        for s in PROMPT_SETS.values()
-    ]
+    rows = []
+    for name in PROMPT_SETS:
+        try:
+            s = PROMPT_SETS[name]
+        except FlowOPDError as exc:  # a broken plugin is said, and the other sets are still listed
+            warn(str(exc))
+            continue
+        rows.append(
+            {
+                "name": s.name,
+                "task": s.task,
+                "size": s.size,
+                "present": s.present(),
+                "path": str(s.path()),
+                "url": s.url,
+                "description": s.description,
+                "source": PROMPT_SETS.source(name),
+            }
+        )
+    for msg in PROMPT_SETS.plugin_errors:
+        warn_once(msg)
     if fmt is Format.json:
         print(json.dumps({"data_dir": str(data_dir()), "groups": GROUPS, "sets": rows}, indent=2))
         return

@@ -8,7 +8,7 @@ from pathlib import Path
 import typer
 
 from flowopd.cli.app import Format, _fail, _load_image, _print_table, _refuse_blank_prompts, _yes_no, rewards_app
-from flowopd.cli.ui import err_console, styled, warn
+from flowopd.cli.ui import err_console, styled, warn_once
 from flowopd.runinfo import parse_jsonl
 
 # ------------------------------------------------------------------ rewards
@@ -20,11 +20,11 @@ def rewards_list(fmt: Format = typer.Option(Format.table, "--format", help="tabl
     import dataclasses
 
     from flowopd.reward_models import list_rewards
-    from flowopd.reward_models.registry import plugin_errors
+    from flowopd.reward_models.registry import REWARDS
 
     infos = list_rewards()
-    for msg in plugin_errors:  # said here too when this process has warned already
-        warn(msg)
+    for msg in REWARDS.plugin_errors:  # said here unless this process has warned already
+        warn_once(msg)
     if fmt is Format.json:
         print(json.dumps([dataclasses.asdict(i) for i in infos], indent=2))
         return

@@ -24,6 +24,16 @@ def warn(message: str) -> None:
     err_console.print(styled(("warning:", "yellow"), " ", message), highlight=False, soft_wrap=True)
 
 
+_SAID: set[str] = set()
+
+
+def warn_once(message: str) -> None:
+    """:func:`warn`, unless this process has said ``message`` already (a plugin warning both raised and listed)."""
+    if message not in _SAID:
+        _SAID.add(message)
+        warn(message)
+
+
 def error(message: str) -> None:
     """``error: message`` on stderr, the message printed as it is."""
     err_console.print(styled(("error:", "red"), " ", message), highlight=False, soft_wrap=True)

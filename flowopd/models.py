@@ -87,15 +87,46 @@ def is_sd3(spec: str) -> bool:
 
 
 def prompt_world(spec: str):
-    """The prompt world that draws prompts for tasks without a prompt file on base ``spec``: the mini world for a mini model,
-    None for an SD3 base (its tasks need prompt files)."""
-    from flowopd.tasks import get_world
+    """The prompt world that draws prompts for tasks without a prompt file on base ``spec``: the world registered under
+    the base's backbone kind (the mini world for a mini model), None when there is none (an SD3 base: its tasks need
+    prompt files)."""
+    from flowopd.tasks import WORLDS
 
-    return None if is_sd3(spec) else get_world("mini")
+    kind = backbone_kind(spec)
+    return WORLDS[kind] if kind in WORLDS else None
 
 
-# backbone kind -> its class; an SD3 base loads through flowopd.sd3 (``sd3:`` specs and diffusers folders)
-BACKBONES: Registry[Any] = Registry("backbone", {"mini": "flowopd.mini.model:MiniBackbone"})
+# backbone kind (``model_info.json``'s "kind") -> its class, with ``from_pretrained(folder)``; plugins add kinds through
+# the ``flowopd.backbones`` entry-point group. An SD3 base loads through flowopd.sd3 (``sd3:`` specs, diffusers folders).
+BACKBONES: Registry[Any] = Registry(
+    "backbone",
+    {"mini": "flowopd.mini.model:MiniBackbone"},
+    error=FlowOPDError,
+    entry_point_group="flowopd.backbones",
+    unknown_hint="install the plugin that provides it (`flowopd weights list` names the built-in models)",
+)
+
+
+def folder_kind(path: Path) -> str:
+    """A model folder's backbone kind, from its ``model_info.json`` (``mini`` when it names none)."""
+    import json
+
+    try:
+        info = json.loads((path / "model_info.json").read_text())
+    except (OSError, ValueError) as exc:
+        raise FlowOPDError(f"{path}/model_info.json cannot be read ({exc}); pass a folder written by `flowopd mini pretrain`") from None
+    return str(info.get("kind", "mini")) if isinstance(info, dict) else "mini"
+
+
+def backbone_kind(spec: str) -> str:
+    """``sd3`` for an SD3 base; else the kind of the model folder ``spec`` names (a LoRA's: its base's). A spec that
+    names no model folder is taken as a mini one (loading it says what is wrong)."""
+    if is_sd3(spec):
+        return "sd3"
+    path = KNOWN_WEIGHTS[spec].path if spec in KNOWN_WEIGHTS else Path(spec)
+    if (path / LORA_FILE).is_file():
+        return backbone_kind(read_lora_base(path))
+    return folder_kind(path) if (path / "model_info.json").is_file() else "mini"
 
 
 def load_backbone(spec: str = "mini-base", device: str = "cpu", resolution: int | None = None, dtype=None):
@@ -127,7 +158,7 @@ def load_backbone(spec: str = "mini-base", device: str = "cpu", resolution: int 
         info = path / "model_info.json"
         if not info.is_file():
             raise FlowOPDError(f"{path} has no model_info.json; pass a folder written by `flowopd mini pretrain`")
-    model = BACKBONES["mini"].from_pretrained(path)
+    model = BACKBONES.get_or_explain(folder_kind(path)).from_pretrained(path)
     return model.to(device).eval()
 
 

@@ -17,7 +17,7 @@ from __future__ import annotations
 import difflib
 import importlib
 import warnings
-from collections.abc import Iterator, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from importlib import metadata as importlib_metadata
 from typing import Any, Generic, TypeVar
 
@@ -27,11 +27,22 @@ T = TypeVar("T")
 
 
 def resolve_target(target: str) -> Any:
-    """``"package.module:attribute"`` -> the attribute, imported."""
+    """``"package.module:attribute"`` (or ``module:Class.attribute``) -> the attribute, imported."""
     module, _, attr = target.partition(":")
     if not module or not attr:
         raise ConfigError(f"registry entry {target!r} is not 'module:attribute'")
-    return getattr(importlib.import_module(module), attr)
+    obj: Any = importlib.import_module(module)
+    for part in attr.split("."):
+        obj = getattr(obj, part)
+    return obj
+
+
+def _same_entry(known: Any, entry: Any) -> bool:
+    """The same entry twice, or a lazy string and the object it names (a decorator running when its module is imported)."""
+    if known is entry or known == entry:
+        return True
+    lazy, obj = (known, entry) if isinstance(known, str) else (entry, known)
+    return isinstance(lazy, str) and lazy == f"{getattr(obj, '__module__', '')}:{getattr(obj, '__qualname__', '')}"
 
 
 class Registry(Mapping[str, T], Generic[T]):
@@ -43,10 +54,18 @@ class Registry(Mapping[str, T], Generic[T]):
         entries: Mapping[str, T | str] | None = None,
         error: type[Exception] = ConfigError,
         entry_point_group: str | None = None,
+        check: Callable[[str, Any], T] | None = None,
+        quote_names: bool = False,
+        unknown_hint: str | None = None,
     ):
+        """``check(name, obj)`` validates a resolved entry (and may return a replacement); ``quote_names`` writes names as
+        ``'x'`` in the "did you mean" line; ``unknown_hint`` replaces the list of every name when nothing is close."""
         self.kind = kind
         self.error = error
         self.entry_point_group = entry_point_group
+        self.check = check
+        self.quote_names = quote_names
+        self.unknown_hint = unknown_hint
         self.plugin_errors: list[str] = []
         self._entries: dict[str, T | str] = {}
         self._sources: dict[str, str] = {}
@@ -57,10 +76,17 @@ class Registry(Mapping[str, T], Generic[T]):
     def register(self, name: str, entry: T | str, source: str = "builtin") -> None:
         """Add ``name``; a name already taken by a different entry is refused."""
         known = self._entries.get(name)
-        if known is not None and known is not entry and known != entry:
-            raise self.error(f"{self.kind} {name!r} is already registered; register yours under another name")
-        self._entries[name] = entry
+        if known is not None and not _same_entry(known, entry):
+            by = self._sources.get(name, "builtin")
+            raise self.error(f"{self.kind} {name!r} is already registered (by {by}); register yours under another name")
+        if known is None or not isinstance(entry, str):  # an object replaces the lazy string that names it
+            self._entries[name] = entry
         self._sources.setdefault(name, source)
+
+    def target(self, name: str) -> str:
+        """The entry as ``module:attribute`` text (what a plugin declared), resolved or not."""
+        entry = self._entries[name]
+        return entry if isinstance(entry, str) else f"{getattr(entry, '__module__', '?')}:{getattr(entry, '__qualname__', '?')}"
 
     def source(self, name: str) -> str:
         """Who registered ``name``: ``builtin`` or the plugin's distribution."""
@@ -90,6 +116,14 @@ class Registry(Mapping[str, T], Generic[T]):
         self._entries.pop(name, None)
         self._sources.pop(name, None)
 
+    def __setitem__(self, name: str, entry: T) -> None:
+        """Replace ``name``'s entry outright (a test's ``monkeypatch.setitem``); ``register`` is the checked way in."""
+        self._entries[name] = entry
+        self._sources.setdefault(name, "builtin")
+
+    def __delitem__(self, name: str) -> None:
+        self.remove(name)
+
     def __getitem__(self, name: str) -> T:
         self._discover()
         entry = self._entries[name]
@@ -97,6 +131,8 @@ class Registry(Mapping[str, T], Generic[T]):
             source = self._sources.get(name, "builtin")
             try:
                 entry = resolve_target(entry)
+                if self.check is not None:
+                    entry = self.check(name, entry)
             except Exception as exc:
                 if source == "builtin":
                     raise
@@ -122,7 +158,8 @@ class Registry(Mapping[str, T], Generic[T]):
         """The entry ``name``, or one line naming close matches (or every name) and raising ``self.error``."""
         if name not in self:
             choices = [*self._entries, *extra]
-            close = difflib.get_close_matches(name, choices, n=2, cutoff=0.5)
-            hint = f"did you mean {', '.join(close)}?" if close else f"available: {', '.join(choices)}"
+            close = difflib.get_close_matches(name, choices, n=3, cutoff=0.5)
+            shown = [repr(c) if self.quote_names else c for c in close]
+            hint = f"did you mean {', '.join(shown)}?" if close else (self.unknown_hint or f"available: {', '.join(choices)}")
             raise self.error(f"unknown {self.kind} {name!r}; {hint}")
         return self[name]

@@ -90,7 +90,9 @@ class PromptWorld(Protocol):
         """``n`` distinct prompts of ``task`` from ``split`` (``train``, ``test`` or ``all``)."""
 
 
-WORLDS: Registry[PromptWorld] = Registry("prompt world", {"mini": "flowopd.mini.world:WORLD"})
+# world name -> its PromptWorld; a base's world is the one registered under its backbone kind (``models.prompt_world``).
+# Plugins add worlds through the ``flowopd.worlds`` entry-point group.
+WORLDS: Registry[PromptWorld] = Registry("prompt world", {"mini": "flowopd.mini.world:WORLD"}, entry_point_group="flowopd.worlds")
 
 
 def get_world(name: str) -> PromptWorld:

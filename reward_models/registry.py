@@ -1,4 +1,5 @@
-"""The reward-model registry: built-ins as lazy ``"module:Class"`` entries, decorators, and plugins.
+"""The reward-model registry (a :class:`flowopd.registry.Registry`): built-ins as lazy ``"module:Class"`` entries,
+decorators, and plugins.
 
 Third-party packages add reward models through the ``flowopd.reward_models``
 entry-point group; the entry's value is ``"module:Class"`` and the class is
@@ -10,13 +11,10 @@ skipped and reported by ``flowopd rewards list``.
 from __future__ import annotations
 
 import dataclasses
-import difflib
-import importlib
-import warnings
-from importlib import metadata as importlib_metadata
 from typing import Any
 
-from flowopd.errors import FlowOPDError, PluginWarning
+from flowopd.errors import FlowOPDError
+from flowopd.registry import Registry
 from flowopd.reward_models.base import RewardModel
 
 ENTRY_POINT_GROUP = "flowopd.reward_models"
@@ -52,27 +50,6 @@ class UnknownRewardError(FlowOPDError, KeyError):
 
 
 @dataclasses.dataclass
-class Entry:
-    name: str
-    target: str | type[RewardModel]  # "module:Class" until resolved
-    source: str  # "builtin" or the plugin's distribution name
-
-    def resolve(self) -> type[RewardModel]:
-        if isinstance(self.target, str):
-            module_name, _, attr = self.target.partition(":")
-            if not attr:
-                raise FlowOPDError(f"reward {self.name!r}: entry {self.target!r} is not 'module:Class'")
-            obj: Any = importlib.import_module(module_name)
-            for part in attr.split("."):
-                obj = getattr(obj, part)
-            _check_class(self.name, obj)
-            if not obj.name:  # as register_reward does: errors and cache keys name the reward
-                obj.name = self.name
-            self.target = obj
-        return self.target
-
-
-@dataclasses.dataclass
 class RewardInfo:
     """What ``flowopd rewards list`` shows for one reward."""
 
@@ -86,16 +63,25 @@ class RewardInfo:
     weight_sets: list[str] = dataclasses.field(default_factory=list)
 
 
-_entries: dict[str, Entry] = {name: Entry(name, target, "builtin") for name, target in BUILTIN.items()}
-_plugins_loaded = False
-plugin_errors: list[str] = []
-
-
-def _check_class(name: str, cls: Any) -> None:
+def _check_class(name: str, cls: Any) -> type[RewardModel]:
     if not (isinstance(cls, type) and issubclass(cls, RewardModel)):
         raise FlowOPDError(f"reward {name!r} must be a subclass of flowopd.reward_models.RewardModel, got {cls!r}")
     if cls.name and cls.name != name:
         raise FlowOPDError(f"reward class {cls.__qualname__} is named {cls.name!r} but registered as {name!r}")
+    if not cls.name:  # errors and cache keys name the reward
+        cls.name = name
+    return cls
+
+
+REWARDS: Registry[type[RewardModel]] = Registry(
+    "reward",
+    BUILTIN,
+    error=UnknownRewardError,
+    entry_point_group=ENTRY_POINT_GROUP,
+    check=_check_class,
+    quote_names=True,
+    unknown_hint="see `flowopd rewards list`",
+)
 
 
 def register_reward(name: str, source: str = "builtin"):
@@ -103,53 +89,23 @@ def register_reward(name: str, source: str = "builtin"):
 
     def wrap(cls: type[RewardModel]) -> type[RewardModel]:
         _check_class(name, cls)
-        if not cls.name:
-            cls.name = name
-        existing = _entries.get(name)
-        if existing is not None:
-            same = existing.target is cls or existing.target == f"{cls.__module__}:{cls.__qualname__}"
-            if not same:
-                raise FlowOPDError(f"reward name {name!r} is already registered (by {existing.source}); choose another name")
-        _entries[name] = Entry(name, cls, existing.source if existing else source)
+        try:
+            REWARDS.register(name, cls, source)
+        except UnknownRewardError as exc:  # a taken name is a plain error, not an unknown one
+            raise FlowOPDError(str(exc)) from None
         return cls
 
     return wrap
 
 
-def load_plugins(force: bool = False) -> None:
-    """Register the reward models that installed distributions declare in the entry-point group."""
-    global _plugins_loaded
-    if _plugins_loaded and not force:
-        return
-    _plugins_loaded = True
-    for ep in importlib_metadata.entry_points(group=ENTRY_POINT_GROUP):
-        dist = ep.dist.name if ep.dist is not None else "unknown distribution"
-        existing = _entries.get(ep.name)
-        if existing is not None:
-            if existing.source != dist:
-                msg = f"plugin {dist} declares reward {ep.name!r}, already registered by {existing.source}; skipped (rename it in {dist})"
-                if msg not in plugin_errors:
-                    plugin_errors.append(msg)
-                    warnings.warn(msg, PluginWarning, stacklevel=2)
-            continue
-        _entries[ep.name] = Entry(ep.name, ep.value, dist)
-
-
 def names() -> list[str]:
     """Every registered reward name, sorted."""
-    load_plugins()
-    return sorted(_entries)
+    return sorted(REWARDS)
 
 
 def get_reward_class(name: str) -> type[RewardModel]:
     """The class registered under ``name``; an unknown name is answered with close matches."""
-    load_plugins()
-    entry = _entries.get(name)
-    if entry is None:
-        close = difflib.get_close_matches(name, list(_entries), n=3, cutoff=0.5)
-        hint = f"did you mean {', '.join(repr(c) for c in close)}?" if close else "see `flowopd rewards list`"
-        raise UnknownRewardError(f"unknown reward {name!r}; {hint}")
-    return entry.resolve()
+    return REWARDS.get_or_explain(name)
 
 
 def load_reward(name: str, **kwargs: Any) -> RewardModel:
@@ -166,26 +122,24 @@ def load_reward(name: str, **kwargs: Any) -> RewardModel:
 
 
 def source_of(name: str) -> str:
-    load_plugins()
-    return _entries[name].source
+    return REWARDS.source(name)
 
 
 def list_rewards() -> list[RewardInfo]:
     """Every reward with its source and whether its weights are present; nothing is loaded."""
-    load_plugins()
     out = []
-    for name in sorted(_entries):
-        entry = _entries[name]
+    for name in sorted(REWARDS):
+        source = REWARDS.source(name)
         try:
-            cls = entry.resolve()
+            cls = get_reward_class(name)
             available, reason = cls.weights_status()
-            if entry.source != "builtin" and available:  # a plugin's constructor may fail where its weights do not
+            if source != "builtin" and available:  # a plugin's constructor may fail where its weights do not
                 load_reward(name)
             out.append(
-                RewardInfo(name, cls.version, entry.source, available, reason, cls.higher_is_better, cls.description, list(cls.weight_sets))
+                RewardInfo(name, cls.version, source, available, reason, cls.higher_is_better, cls.description, list(cls.weight_sets))
             )
         except FlowOPDError as exc:  # a broken plugin must not hide the others
-            out.append(RewardInfo(name, None, entry.source, False, str(exc), None, ""))
+            out.append(RewardInfo(name, None, source, False, str(exc), None, ""))
         except Exception as exc:
-            out.append(RewardInfo(name, None, entry.source, False, f"cannot import {entry.target}: {exc}", None, ""))
+            out.append(RewardInfo(name, None, source, False, f"cannot import {REWARDS.target(name)}: {exc}", None, ""))
     return out

@@ -2,6 +2,7 @@
 the CLI; a suite plugin that clashes or cannot be imported is reported in one line, and nothing else breaks."""
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -91,3 +92,66 @@ def test_a_clashing_or_broken_suite_plugin_is_one_line_and_the_rest_still_works(
     assert res.returncode == 0, res.stderr  # `all` runs what it can and names the broken plugin among the skipped
     skipped = json.loads((tmp_path / "all" / "summary.json").read_text())["skipped"]
     assert "from plugin broken-suites cannot be loaded" in skipped["broken"]
+
+
+ECHO_PLUGIN = '''
+from flowopd.benchmarks.prompt_sets import PromptSet
+from flowopd.mini.model import MiniBackbone
+
+
+class EchoBackbone(MiniBackbone):
+    """A backbone kind of its own: the mini model's classes under another name."""
+
+
+SHAPES = PromptSet("echo-shapes", "echo/shapes.txt", "compose", "https://example.invalid/shapes.txt", 2, "two shape prompts")
+'''
+
+
+def test_backbone_world_and_prompt_set_plugins_load_through_their_entry_points(tmp_path, run_cli):
+    """A model folder whose model_info.json names a plugin's backbone kind loads through that plugin; the world registered
+    under the same kind draws its prompts; a plugin's prompt set is listed and read. An unknown kind is one line."""
+    import shutil
+
+    from flowopd.models import MINI_BASE_DIR
+
+    site = tmp_path / "site"
+    site.mkdir()
+    (site / "echo_plugin.py").write_text(ECHO_PLUGIN)
+    info = site / "echo_plugin-1.0.dist-info"
+    info.mkdir()
+    (info / "METADATA").write_text("Metadata-Version: 2.1\nName: echo-plugin\nVersion: 1.0\n")
+    (info / "entry_points.txt").write_text(
+        "[flowopd.backbones]\necho = echo_plugin:EchoBackbone\n\n[flowopd.worlds]\necho = flowopd.mini.world:WORLD\n\n"
+        "[flowopd.prompt_sets]\necho-shapes = echo_plugin:SHAPES\n"
+    )
+    model = tmp_path / "echo-base"
+    shutil.copytree(MINI_BASE_DIR, model)
+    (model / "model_info.json").write_text(json.dumps({"kind": "echo"}))
+    data = tmp_path / "data"
+    (data / "echo").mkdir(parents=True)
+    (data / "echo" / "shapes.txt").write_text("a red circle\na blue square\n")
+    env = {"PYTHONPATH": str(site), "FLOWOPD_DATA_DIR": str(data)}
+
+    code = (
+        "import sys; from flowopd.models import load_backbone, prompt_world; from flowopd.mini.world import WORLD; "
+        "b = load_backbone(sys.argv[1]); print(type(b).__name__, prompt_world(sys.argv[1]) is WORLD)"
+    )
+    res = subprocess.run([sys.executable, "-c", code, str(model)], capture_output=True, text=True, env={**os.environ, **env})
+    assert res.returncode == 0, res.stderr
+    assert res.stdout.split() == ["EchoBackbone", "True"]
+    res = run_cli("sample", "--model", str(model), "--prompt", "a red circle", "--steps", "2", "--out", str(tmp_path / "a.png"), env=env)
+    assert res.returncode == 0 and (tmp_path / "a.png").is_file(), res.stderr
+
+    res = run_cli("prompts", "list", "--format", "json", env=env)
+    assert res.returncode == 0, res.stderr
+    sets = {s["name"]: s for s in json.loads(res.stdout)["sets"]}
+    assert sets["echo-shapes"]["source"] == "echo-plugin" and sets["echo-shapes"]["present"] is True
+    assert sets["geneval"]["source"] == "builtin"
+    res = run_cli("prompts", "show", "echo-shapes", "--format", "json", env=env)
+    assert res.returncode == 0 and "a blue square" in res.stdout, res.stderr
+
+    (model / "model_info.json").write_text(json.dumps({"kind": "ech"}))
+    res = run_cli("sample", "--model", str(model), "--prompt", "a red circle", "--out", str(tmp_path / "b.png"), env=env)
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert res.stderr.strip().splitlines()[-1] == "error: unknown backbone 'ech'; did you mean echo?"
+    assert not (tmp_path / "b.png").exists()
