@@ -31,7 +31,8 @@ def custom_suite(prompts: str, rewards: Sequence[str], model_world: str) -> Suit
     for r in rewards:
         get_reward_class(r)
     described = f"--prompts {prompts} scored by {', '.join(rewards)}"
-    common: dict[str, Any] = dict(images_per_prompt=1, rewards=tuple(dict.fromkeys(rewards)), aggregate=_aggregate)
+    names = tuple(dict.fromkeys(rewards))
+    common: dict[str, Any] = dict(images_per_prompt=1, rewards=names, aggregate=_aggregate, rewards_for=_applicable(names))
     if prompts == "mini":
         return Suite(NAME, described, "mini", build_items=SUITES["mini"].build_items, group_key="task", **common)
     if prompts in PROMPT_SETS:
@@ -39,6 +40,26 @@ def custom_suite(prompts: str, rewards: Sequence[str], model_world: str) -> Suit
     if not Path(prompts).is_file():
         raise InputError(f"--prompts {prompts}: neither a prompt set (see `flowopd prompts list`), `mini`, nor a prompt file")
     return Suite(NAME, described, model_world, build_items=_file_items(Path(prompts)), **common)
+
+
+def _applicable(rewards: Sequence[str]):
+    """Each job is scored by the rewards that apply to its prompt (``RewardModel.applies_to``: GenEval needs its metadata,
+    OCR a quoted text), so ``--prompts mini`` mixes tasks with task-specific rewards."""
+    instances: dict[str, Any] = {}
+
+    def rewards_for(job, available: Sequence[str]) -> list[str]:
+        from flowopd.reward_models import load_reward
+
+        out = []
+        for name in rewards:
+            if name in available:
+                if name not in instances:
+                    instances[name] = load_reward(name)
+                if instances[name].applies_to(job.prompt, job.metadata):
+                    out.append(name)
+        return out
+
+    return rewards_for
 
 
 def _file_items(path: Path):

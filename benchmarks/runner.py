@@ -196,8 +196,20 @@ def _check_out(out: Path, config: dict[str, Any], digest: str) -> None:
             raise InputError(f"{out} holds an evaluation with other settings ({diff}); pass a new --out or the same settings")
 
 
-def run_eval(cfg: EvalConfig, out: str | Path, cache_path: str | Path | None = None, progress: Progress | None = None) -> dict[str, Any]:
-    """Plan, sample, score and summarise; returns the run's summary (``OUT/summary.json``)."""
+def run_eval(
+    cfg: EvalConfig,
+    out: str | Path,
+    cache_path: str | Path | None = None,
+    progress: Progress | None = None,
+    backbone: Any | None = None,
+    keep_processes: bool = False,
+) -> dict[str, Any]:
+    """Plan, sample, score and summarise; returns the run's summary (``OUT/summary.json``).
+
+    ``backbone``: sample with this loaded model (a training run's, its weights being those of ``cfg.model``) instead of
+    loading ``cfg.model``; its resolution is restored afterwards. ``keep_processes``: leave the process group open (a
+    training run goes on after its evaluation).
+    """
     from accelerate import PartialState
 
     from flowopd.runinfo import write_json_atomic
@@ -222,10 +234,27 @@ def run_eval(cfg: EvalConfig, out: str | Path, cache_path: str | Path | None = N
     state.wait_for_everyone()
     say = progress if (progress and state.is_main_process) else None
 
-    backbone = model.load(str(state.device))
+    backbone = model.load(str(state.device)) if backbone is None else backbone
     sampling = sampling_for(backbone, cfg)
+    resolution_before = getattr(backbone, "resolution", None)
     if hasattr(backbone, "set_resolution") and sampling.get("resolution"):
         backbone.set_resolution(int(sampling["resolution"]))
+    try:
+        _run_suites(plan, cfg, backbone, sampling, model, state, out, cache_path, say)
+    finally:
+        if resolution_before is not None and backbone.resolution != resolution_before:
+            backbone.set_resolution(resolution_before)
+    state.wait_for_everyone()
+    summary = _merge(plan, out, state.num_processes, digest, config, sampling, cfg, cache_path, t0) if state.is_main_process else {}
+    if not keep_processes:
+        _end_processes(state)
+    return summary
+
+
+def _run_suites(plan: EvalPlan, cfg: EvalConfig, backbone, sampling, model, state, out: Path, cache_path, say) -> None:
+    """This process's share of every suite's jobs, sampled and scored into ``.records.rank<i>.json`` (and its cache stats)."""
+    from flowopd.runinfo import write_json_atomic
+
     store = ImageStore(out)
     cache = _open_cache(state, cache_path)
     rewards: dict[str, Any] = {}
@@ -245,10 +274,6 @@ def run_eval(cfg: EvalConfig, out: str | Path, cache_path: str | Path | None = N
         hits, misses = cache.hits, cache.misses
         cache.close()
     write_json_atomic(out / f".stats.rank{state.process_index}.json", {"hits": hits, "misses": misses, **counts})
-    state.wait_for_everyone()
-    summary = _merge(plan, out, state.num_processes, digest, config, sampling, cfg, cache_path, t0) if state.is_main_process else {}
-    _end_processes(state)
-    return summary
 
 
 def _runnable_plan(cfg: EvalConfig, model: Any) -> EvalPlan:

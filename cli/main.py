@@ -20,7 +20,7 @@ from flowopd.cli.ui import err_console, error, one_line, warn_once
 
 
 def _show_plugin_warning(default, category):
-    """Plugin warnings as one ``warning:`` line; every other warning as Python shows it."""
+    """Plugin and run warnings as one ``warning:`` line; every other warning as Python shows it."""
 
     def show(message, cat, *args, **kwargs):
         if issubclass(cat, category):
@@ -37,9 +37,9 @@ def main(argv: list[str] | None = None) -> int:
     _ARGV[:] = args
     import warnings
 
-    from flowopd.errors import PluginWarning
+    from flowopd.errors import PluginWarning, RunWarning
 
-    warnings.showwarning = _show_plugin_warning(warnings.showwarning, PluginWarning)
+    warnings.showwarning = _show_plugin_warning(warnings.showwarning, (PluginWarning, RunWarning))
     if "--debug" in args[1:]:  # accepted anywhere on the line: it belongs to the root command
         args = ["--debug"] + [a for a in args if a != "--debug"]
     debug = "--debug" in args or os.environ.get("FLOWOPD_DEBUG") == "1"

@@ -25,7 +25,7 @@ from flowopd.cli.app import (
     _rerun_command,
     train_app,
 )
-from flowopd.cli.ui import console, progress_bar
+from flowopd.cli.ui import console, error, progress_bar, warn
 
 # ------------------------------------------------------------------ train
 
@@ -48,11 +48,11 @@ def _train(
     if dry_run:
         from flowopd.plan import dry_run as plan_dry_run
 
-        text, error = plan_dry_run(cfg, command, recipe, processes, fmt.value)
+        text, problem = plan_dry_run(cfg, command, recipe, processes, fmt.value)
         if os.environ.get("RANK", "0") == "0":  # under `accelerate launch`, one copy of the plan
             print(text)
-        if error:
-            _fail(error)
+        if problem:
+            _fail(problem)
         return
     if processes is not None:
         _fail("--processes only plans a --dry-run; a run takes its process count from `accelerate launch --num_processes`")
@@ -66,10 +66,14 @@ def _train(
             f"{out} held this run stopped before its first checkpoint (nothing to resume): starting it over in place", markup=False
         )
     with progress_bar(f"train {cfg.name}", cfg.steps) as advance:
+        said = [0]
 
         def tick(step: int, m: dict[str, float]) -> None:
             if show:
-                fields = {k: m[k] for k in ("reward", "kl", "mar", "clip_frac") if k in m}
+                for at, message in trainer.watch.alarms[said[0] :]:
+                    warn(f"alarm at step {at}: {message}")
+                said[0] = len(trainer.watch.alarms)
+                fields = {k: m[k] for k in ("reward", "kl", "mar", "clip_frac", "alarms") if k in m}
                 advance(completed=step, **fields)
 
         try:
@@ -84,6 +88,18 @@ def _train(
         _interrupted(f"training stopped during step {trainer.step + 1}", kept, _rerun_command("--resume" if done else None))
     if show:
         console.print(f"LoRA: {lora}  (diffusers format; {trainer.step} steps in {(time.time() - t0) / 60:.1f} min; log: {out}/log.jsonl)")
+    _stop_on_alarm(trainer, lora, out)
+
+
+def _stop_on_alarm(trainer, lora: Path, out: Path) -> None:
+    """A run that a reward-hacking alarm stopped (``eval.alarms.on_alarm: stop``) ends with one line and exit code 3."""
+    if trainer.watch.stop:
+        at, message = trainer.watch.alarms[-1]
+        error(
+            f"stopped at step {at} by a reward-hacking alarm ({message}); the LoRA of that step is in {lora}, its evaluation in "
+            f"{out}/evals; set eval.alarms.on_alarm: warn and pass --resume to go on"
+        )
+        raise typer.Exit(3)
 
 
 def _load_train_config(config: str, overrides: dict):

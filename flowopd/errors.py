@@ -12,6 +12,10 @@ class PluginWarning(UserWarning):
     """A plugin that could not be registered as declared (its reward name is taken)."""
 
 
+class RunWarning(UserWarning):
+    """Something about a run's settings worth saying before it starts (it runs anyway)."""
+
+
 class ConfigError(FlowOPDError, ValueError):
     """A bad configuration key or value."""
 

@@ -46,9 +46,17 @@ def check_arithmetic(cfg: TrainConfig, num_processes: int = 1) -> None:
 
 
 def check_inputs(cfg: TrainConfig) -> None:
-    """What the run reads: prompt files, then the objective's inputs (reward weights; teachers and anchor), a one-line error each."""
+    """What the run reads: prompt files, the objective's inputs (reward weights; teachers and anchor), the eval section: a
+    one-line error each."""
+    import warnings
+
+    from flowopd.errors import RunWarning
+    from flowopd.watch import check_eval_plan
+
     _check_prompts(cfg)
     objective_class(cfg).check_inputs(cfg)
+    for message in check_eval_plan(cfg):
+        warnings.warn(message, RunWarning, stacklevel=2)
 
 
 def _check_prompts(cfg: TrainConfig) -> None:

@@ -2,7 +2,8 @@
 
 ``RUN/run.json`` marks a started run, ``config.yaml`` is its resolved config,
 ``log.jsonl`` one line per step, ``checkpoints/step-N`` what ``--resume``
-continues from (written whole or not at all), ``lora/`` the result.
+continues from (written whole or not at all), ``lora/`` the result,
+``evals/step-N`` the evaluations during training (``eval_every``, :mod:`flowopd.watch`).
 """
 
 from __future__ import annotations
@@ -78,7 +79,7 @@ def clear_unstarted_run(out: Path) -> None:
     """Remove what a run wrote before its first checkpoint (its record, config, log, tracker files), keeping a cold start."""
     for name in (RUN_MARKER, CONFIG_FILE, LOG_FILE):
         (out / name).unlink(missing_ok=True)
-    for name in ("tensorboard", "checkpoints"):
+    for name in ("tensorboard", "checkpoints", "evals"):
         shutil.rmtree(out / name, ignore_errors=True)
 
 

@@ -145,6 +145,46 @@ class OPDConfig(BaseModel):
     cold_start: ColdStartConfig = Field(default_factory=ColdStartConfig)
 
 
+class AlarmConfig(BaseModel):
+    """Reward-hacking alarms, checked at every evaluation during training (docs/watching.md)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    gold: list[str] | None = Field(
+        None,
+        description="held-out rewards that must not fall while the trained (proxy) rewards rise; None: every other reward the eval scores",
+    )
+    margin: float = Field(
+        0.05, ge=0, description="a gold reward falling by more than this (0-1 scale, paired, CI below 0) while a proxy rises alarms"
+    )
+    window: int = Field(2, ge=1, description="compare each evaluation with the one this many evaluations before")
+    image_drift: float = Field(
+        0.2,
+        ge=0,
+        description="alarm when an image statistic moves this far from the first evaluation (brightness, saturation, "
+        "flat fraction: absolute on 0-1; JPEG bytes: relative); 0 turns it off",
+    )
+    on_alarm: Literal["warn", "stop"] = Field("warn", description="warn: say it and go on; stop: save the LoRA and end the run")
+
+
+class EvalSection(BaseModel):
+    """Evaluation during training (``eval_every``): held-out prompts, the deterministic sampler, the EMA weights."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    suites: list[str] = Field(default_factory=lambda: ["mini"], description="suites to run (`flowopd suites list`)")
+    prompts: str | None = Field(None, description="instead of suites: a prompt set or file (or `mini`), scored by `rewards`")
+    rewards: list[str] = Field(default_factory=list, description="with prompts: the rewards to score (default: the trained ones)")
+    limit: int | None = Field(8, ge=1, description="prompts per group (a GenEval tag, a mini task); None: the whole suite")
+    images_per_prompt: int | None = Field(None, ge=1, description="None: the suite's own")
+    steps: int | None = Field(None, ge=1, description="ODE steps (None: the suite's official protocol)")
+    cfg: float | None = Field(None, ge=1.0, description="guidance scale (None: the official protocol)")
+    resolution: int | None = Field(None, ge=8, description="image size (None: the official protocol)")
+    seed: int = Field(0, description="suite seed: the same images' seeds at every evaluation, so the curve is paired")
+    batch_size: int = Field(16, ge=1, description="images sampled per batch per process")
+    alarms: AlarmConfig = Field(default_factory=AlarmConfig)
+
+
 class TrainConfig(BaseModel):
     """A GRPO run (a teacher, or a GRPO-Mix baseline) or, with an ``opd`` section, an OPD student."""
 
@@ -179,8 +219,12 @@ class TrainConfig(BaseModel):
     mixed_precision: Literal["auto", "no", "bf16", "fp16"] = Field("auto", description="auto: bf16 on a GPU, none on CPU")
     gradient_checkpointing: bool = Field(False, description="recompute the transformer's activations in backward (SD3.5-M: on)")
     resolution: int | None = Field(None, ge=8, description="image size in pixels for an SD3 model (the paper: 512); None: the model's")
-    trackers: list[Literal["tensorboard"]] = Field(default_factory=lambda: ["tensorboard"], description="accelerate trackers")
+    trackers: list[Literal["tensorboard", "wandb"]] = Field(
+        default_factory=lambda: ["tensorboard"], description="accelerate trackers (wandb: pip install 'flowopd[wandb]'; WANDB_MODE=offline)"
+    )
     opd: OPDConfig | None = Field(None, description="on-policy distillation from teachers instead of GRPO on rewards")
+    eval_every: int = Field(0, ge=0, description="evaluate on held-out prompts every N steps, and before the first (0: never)")
+    eval: EvalSection = Field(default_factory=EvalSection, description="what `eval_every` evaluates, and the reward-hacking alarms")
 
     @model_validator(mode="before")
     @classmethod
@@ -235,7 +279,16 @@ class TrainConfig(BaseModel):
         return rewards
 
     # fields that may change when a run is resumed (they do not change its numbers up to the steps already done)
-    RESUMABLE_CHANGES: ClassVar[tuple[str, ...]] = ("steps", "checkpoint_every", "keep_checkpoints", "trackers", "name", "threads")
+    RESUMABLE_CHANGES: ClassVar[tuple[str, ...]] = (
+        "steps",
+        "checkpoint_every",
+        "keep_checkpoints",
+        "trackers",
+        "name",
+        "threads",
+        "eval_every",  # evaluating never changes the training numbers (tests/test_watch.py)
+        "eval",
+    )
 
     def identity(self) -> dict:
         """The fields that define the run's numbers (what a resumed run must share)."""

@@ -139,6 +139,9 @@ class Trainer:
             s: plan_steps(cfg.sampler.steps, cfg.sampler.shift, cfg.sampler.window_size, s, cfg.sampler.timestep_fraction)
             for s in range(cfg.sampler.window_start_max + 1)
         }
+        from flowopd.watch import Watcher
+
+        self.watch = Watcher(self)
         acc.register_save_state_pre_hook(self._save_hook)
         acc.register_load_state_pre_hook(self._load_hook)
         self.step = 0
@@ -376,17 +379,17 @@ class Trainer:
             write_json_atomic(self.out / RUN_MARKER, info)
         acc.wait_for_everyone()
         if acc.log_with:
-            acc.init_trackers("train", config=_flat(cfg.model_dump(mode="json")))
+            self._init_trackers()
         if progress:
             progress(self.step, {})
-        while self.step < cfg.steps:
+        if self.step == 0 and self.watch.due(0):  # the starting point of the held-out curve
+            self._log(self.watch.evaluate(0))
+        while self.step < cfg.steps and not self.watch.stop:
             metrics = self.train_step()
-            if acc.is_main_process:
-                with open(self.out / LOG_FILE, "a") as f:
-                    f.write(json.dumps({"step": self.step, **{k: round(v, 6) for k, v in metrics.items()}}) + "\n")
-            if acc.log_with:
-                acc.log(metrics, step=self.step)
-            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps:
+            if self.watch.due(self.step):
+                metrics.update(self.watch.evaluate(self.step))
+            self._log(metrics)
+            if self.step % cfg.checkpoint_every == 0 or self.step == cfg.steps or self.watch.stop:
                 self.save_checkpoint()
             if progress:
                 progress(self.step, metrics)
@@ -394,24 +397,54 @@ class Trainer:
         acc.end_training()
         return lora_dir
 
-    def save_lora(self) -> Path:
-        """The final LoRA (EMA weights when the EMA is on) in the diffusers format, written atomically to ``out/lora``."""
-        from flowopd.lora import lora_state_dict, save_lora
+    @contextlib.contextmanager
+    def ema_weights(self):
+        """The EMA weights in the live adapter for the block (nothing changes without an EMA); the trained ones after."""
+        if self.ema is None:
+            yield
+            return
+        self.ema.store(self.params)
+        self.ema.copy_to(self.params)
+        try:
+            yield
+        finally:
+            self.ema.restore(self.params)
+
+    def write_lora(self, target: Path) -> None:
+        """The adapter's current weights in the diffusers format with ``lora_info.json``, written atomically (main process)."""
+        from flowopd.lora import save_lora
         from flowopd.runinfo import atomic_dir
 
-        acc = self.accelerator
+        info = lora_record(self.cfg, self.base_digest, self.step, self.ema is not None)
+        with atomic_dir(target, marker="lora_info.json") as tmp:
+            save_lora(self._raw(), tmp, info)
+
+    def _init_trackers(self) -> None:
+        """The trackers, given the resolved config, the package versions and the git hash once (``run.*`` keys)."""
+        from flowopd.runinfo import git_hash, package_versions
+
+        config = _flat(self.cfg.model_dump(mode="json"))
+        config.update(_flat({"versions": package_versions()}, "run."))
+        config["run.git"] = str(git_hash())
+        config["run.base_digest"] = self.base_digest
+        wandb = {"name": self.cfg.name, "dir": str(self.out), "config": config}
+        self.accelerator.init_trackers("flowopd", config=config, init_kwargs={"wandb": wandb})
+
+    def _log(self, metrics: dict[str, float]) -> None:
+        """One line of ``log.jsonl`` for this step (main process) and the trackers."""
+        if self.accelerator.is_main_process:
+            with open(self.out / LOG_FILE, "a") as f:
+                f.write(json.dumps({"step": self.step, **{k: round(v, 6) for k, v in metrics.items()}}) + "\n")
+        if self.accelerator.log_with:
+            self.accelerator.log(metrics, step=self.step)
+
+    def save_lora(self) -> Path:
+        """The final LoRA (EMA weights when the EMA is on) in the diffusers format, written atomically to ``out/lora``."""
         target = self.out / "lora"
-        if acc.is_main_process:
-            state = None
-            if self.ema is not None:
-                self.ema.store(self.params)
-                self.ema.copy_to(self.params)
-                state = lora_state_dict(self._raw())
-                self.ema.restore(self.params)
-            info = lora_record(self.cfg, self.base_digest, self.step, self.ema is not None)
-            with atomic_dir(target, marker="lora_info.json") as tmp:
-                save_lora(self._raw(), tmp, info, state=state)
-        acc.wait_for_everyone()
+        if self.accelerator.is_main_process:
+            with self.ema_weights():
+                self.write_lora(target)
+        self.accelerator.wait_for_everyone()
         return target
 
 
@@ -443,8 +476,13 @@ def _flat(d: dict, prefix: str = "") -> dict[str, Any]:
 
 
 def _tracker_available(name: str) -> bool:
+    """tensorboard: used when installed (the default, silently skipped otherwise); wandb: asked for, so refused when absent."""
     import importlib.util
 
     if name == "tensorboard":
         return importlib.util.find_spec("tensorboard") is not None or importlib.util.find_spec("tensorboardX") is not None
+    if name == "wandb":
+        if importlib.util.find_spec("wandb") is None:
+            raise ConfigError("trackers: wandb is not installed; pip install 'flowopd[wandb]' (or drop wandb from trackers)")
+        return True
     return False
