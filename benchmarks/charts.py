@@ -58,9 +58,16 @@ def _legend(names: Sequence[str], x: float, y: float, width: float) -> tuple[str
 
 
 def line_chart(
-    series: Mapping[str, Sequence[tuple[float, float]]], title: str = "", x_label: str = "step", width: int = 420, height: int = 220
+    series: Mapping[str, Sequence[tuple[float, float]]],
+    title: str = "",
+    x_label: str = "step",
+    width: int = 420,
+    height: int = 220,
+    markers: Sequence[tuple[float, str]] = (),
 ) -> str:
-    """A line chart of (x, y) series; non-finite points are dropped; an empty chart is an empty string."""
+    """A line chart of (x, y) series; non-finite points are dropped; an empty chart is an empty string.
+
+    ``markers``: (x, note) pairs drawn as dashed red verticals (an alarm at that step), the note as the tooltip."""
     clean = {k: [(float(x), float(y)) for x, y in pts if math.isfinite(x) and math.isfinite(y)] for k, pts in series.items()}
     clean = {k: v for k, v in clean.items() if v}
     if not clean:
@@ -104,7 +111,17 @@ def line_chart(
     out.append(
         f'<text x="{left + plot_w / 2:.1f}" y="{top + plot_h + 28}" font-size="10" text-anchor="middle" fill="#57606a">{_esc(x_label)}</text>'
     )
-    for i, (name, pts) in enumerate(clean.items()):
+    out += _series_marks(clean, px, py)
+    out += _marker_lines([(px(x), note) for x, note in markers if x0 <= x <= x1], top, plot_h, left + plot_w)
+    out.append(legend)
+    out.append("</svg>")
+    return "".join(out)
+
+
+def _series_marks(series: Mapping[str, Sequence[tuple[float, float]]], px, py) -> list[str]:
+    """One polyline per series (a dot for a single point), in the series' colour, its name as the tooltip."""
+    out = []
+    for i, (name, pts) in enumerate(series.items()):
         pts = sorted(pts)
         if len(pts) == 1:
             out.append(
@@ -113,9 +130,19 @@ def line_chart(
             continue
         path = " ".join(f"{px(x):.1f},{py(y):.1f}" for x, y in pts)
         out.append(f'<polyline fill="none" stroke="{colour(i)}" stroke-width="1.6" points="{path}"><title>{_esc(name)}</title></polyline>')
-    out.append(legend)
-    out.append("</svg>")
-    return "".join(out)
+    return out
+
+
+def _marker_lines(markers: Sequence[tuple[float, str]], top: float, plot_h: float, right: float) -> list[str]:
+    """Dashed red verticals at pixel x (an alarm), the note as the tooltip, and a key in the title row."""
+    out = [
+        f'<line x1="{x:.1f}" x2="{x:.1f}" y1="{top}" y2="{top + plot_h}" stroke="#d1242f" stroke-width="1.2" '
+        f'stroke-dasharray="4 3"><title>{_esc(note)}</title></line>'
+        for x, note in markers
+    ]
+    if out:
+        out.append(f'<text x="{right}" y="16" font-size="10" text-anchor="end" fill="#d1242f">alarm: dashed</text>')
+    return out
 
 
 def radar_chart(axes: Sequence[str], series: Mapping[str, Sequence[float | None]], title: str = "", size: int = 380) -> str:

@@ -10,14 +10,13 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import math
 from collections import Counter
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from flowopd.benchmarks.charts import line_chart, radar_chart
+from flowopd.benchmarks.charts import radar_chart
 from flowopd.benchmarks.report import (
     MAIN_MINI,
     MAIN_REAL,
@@ -350,63 +349,25 @@ def gallery_html(runs: Sequence[Run], per_suite: int = GALLERY_PROMPTS, caption_
 
 # ------------------------------------------------------------------ training curves
 
-CURVE_GROUPS = ("reward", "loss", "kl")
-
-
-def _group(key: str) -> str | None:
-    if key == "reward" or key.startswith("reward/"):
-        return "reward"
-    if key == "loss" or key.startswith("loss/"):
-        return "loss"
-    if key.startswith("kl") or key == "mar":
-        return "kl"
-    return None
-
-
-def read_train_log(path: Path) -> list[dict[str, float]]:
-    """The trainer's log.jsonl: per line, the numeric fields (a bad line or a non-numeric value is skipped)."""
-    out = []
-    for i, line in enumerate(path.read_text(errors="replace").splitlines()):
-        try:
-            rec = json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        if not isinstance(rec, dict):
-            continue
-        nums = {k: float(v) for k, v in rec.items() if isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)}
-        nums.setdefault("step", float(i + 1))
-        out.append(nums)
-    return out
-
-
-def train_log_path(run: Run) -> Path | None:
-    p = run.model.get("train_log")
-    if not isinstance(p, str) or not p:
-        return None
-    path = Path(p)
-    return path if path.is_absolute() else run.folder / path
-
 
 def curves_html(run: Run, heading: str = "h3") -> str:
-    """The reward, loss and KL curves of the run that trained this model (its summary names the trainer's log)."""
+    """The curves of the run that trained this model (its summary names the trainer's log): reward, loss, KL, clip
+    fraction, held-out metrics and image statistics of its evaluations, alarms marked (:mod:`flowopd.benchmarks.report.curves`)."""
+    from flowopd.benchmarks.report.curves import train_log_path, training_charts
+
     path = train_log_path(run)
     if path is None:
         return ""
     title = f"<{heading}>Training curves: {esc(run.label)}</{heading}>"
     if not path.is_file():
         return f'{title}<p class="note">train log {esc(path)} not found</p>'
-    recs = read_train_log(path)
-    groups: dict[str, dict[str, list[tuple[float, float]]]] = {g: {} for g in CURVE_GROUPS}
-    for rec in recs:
-        for k, v in rec.items():
-            g = _group(k)
-            if g:
-                groups[g].setdefault(k, []).append((rec["step"], v))
-    charts = [line_chart(series, title=f"{g} ({run.label})") for g, series in groups.items() if series]
-    charts = [c for c in charts if c]
+    charts, info = training_charts(path, run.label)
     if not charts:
         return f'{title}<p class="note">no reward, loss or KL values in {esc(path)}</p>'
-    return f'{title}<p class="note">from <code>{esc(path)}</code>, {len(recs)} steps</p><div class="charts">{"".join(charts)}</div>'
+    alarms = "".join(f"<li>step {step}: {esc(message)}</li>" for step, message in info["alarms"])
+    alarms = f'<p class="note">alarms (dashed red on the charts):</p><ul class="prov">{alarms}</ul>' if alarms else ""
+    note = f'<p class="note">from <code>{esc(path)}</code>, {info["steps"]} steps</p>'
+    return f'{title}{note}<div class="charts">{"".join(svg for _, svg in charts)}</div>{alarms}'
 
 
 # ------------------------------------------------------------------ provenance

@@ -43,7 +43,7 @@ def write_run_report(folder: str | Path, baselines: str | Path | None = None) ->
     folder = Path(folder)
     lb = build_report([folder], baselines)
     written = []
-    for name, text in (("report.md", to_markdown(lb)), ("report.html", render_report(lb))):
+    for name, text in (("report.md", to_markdown(lb, folder / "report.md")), ("report.html", render_report(lb))):
         with atomic_file(folder / name, "w") as f:
             f.write(text)
         written.append(folder / name)

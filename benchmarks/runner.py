@@ -236,6 +236,7 @@ def run_eval(
 
     backbone = model.load(str(state.device)) if backbone is None else backbone
     sampling = sampling_for(backbone, cfg)
+    official = sampling_for(backbone, EvalConfig(suites=[], model=cfg.model))  # the protocol's reference (protocol.py)
     resolution_before = getattr(backbone, "resolution", None)
     if hasattr(backbone, "set_resolution") and sampling.get("resolution"):
         backbone.set_resolution(int(sampling["resolution"]))
@@ -245,7 +246,8 @@ def run_eval(
         if resolution_before is not None and backbone.resolution != resolution_before:
             backbone.set_resolution(resolution_before)
     state.wait_for_everyone()
-    summary = _merge(plan, out, state.num_processes, digest, config, sampling, cfg, cache_path, t0) if state.is_main_process else {}
+    sampled = {"sampling": sampling, "official": official}
+    summary = _merge(plan, out, state.num_processes, digest, config, sampled, cfg, cache_path, t0) if state.is_main_process else {}
     if not keep_processes:
         _end_processes(state)
     return summary
@@ -316,12 +318,15 @@ def _merge(
     processes: int,
     digest: str,
     config: dict[str, Any],
-    sampling: dict[str, Any],
+    sampled: dict[str, Any],
     cfg: EvalConfig,
     cache_path: str | Path | None,
     t0: float,
 ) -> dict[str, Any]:
-    """Process 0: every process's records in job order, the metrics, and ``summary.json``."""
+    """Process 0: every process's records in job order, the metrics, each suite's protocol, and ``summary.json``.
+
+    ``sampled``: ``sampling`` (as run) and ``official`` (the model's default, the protocol's reference)."""
+    from flowopd.benchmarks.protocol import suite_protocol
     from flowopd.runinfo import run_info, write_json_atomic
 
     model = plan.model
@@ -342,14 +347,19 @@ def _merge(
     for suite in plan.run:
         parts = [out / suite.name / f".records.rank{r}.json" for r in range(processes)]
         records = sorted((rec for p in parts for rec in json.loads(p.read_text())), key=lambda rec: rec.pop("order"))
-        suite_summary = _summarise(suite, records, sampling, suite.available_rewards())
+        suite_summary = _summarise(suite, records, sampled["sampling"], suite.available_rewards())
+        images = cfg.images_per_prompt or suite.images_per_prompt
+        rewards = sorted({name for rec in records for name in rec["scores"]})
+        suite_summary["protocol"] = suite_protocol(
+            sampled["sampling"], sampled["official"], images, suite.images_per_prompt, cfg.seed, rewards
+        )
         _write_jsonl(out / suite.name / "samples.jsonl", records)
         write_json_atomic(out / suite.name / "summary.json", suite_summary)
         for p in parts:
             p.unlink()
         summary["suites"][suite.name] = suite_summary
         summary["metrics"].update({f"{suite.name}/{k}": v for k, v in suite_summary["metrics"].items()})
-    summary["run"] = run_info({**config, "sampling": sampling, "processes": processes}, cfg.seed)
+    summary["run"] = run_info({**config, "sampling": sampled["sampling"], "processes": processes}, cfg.seed)
     summary["cache"] = {"hits": stats["hits"], "misses": stats["misses"], "path": str(cache_path or default_cache_path())}
     summary["images"] = {"generated": stats["generated"], "reused": stats["reused"]}
     summary["seconds"] = round(time.time() - t0, 1)

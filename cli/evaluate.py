@@ -290,16 +290,22 @@ def report(
         "(or a shipped file by name: flow-opd-paper).",
     ),
     baseline: Path | None = typer.Option(None, "--baseline", "-b", help="A mini run folder to compare every run with, image by image."),
+    allow_mixed_protocols: bool = typer.Option(
+        False, "--allow-mixed-protocols", help="Show runs sampled with different protocols together (the differences are printed)."
+    ),
 ) -> None:
-    """A leaderboard like the paper's tables: mean [95% CI] and n per metric, best and second best marked, published rows beside."""
+    """A leaderboard like the paper's tables: mean [95% CI] and n per metric, best and second best marked, published rows beside.
+
+    Runs whose sampling protocol differs on a suite (steps, CFG, resolution, images per prompt, seeds, reward versions)
+    are refused unless --allow-mixed-protocols; runs off a suite's official protocol are noted."""
     from flowopd.benchmarks import report as rep
     from flowopd.runinfo import atomic_file
 
     if fmt is ReportFormat.html and out is None:
         _fail("--format html writes one page with every image embedded; pass --out report.html")
-    lb = rep.build_report(results, baselines, baseline)
+    lb = rep.build_report(results, baselines, baseline, allow_mixed_protocols)
     if fmt is ReportFormat.md:
-        text = rep.to_markdown(lb)
+        text = rep.to_markdown(lb, out)
     elif fmt is ReportFormat.json:
         text = json.dumps(rep.to_json(lb), indent=2, default=str) + "\n"
     elif fmt is ReportFormat.model_index:

@@ -273,11 +273,13 @@ class ModelRef:
         return Path(self.spec) if (Path(self.spec) / LORA_FILE).is_file() else None
 
     def train_log(self) -> Path | None:
-        """The trainer's ``log.jsonl`` behind this model (beside or above its LoRA folder), for training curves."""
+        """The trainer's ``log.jsonl`` behind this model (beside or above its LoRA folder, or above an evaluation's LoRA
+        under ``RUN/evals/loras``), for training curves."""
         lora = self.lora_folder()
         if lora is None:
             return None
-        for candidate in (lora / "log.jsonl", lora.parent / "log.jsonl"):
+        # RUN/lora, or RUN/evals/loras/step-N (an evaluation during training, flowopd.watch)
+        for candidate in (lora / "log.jsonl", lora.parent / "log.jsonl", lora.parent.parent.parent / "log.jsonl"):
             if candidate.is_file():
                 return candidate.resolve()
         return None
@@ -290,6 +292,17 @@ def read_lora_base(folder: Path) -> str:
     if not base:
         raise FlowOPDError(f"{folder}/lora_info.json does not name its base model; pass a LoRA written by `flowopd train`")
     return base
+
+
+def lora_label(path: Path) -> str:
+    """A LoRA folder's name in reports: its run's (``RUN/lora``), ``RUN@step-N`` for an evaluation during training
+    (``RUN/evals/loras/step-N``), else the folder's own."""
+    path = Path(path).resolve()
+    if path.name == "lora":
+        return path.parent.name
+    if path.parent.name == "loras" and path.parent.parent.name == "evals":
+        return f"{path.parents[2].name}@{path.name}"
+    return path.name
 
 
 def resolve_model(spec: str, lora: str | Path | None = None) -> ModelRef:
@@ -317,7 +330,7 @@ def resolve_model(spec: str, lora: str | Path | None = None) -> ModelRef:
         if base.startswith(SD3_PREFIX) or (Path(base) / "model_index.json").is_file():
             return resolve_model(base, lora=path)
         resolve_model(base)  # the base must resolve too
-        return ModelRef(spec, "mini", path.parent.name if path.name == "lora" else path.name)
+        return ModelRef(spec, "mini", lora_label(path))
     if (path / "model_info.json").is_file():
         return ModelRef(spec, "mini", path.name)
     if path.exists():

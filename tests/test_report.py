@@ -308,4 +308,6 @@ def test_baseline_pairing_across_different_sampling_is_refused(tmp_path):
     (a / "summary.json").write_text(json.dumps(summary))
     with pytest.raises(InputError, match=r"sampled differently \(steps 40 vs 8\).*evaluate both with the same settings"):
         build_report([a, b], baseline_run=b)
-    build_report([a, b])  # side by side without pairing: allowed
+    with pytest.raises(InputError, match=r"sampled mini with different protocols \(steps 40 vs 8\)"):
+        build_report([a, b])  # side by side: refused too (issue 17), unless asked for
+    assert any("steps 40 vs 8" in n for n in build_report([a, b], allow_mixed_protocols=True).notes)

@@ -147,3 +147,23 @@ def test_on_alarm_stop_ends_the_run_at_the_alarm_with_its_lora_and_a_checkpoint(
     assert json.loads((lora / "lora_info.json").read_text())["step"] == 1 and (out / "checkpoints" / "step-000001").is_dir()
     log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [row["step"] for row in log] == [0, 1] and log[1]["alarms"] >= 1 and log[0]["alarms"] == 0
+
+
+def test_the_report_of_a_watched_run_draws_its_curves_with_the_alarms(tiny_policy_dir, tmp_path):
+    from flowopd.benchmarks.html_report import render_report
+    from flowopd.benchmarks.report import build_report, to_markdown
+
+    touchy = {**EVAL, "alarms": {"image_drift": 1e-9}}
+    out = tmp_path / "run"
+    Trainer(tiny_config(tiny_policy_dir, steps=2, eval_every=1, eval=touchy), out).train()
+    lb = build_report([out])  # a training run folder: its last evaluation, with the curves from its log
+    assert lb.runs[0].label == "run@step-000002"
+    md = to_markdown(lb, tmp_path / "report.md")
+    charts = sorted(p.name for p in tmp_path.glob("report-curves-*.svg"))
+    assert charts == [f"report-curves-run-step-000002-{g}.svg" for g in ("clip-fraction", "held-out", "images", "kl", "loss", "reward")]
+    assert "![held-out](report-curves-run-step-000002-held-out.svg)" in md and "- alarm at step 1: images drifted" in md
+    held_out = (tmp_path / "report-curves-run-step-000002-held-out.svg").read_text()
+    assert held_out.startswith('<svg xmlns="http://www.w3.org/2000/svg"') and "custom/mini_ocr" in held_out
+    assert held_out.count('stroke-dasharray="4 3"') == 2  # the alarms of steps 1 and 2
+    page = render_report(lb)
+    assert "Training curves: run@step-000002" in page and "step 2: images drifted" in page

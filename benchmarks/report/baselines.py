@@ -37,6 +37,7 @@ class Baseline:
     source: str
     teacher: bool = False
     where: str = ""  # file:line
+    protocol: str = ""  # as the publication states it (steps, CFG, resolution, seeds...), shown under the tables
 
 
 def metric_key(name: str) -> str | None:
@@ -74,7 +75,8 @@ def _baseline(path: Path, line: int, row: dict[str, Any]) -> Baseline:
     teacher_raw = str(row.get("teacher") or "").strip().lower()
     if teacher_raw not in ("", "yes", "no", "true", "false", "1", "0", "y", "n"):
         raise InputError(f"{where}: teacher {teacher_raw!r} is not yes/no; write yes for a teacher's own-task score, or leave it empty")
-    return Baseline(model, key, value, text, source, teacher_raw in ("yes", "true", "1", "y"), where)
+    protocol = str(row.get("protocol") or "").strip()
+    return Baseline(model, key, value, text, source, teacher_raw in ("yes", "true", "1", "y"), where, protocol)
 
 
 def _json_items(path: Path, text: str) -> list[tuple[int, Any]]:
@@ -108,7 +110,7 @@ def _json_items(path: Path, text: str) -> list[tuple[int, Any]]:
 
 
 def load_baselines(path: str | Path) -> list[Baseline]:
-    """Published numbers from a CSV (header ``model,metric,value,source[,teacher]``, ``#`` comments) or a JSON list.
+    """Published numbers from a CSV (header ``model,metric,value,source[,teacher][,protocol]``, ``#`` comments) or a JSON list.
 
     A bare name (``flow-opd-paper``) names a file shipped in ``flowopd/benchmarks/baselines``. Any problem is
     one line naming the file, the line and the fix.
@@ -128,9 +130,11 @@ def load_baselines(path: str | Path) -> list[Baseline]:
         for line, obj in _json_items(path, text):
             if not isinstance(obj, dict):
                 raise InputError(f"{path}:{line}: expected an object with keys model, metric, value, source; found {type(obj).__name__}")
-            extra = sorted(set(obj) - {*BASELINE_FIELDS, "teacher"})
+            extra = sorted(set(obj) - {*BASELINE_FIELDS, "teacher", "protocol"})
             if extra:
-                raise InputError(f"{path}:{line}: unknown key(s) {', '.join(extra)}; allowed: model, metric, value, source, teacher")
+                raise InputError(
+                    f"{path}:{line}: unknown key(s) {', '.join(extra)}; allowed: model, metric, value, source, teacher, protocol"
+                )
             rows.append(_baseline(path, line, obj))
     else:
         header: list[str] | None = None

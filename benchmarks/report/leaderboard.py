@@ -255,4 +255,6 @@ def build_leaderboard(runs: Sequence[Run], baselines: Sequence[Baseline] = ()) -
                     f"{e.label}: {p.source} prints Avg {p.text}, but its four metrics give {r['avg'].value:.4f}; "
                     "the table shows the computed value."
                 )
+    stated = dict.fromkeys((b.model, b.source, b.protocol) for b in baselines if b.protocol)
+    notes += [f"{model} as reported by {source}, sampled with: {protocol}" for model, source, protocol in stated]
     return Leaderboard(entries, tables, sources, notes)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Sequence
+from pathlib import Path
 from typing import Any
 
 from flowopd.benchmarks.report.leaderboard import Cell, Entry, Leaderboard, Table, cell_text
@@ -142,8 +143,36 @@ def legend(lb: Leaderboard) -> str:
     return " ".join(parts)
 
 
-def to_markdown(lb: Leaderboard) -> str:
-    """The whole report as Markdown."""
+def curves_markdown(runs: Sequence[Run], report_path: Path | None) -> list[str]:
+    """The training curves of every run trained here: SVG files beside ``report_path`` (``<stem>-curves-<model>-<chart>.svg``),
+    or, when the report is printed, where its log is."""
+    from flowopd.benchmarks.report.curves import train_log_path, training_charts
+    from flowopd.runinfo import atomic_file
+
+    out: list[str] = []
+    for r in runs:
+        log = train_log_path(r)
+        if log is None or not log.is_file():
+            continue
+        out += [f"### {_md(r.label)}", ""]
+        if report_path is None:
+            out += [f"training log `{_md(log)}`: pass `--out report.md` to draw its curves beside the report", ""]
+            continue
+        charts, info = training_charts(log, r.label)
+        for group, svg in charts:
+            name = f"{report_path.stem}-curves-{r.slug}-{group.replace(' ', '-')}.svg"
+            with atomic_file(report_path.parent / name, "w") as f:  # a file of its own needs the SVG namespace (inline, HTML has it)
+                f.write(svg.replace("<svg ", '<svg xmlns="http://www.w3.org/2000/svg" ', 1))
+            out.append(f"![{group}]({name})")
+        out.append("")
+        out += [f"- alarm at step {step}: {_md(message)}" for step, message in info["alarms"]]
+        out.append("")
+    return ["## Training curves", "", *out] if out else []
+
+
+def to_markdown(lb: Leaderboard, report_path: Path | None = None) -> str:
+    """The whole report as Markdown; with ``report_path`` (where it will be written) the training curves are drawn
+    beside it as SVG files."""
     n_meas = len(lb.runs)
     n_rep = len(lb.entries) - n_meas
     out = [
@@ -166,6 +195,7 @@ def to_markdown(lb: Leaderboard) -> str:
         out += ["## Skipped suites", ""]
         out += [f"- **{_md(', '.join(suites))}** ({_md(', '.join(models))}): {_md(why)}" for suites, models, why in skipped]
         out.append("")
+    out += curves_markdown(lb.runs, report_path)
     out += ["## All measured metrics", ""]
     for r in lb.runs:
         out += [f"### {_md(r.label)}", "", "| metric | mean [95% CI] | n |", "|---|---|---|"]

@@ -61,9 +61,17 @@ class Run:
         return p if p.is_file() else None
 
 
+def last_evaluation(run: Path) -> Path | None:
+    """A training run's last finished evaluation during training (``RUN/evals/step-N`` with a summary), or None."""
+    done = sorted(p.parent for p in (run / "evals").glob("step-*/summary.json"))
+    return done[-1] if done else None
+
+
 def load_summary(path: str | Path) -> dict[str, Any]:
-    """Read a ``summary.json`` (or the run folder that holds one)."""
+    """Read a ``summary.json`` (or the run folder that holds one; a training run's: its last evaluation's)."""
     path = Path(path)
+    if path.is_dir() and not (path / "summary.json").is_file() and last_evaluation(path) is not None:
+        path = last_evaluation(path)
     if path.is_dir():
         path = path / "summary.json"
     if not path.is_file():
@@ -104,8 +112,14 @@ def _upgrade_legacy(s: dict[str, Any]) -> dict[str, Any]:
 def load_run(path: str | Path) -> Run:
     """A run folder (or its summary.json)."""
     path = Path(path)
+    log = None
+    if path.is_dir() and not (path / "summary.json").is_file() and last_evaluation(path) is not None:
+        log = path / "log.jsonl"  # a training run with eval_every: its last evaluation, curves from its log
+        path = last_evaluation(path)
     folder = path if path.is_dir() else path.parent
     s = load_summary(path)
+    if log is not None and log.is_file() and isinstance(s.get("model"), dict) and not s["model"].get("train_log"):
+        s["model"]["train_log"] = str(log.resolve())
     legacy = "suites" not in s and "model" not in s
     if legacy:
         s = _upgrade_legacy(s)

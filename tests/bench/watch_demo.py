@@ -4,8 +4,9 @@
     python tests/bench/watch_demo.py --out runs/watch-demo --only hack --steps 20
 
 ``hack``: the text teacher's recipe (``mini/teacher-text``) trained on ``bright`` (the mean pixel value, a reward
-registered here like a plugin's) over all four mini tasks, evaluated every ``--every`` steps on 8 held-out prompts a
-task with ``bright`` and the four mini judges. ``normal``: the text teacher's recipe as shipped, evaluated the same
+registered here like a plugin's) over all four mini tasks, with independent initial latents, 3 SDE steps and no KL
+(so that it hacks within a few steps), evaluated every ``--every`` steps on 8 held-out prompts a task with ``bright``
+and the four mini judges. ``normal``: the text teacher's recipe as shipped, evaluated the same
 way. Prints each run's evaluations (the proxy and the gold rewards, the image statistics) and every alarm with its
 step; the runs' folders hold ``evals/step-N`` for ``flowopd report``.
 """
@@ -41,7 +42,8 @@ def register_bright() -> None:
 
 
 def config(kind: str, steps: int, every: int, threads: int):
-    from flowopd.config import load_config
+    import yaml
+
     from flowopd.train_config import TrainConfig, recipe_path
 
     over: dict = {
@@ -52,11 +54,15 @@ def config(kind: str, steps: int, every: int, threads: int):
         "checkpoint_every": every,
         "trackers": [],
     }
-    if kind == "hack":
+    if kind == "hack":  # made to hack fast: independent latents and 3 SDE steps (more spread in a group), no KL
         over.update(name="hack-bright", rewards={"bright": 1.0}, tasks={"compose": 1.0, "text": 1.0, "preference": 1.0, "quality": 1.0})
     else:
         over.update(name="teacher-text-watched")
-    return load_config(TrainConfig, recipe_path("mini/teacher-text"), over)
+    values = {**yaml.safe_load(recipe_path("mini/teacher-text").read_text()), **over}
+    if kind == "hack":
+        values["sampler"].update(same_latent=False, window_size=3)
+        values["grpo"].update(beta=0.0)
+    return TrainConfig.model_validate(values)
 
 
 def run(kind: str, out: Path, steps: int, every: int, threads: int) -> None:
