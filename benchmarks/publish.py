@@ -6,11 +6,12 @@ from __future__ import annotations
 from pathlib import Path
 
 from flowopd.benchmarks.html_report import esc, render_model_page, render_report
-from flowopd.benchmarks.report import Leaderboard, model_index_yaml, to_json
+from flowopd.benchmarks.report import Leaderboard, model_card, model_index_yaml, to_json
 
 
 def publish(lb: Leaderboard, out: str | Path) -> Path:
-    """Write the static site into ``out`` atomically: index.html, models/<slug>.html, results.json, model-index/<slug>.yaml."""
+    """Write the static site into ``out`` atomically: index.html, models/<slug>.html, results.json, model-index/<slug>.yaml,
+    model-cards/<slug>/README.md (Hugging Face model cards) and README.md (the first model's card)."""
     from flowopd.runinfo import atomic_dir, write_json_atomic
 
     out = Path(out)
@@ -31,6 +32,10 @@ def publish(lb: Leaderboard, out: str | Path) -> Path:
             )
             (tmp / "models" / f"{e.slug}.html").write_text(render_model_page(lb, e, nav=model_nav), encoding="utf-8")
             (tmp / "model-index" / f"{e.slug}.yaml").write_text(model_index_yaml([e]), encoding="utf-8")
+            (tmp / "model-cards" / e.slug).mkdir(parents=True)
+            (tmp / "model-cards" / e.slug / "README.md").write_text(model_card(lb, e), encoding="utf-8")
+        if measured:  # the site's own card: the first model's (the one being published)
+            (tmp / "README.md").write_text(model_card(lb, measured[0]), encoding="utf-8")
         write_json_atomic(tmp / "results.json", to_json(lb))
     return out
 

@@ -265,6 +265,34 @@ def test_model_index_yaml_parses_with_values(tmp_path):
     assert "flowopd mini world: compose (held-out prompts)" in mini_sets
 
 
+def test_model_cards_parse_with_huggingface_hubs_own_parsers(tmp_path):
+    """Issue 17 #6: the model-index and the model card read back through huggingface_hub's ModelCard and
+    model_index_to_eval_results, every metric an EvalResult with its value; publish writes the cards."""
+    from huggingface_hub import ModelCard
+    from huggingface_hub.repocard_data import model_index_to_eval_results
+
+    from flowopd.benchmarks.publish import publish
+    from flowopd.benchmarks.report import model_card
+
+    run = make_real_run(tmp_path, "r", "sd-opd", {"geneval/overall": 0.91, "geneval/counting": 0.8, "deqa/deqa": 4.31})
+    mini = make_mini_run(tmp_path, "m", "mini-opd", 0.5, train_log=False)
+    lb = build_report([run, mini], PAPER)
+    for entry in [e for e in lb.entries if e.measured]:
+        doc = yaml.safe_load(model_index_yaml([entry]))
+        name, results = model_index_to_eval_results(doc["model-index"])
+        assert name == entry.label and len(results) == sum(len(r["metrics"]) for r in doc["model-index"][0]["results"])
+        assert all(r.task_type == "text-to-image" and r.metric_value is not None and r.dataset_type for r in results)
+        card = ModelCard(model_card(lb, entry))
+        assert card.data.model_name == entry.label and card.data.library_name == "flowopd"
+        assert {(r.metric_type, r.metric_value) for r in card.data.eval_results} == {(r.metric_type, r.metric_value) for r in results}
+        assert f"# {entry.label}" in card.text and "| " in card.text
+    values = {r.metric_type: r.metric_value for r in ModelCard(model_card(lb, lb.entries[0])).data.eval_results}
+    assert values["geneval/overall"] == 0.91 and values["deqa/deqa"] == 4.31
+    site = publish(lb, tmp_path / "site")
+    assert ModelCard((site / "README.md").read_text()).data.model_name == "sd-opd"
+    assert ModelCard((site / "model-cards" / lb.entries[1].slug / "README.md").read_text()).data.model_name == "mini-opd"
+
+
 def test_report_cli_formats_and_errors(tmp_path, run_cli):
     run = make_mini_run(tmp_path, "eval-a", "mini-a", 0.7, train_log=False)
     res = run_cli("report", str(run), "--baselines", str(PAPER))

@@ -17,6 +17,7 @@ from flowopd.benchmarks.report.baselines import (  # noqa: F401
 )
 from flowopd.benchmarks.report.exports import (  # noqa: F401
     DATASETS,
+    model_card,
     model_index_entry,
     model_index_yaml,
     to_json,

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from typing import Any
 
 from flowopd.benchmarks.report.leaderboard import Cell, Entry, Leaderboard
-from flowopd.benchmarks.report.markdown import provenance
+from flowopd.benchmarks.report.markdown import provenance, provenance_lines, table_markdown
 from flowopd.benchmarks.report.tables import KEY_LABELS
 
 # ------------------------------------------------------------------ JSON and model-index
@@ -115,3 +115,22 @@ def model_index_yaml(entries: Sequence[Entry]) -> str:
     import yaml
 
     return yaml.safe_dump({"model-index": [model_index_entry(e) for e in entries if e.measured]}, sort_keys=False, allow_unicode=True)
+
+
+def model_card(lb: Leaderboard, e: Entry) -> str:
+    """A Hugging Face model card (``README.md``) for one measured model: YAML front matter with its ``model-index`` (the
+    format huggingface_hub's ``ModelCard`` and ``model_index_to_eval_results`` parse; tests/test_report.py checks it), then
+    the leaderboard's tables and where the numbers come from."""
+    import yaml
+
+    meta: dict[str, Any] = {"library_name": "flowopd", "tags": ["text-to-image", "flow-matching", "flowopd"]}
+    base = (e.run.summary.get("run") or {}).get("config", {}).get("model") if e.run is not None else None
+    if base and "/" in base and not base.startswith(("/", ".")):  # a hub id (sd3:org/name -> org/name), not a local folder
+        meta["base_model"] = base.removeprefix("sd3:")
+    meta["model-index"] = [model_index_entry(e)]
+    body = [f"# {e.label}", "", "Measured with [flowopd](https://github.com/flowopd/flowopd): mean [95% CI] and n per metric.", ""]
+    body += [table_markdown(lb, t) for t in lb.tables if any(row is e for row, _ in t.rows)]
+    if e.run is not None:
+        body += ["## Provenance", "", *(f"- {line}" for line in provenance_lines(e.run))]
+    front = yaml.safe_dump(meta, sort_keys=False, allow_unicode=True)
+    return f"---\n{front}---\n\n" + "\n".join(body).rstrip() + "\n"

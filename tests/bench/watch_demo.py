@@ -4,8 +4,8 @@
     python tests/bench/watch_demo.py --out runs/watch-demo --only hack --steps 20
 
 ``hack``: the text teacher's recipe (``mini/teacher-text``) trained on ``bright`` (the mean pixel value, a reward
-registered here like a plugin's) over all four mini tasks, with independent initial latents, 3 SDE steps and no KL
-(so that it hacks within a few steps), evaluated every ``--every`` steps on 8 held-out prompts a task with ``bright``
+registered here like a plugin's) over all four mini tasks, with independent initial latents, 3 SDE steps, no KL and
+lr 3e-3 (so that it hacks within a few steps), evaluated every ``--every`` steps on 8 held-out prompts a task with ``bright``
 and the four mini judges. ``normal``: the text teacher's recipe as shipped, evaluated the same
 way. Prints each run's evaluations (the proxy and the gold rewards, the image statistics) and every alarm with its
 step; the runs' folders hold ``evals/step-N`` for ``flowopd report``.
@@ -54,7 +54,7 @@ def config(kind: str, steps: int, every: int, threads: int):
         "checkpoint_every": every,
         "trackers": [],
     }
-    if kind == "hack":  # made to hack fast: independent latents and 3 SDE steps (more spread in a group), no KL
+    if kind == "hack":  # made to hack fast: independent latents, 3 SDE steps (more spread in a group), no KL, lr 3e-3
         over.update(name="hack-bright", rewards={"bright": 1.0}, tasks={"compose": 1.0, "text": 1.0, "preference": 1.0, "quality": 1.0})
     else:
         over.update(name="teacher-text-watched")
@@ -62,6 +62,7 @@ def config(kind: str, steps: int, every: int, threads: int):
     if kind == "hack":
         values["sampler"].update(same_latent=False, window_size=3)
         values["grpo"].update(beta=0.0)
+        values["optim"].update(lr=3e-3)
     return TrainConfig.model_validate(values)
 
 
