@@ -16,6 +16,15 @@ from test_trainer import tiny_config  # noqa: E402
 from flowopd.trainer import Trainer  # noqa: E402
 
 model, out, steps = sys.argv[1], Path(sys.argv[2]), int(sys.argv[3])
+if sys.argv[4:] == ["watch"]:  # a whole run with evaluations during training (flowopd.watch) on every process
+    from test_watch import EVAL
+
+    trainer = Trainer(tiny_config(Path(model), steps=steps, checkpoint_every=100, eval_every=1, eval=EVAL), out / "run")
+    trainer.train()  # ends the process group itself
+    lora = torch.cat([p.detach().flatten() for p in trainer.params])
+    rank = trainer.accelerator.process_index
+    (out / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "lora_sha": hashlib.sha256(lora.numpy().tobytes()).hexdigest()}))
+    sys.exit(0)
 if len(sys.argv) > 4:  # OPD with the tiny teachers in this folder (merge cold start, made once by the main process)
     teachers = {t: Path(sys.argv[4]) / t for t in ("compose", "text", "quality")}
     cfg = opd_config(Path(model), teachers, steps=steps, checkpoint_every=100, opd={"objective": "kl_pg"})

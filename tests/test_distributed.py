@@ -70,3 +70,17 @@ def test_opd_on_two_processes_routes_and_gathers_like_one(tiny_policy_dir, tiny_
     for r in two:
         adv_two[r["steps"][0]["local"]] = torch.tensor(r["steps"][0]["advantages"])
     torch.testing.assert_close(adv_one, adv_two, rtol=1e-4, atol=1e-7)
+
+
+def test_evaluations_during_training_split_over_two_processes_like_one(tiny_policy_dir, tmp_path):
+    """eval_every under accelerate: every process samples its share, the main one merges; training goes on in step."""
+    two = _launch(2, tiny_policy_dir, tmp_path / "two", 2, "watch")
+    assert two[0]["lora_sha"] == two[1]["lora_sha"]
+    _launch(1, tiny_policy_dir, tmp_path / "one", 2, "watch")
+    summaries = {}
+    for n in ("one", "two"):
+        evals = tmp_path / n / "run" / "evals"
+        assert sorted(p.name for p in evals.glob("step-*")) == ["step-000000", "step-000001", "step-000002"]
+        summaries[n] = json.loads((evals / "step-000000" / "summary.json").read_text())
+    # before the first step both evaluate the same weights on the same prompts and seeds: the same numbers
+    assert summaries["two"]["metrics"] == summaries["one"]["metrics"] and summaries["two"]["run"]["config"]["processes"] == 2

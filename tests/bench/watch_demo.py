@@ -41,7 +41,7 @@ def register_bright() -> None:
             return [float(np.asarray(im).mean()) / 255 for im in images], [{} for _ in images]
 
 
-def config(kind: str, steps: int, every: int, threads: int):
+def config(kind: str, steps: int, every: int, threads: int, trackers: list[str]):
     import yaml
 
     from flowopd.train_config import TrainConfig, recipe_path
@@ -52,7 +52,7 @@ def config(kind: str, steps: int, every: int, threads: int):
         "eval_every": every,
         "eval": {"prompts": "mini", "rewards": ["bright", *GOLD], "limit": 8},
         "checkpoint_every": every,
-        "trackers": [],
+        "trackers": trackers,
     }
     if kind == "hack":  # made to hack fast: independent latents, 3 SDE steps (more spread in a group), no KL, lr 3e-3
         over.update(name="hack-bright", rewards={"bright": 1.0}, tasks={"compose": 1.0, "text": 1.0, "preference": 1.0, "quality": 1.0})
@@ -66,10 +66,10 @@ def config(kind: str, steps: int, every: int, threads: int):
     return TrainConfig.model_validate(values)
 
 
-def run(kind: str, out: Path, steps: int, every: int, threads: int) -> None:
+def run(kind: str, out: Path, steps: int, every: int, threads: int, trackers: list[str]) -> None:
     from flowopd.trainer import Trainer
 
-    cfg = config(kind, steps, every, threads)
+    cfg = config(kind, steps, every, threads, trackers)
     t0 = time.time()
     trainer = Trainer(cfg, out / kind, resume=(out / kind / "run.json").is_file())
     trainer.train()
@@ -97,11 +97,12 @@ def main() -> None:
     ap.add_argument("--steps", type=int, default=30)
     ap.add_argument("--every", type=int, default=5)
     ap.add_argument("--threads", type=int, default=0)
+    ap.add_argument("--tracker", action="append", default=[], choices=["tensorboard", "wandb"], help="e.g. wandb (WANDB_MODE=offline)")
     args = ap.parse_args()
     register_bright()
     for kind in ("hack", "normal"):
         if args.only in (None, kind):
-            run(kind, args.out, args.steps, args.every, args.threads)
+            run(kind, args.out, args.steps, args.every, args.threads, args.tracker)
 
 
 if __name__ == "__main__":
