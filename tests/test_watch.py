@@ -18,13 +18,37 @@ def _files(folder):
     return {p.relative_to(folder): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
 
-def test_evaluating_during_training_changes_nothing_the_run_learns(tiny_policy_dir, tmp_path):
-    """The same LoRA bytes with and without evaluations; one evaluation folder per due step, before the first step
-    included, each a normal evaluation run; its means and cost in the step's log line."""
+# every drift alarms at this limit (a warning: the run goes on), so one watched run shows the alarms in its log and report
+WATCHED = {**EVAL, "alarms": {"image_drift": 1e-9}}
+
+
+@pytest.fixture(scope="module")
+def watched(tiny_policy_dir, tmp_path_factory):
+    """One run of 2 steps evaluated before and after each step, logged to wandb offline too."""
+    import os
+
+    pytest.importorskip("wandb")
+    out = tmp_path_factory.mktemp("watched") / "run"
+    env = {"WANDB_MODE": "offline", "WANDB_SILENT": "true"}
+    old = {k: os.environ.get(k) for k in env}
+    os.environ.update(env)
+    try:
+        trainer = Trainer(tiny_config(tiny_policy_dir, eval_every=1, eval=WATCHED, trackers=["wandb"]), out)
+        trainer.train()
+    finally:
+        for k, v in old.items():
+            os.environ.pop(k) if v is None else os.environ.__setitem__(k, v)
+    return out, trainer
+
+
+def test_evaluating_during_training_changes_nothing_the_run_learns(tiny_policy_dir, tmp_path, watched):
+    """The same LoRA bytes with and without evaluations (and their alarms, and wandb); one evaluation folder per due step,
+    before the first step included, each a normal evaluation run; its means and cost in the step's log line."""
+    out, _ = watched
     plain = Trainer(tiny_config(tiny_policy_dir), tmp_path / "plain").train()
-    watched = Trainer(tiny_config(tiny_policy_dir, eval_every=1, eval=EVAL), tmp_path / "watched").train()
-    assert (plain / "pytorch_lora_weights.safetensors").read_bytes() == (watched / "pytorch_lora_weights.safetensors").read_bytes()
-    evals = tmp_path / "watched" / "evals"
+    lora = "pytorch_lora_weights.safetensors"
+    assert (plain / lora).read_bytes() == (out / "lora" / lora).read_bytes()
+    evals = out / "evals"
     steps = ["step-000000", "step-000001", "step-000002"]
     assert sorted(p.name for p in evals.glob("step-*")) == steps and sorted(p.name for p in (evals / "loras").iterdir()) == steps
     for folder in evals.glob("step-*"):
@@ -36,10 +60,10 @@ def test_evaluating_during_training_changes_nothing_the_run_learns(tiny_policy_d
         record = json.loads((folder / "watch.json").read_text())
         assert set(record["image_stats"]) == {"brightness", "saturation", "flat_fraction", "jpeg_bytes"}
         assert json.loads((evals / "loras" / folder.name / "lora_info.json").read_text())["step"] == int(folder.name[-6:])
-    log = [json.loads(line) for line in (tmp_path / "watched" / "log.jsonl").read_text().splitlines()]
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     assert [row["step"] for row in log] == [0, 1, 2]
     assert all("eval/custom/mini_ocr" in row and row["eval/seconds"] >= 0 and "alarms" in row for row in log)
-    assert "reward" in log[1] and "reward" not in log[0]
+    assert "reward" in log[1] and "reward" not in log[0] and log[0]["alarms"] == 0 and log[1]["alarms"] >= 1
     # the same images at every evaluation: the seeds do not move, so the curve is paired
     seeds = [
         sorted(json.loads(line)["seed"] for line in (f / "custom" / "samples.jsonl").read_text().splitlines())
@@ -48,15 +72,21 @@ def test_evaluating_during_training_changes_nothing_the_run_learns(tiny_policy_d
     assert seeds[0] == seeds[1] == seeds[2]
 
 
-def test_a_resumed_run_reads_finished_evaluations_back(tiny_policy_dir, tmp_path):
+def test_a_resumed_run_reads_finished_evaluations_back(tiny_policy_dir, tmp_path, watched):
+    import shutil
+
     out = tmp_path / "run"
-    Trainer(tiny_config(tiny_policy_dir, eval_every=1, eval=EVAL), out).train()
+    shutil.copytree(watched[0], out)
+    shutil.rmtree(out / "checkpoints" / "step-000002")  # as if killed after step 2's evaluation, before its checkpoint
     before = _files(out / "evals")
-    trainer = Trainer(tiny_config(tiny_policy_dir, eval_every=1, eval=EVAL, steps=3), out, resume=True)
+    trainer = Trainer(tiny_config(tiny_policy_dir, eval_every=1, eval=WATCHED, steps=3, trackers=[]), out, resume=True)
     trainer.train()
     after = _files(out / "evals")
-    assert {k: v for k, v in after.items() if k in before} == before  # nothing finished was written again
+    assert {k: v for k, v in after.items() if k in before} == before  # step 2's evaluation was read back, not redone
     assert any(str(k).startswith("step-000003") for k in after)
+    assert {step for step, _ in trainer.watch.alarms} == {2, 3}  # step 2's alarms come back with it
+    log = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
+    assert [row["step"] for row in log] == [0, 1, 2, 3] and "eval/custom/mini_ocr" in log[2]
 
 
 def test_bad_eval_sections_are_refused_before_training(tiny_policy_dir, tmp_path):
@@ -108,12 +138,8 @@ def test_image_statistics_and_drift():
     assert any("jpeg_bytes" in m for m in drift_alarms(s_white, s_noise, 0.2))
 
 
-def test_wandb_offline_gets_the_config_versions_git_and_every_logged_key(tiny_policy_dir, tmp_path, monkeypatch):
-    pytest.importorskip("wandb")
-    monkeypatch.setenv("WANDB_MODE", "offline")
-    monkeypatch.setenv("WANDB_SILENT", "true")
-    out = tmp_path / "run"
-    Trainer(tiny_config(tiny_policy_dir, trackers=["wandb"], eval_every=2, eval=EVAL), out).train()
+def test_wandb_offline_gets_the_config_versions_git_and_every_logged_key(watched):
+    out, _ = watched
     runs = list((out / "wandb").glob("offline-run-*"))
     assert len(runs) == 1 and list(runs[0].glob("run-*.wandb"))
     from wandb_records import read_offline_run
@@ -149,13 +175,11 @@ def test_on_alarm_stop_ends_the_run_at_the_alarm_with_its_lora_and_a_checkpoint(
     assert [row["step"] for row in log] == [0, 1] and log[1]["alarms"] >= 1 and log[0]["alarms"] == 0
 
 
-def test_the_report_of_a_watched_run_draws_its_curves_with_the_alarms(tiny_policy_dir, tmp_path):
+def test_the_report_of_a_watched_run_draws_its_curves_with_the_alarms(watched, tmp_path):
     from flowopd.benchmarks.html_report import render_report
     from flowopd.benchmarks.report import build_report, to_markdown
 
-    touchy = {**EVAL, "alarms": {"image_drift": 1e-9}}
-    out = tmp_path / "run"
-    Trainer(tiny_config(tiny_policy_dir, steps=2, eval_every=1, eval=touchy), out).train()
+    out, _ = watched
     lb = build_report([out])  # a training run folder: its last evaluation, with the curves from its log
     assert lb.runs[0].label == "run@step-000002"
     md = to_markdown(lb, tmp_path / "report.md")
@@ -164,6 +188,6 @@ def test_the_report_of_a_watched_run_draws_its_curves_with_the_alarms(tiny_polic
     assert "![held-out](report-curves-run-step-000002-held-out.svg)" in md and "- alarm at step 1: images drifted" in md
     held_out = (tmp_path / "report-curves-run-step-000002-held-out.svg").read_text()
     assert held_out.startswith('<svg xmlns="http://www.w3.org/2000/svg"') and "custom/mini_ocr" in held_out
-    assert held_out.count('stroke-dasharray="4 3"') == 2  # the alarms of steps 1 and 2
+    assert held_out.count('stroke-dasharray="4 3"') == 2  # the alarms of steps 1 and 2, one line a step
     page = render_report(lb)
     assert "Training curves: run@step-000002" in page and "step 2: images drifted" in page
