@@ -133,10 +133,12 @@ def train_teacher(
     if config is None:
         task = {r: t for t, r in MINI_TASK_REWARDS.items()}.get(reward)
         config = f"mini/teacher-{task or 'preference'}"
-        if task is None:  # a reward without its own mini task (a plugin): prompts from every task
-            from flowopd.mini.world import DEFAULT_TASK_MIX
+        if task is None:  # a reward without its own mini task (a plugin): prompts from every task of the base's world
+            from flowopd.models import prompt_world
 
-            overrides["tasks"] = dict(DEFAULT_TASK_MIX)
+            world = prompt_world(model or "mini-base")
+            if world is not None:  # an SD3 base has none: its tasks need prompt files (the plan check says so)
+                overrides["tasks"] = dict(world.task_mix)
     if reward is not None:
         overrides.update(rewards={reward: 1.0}, task_rewards={}, name=f"teacher-{reward}")
     cfg = _load_train_config(config, overrides)

@@ -82,6 +82,7 @@ class PromptWorld(Protocol):
 
     name: str
     tasks: tuple[str, ...]
+    task_mix: dict[str, float]  # the prompt mix for a reward that has no task of its own (a plugin's)
 
     def training_prompt(self, task: str, rng: np.random.Generator) -> PromptRecord:
         """One training-split prompt of ``task`` drawn with ``rng``."""

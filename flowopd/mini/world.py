@@ -489,8 +489,7 @@ DEFAULT_TASK_MIX = {"compose": 0.55, "text": 0.15, "preference": 0.15, "quality"
 def training_record(rng: np.random.Generator, mix: dict[str, float] | None = None) -> PromptRecord:
     """One pre-training prompt from the train split: the four families mixed by ``mix``, with phrasing variety."""
     mix = mix or DEFAULT_TASK_MIX
-    tasks = list(TASKS)
-    p = np.array([mix.get(t, 0.0) for t in tasks], dtype=float)
+    tasks, p = list(TASKS), np.array([mix.get(t, 0.0) for t in TASKS], dtype=float)
     p = (p / p.sum()).tolist()
     while True:
         task = rng.choice(tasks, p=p).item()
@@ -507,6 +506,7 @@ class MiniWorld:
 
     name = "mini"
     tasks = TASKS
+    task_mix = DEFAULT_TASK_MIX  # the prompts of a reward with no task of its own (a plugin's)
 
     def training_prompt(self, task: str, rng: np.random.Generator) -> PromptRecord:
         while not in_split(rec := PROMPT_MAKERS[task](rng), "train"):
