@@ -122,7 +122,7 @@ def test_backbone_world_and_prompt_set_plugins_load_through_their_entry_points(t
     (info / "METADATA").write_text("Metadata-Version: 2.1\nName: echo-plugin\nVersion: 1.0\n")
     (info / "entry_points.txt").write_text(
         "[flowopd.backbones]\necho = echo_plugin:EchoBackbone\n\n[flowopd.worlds]\necho = flowopd.mini.world:WORLD\n\n"
-        "[flowopd.prompt_sets]\necho-shapes = echo_plugin:SHAPES\n"
+        "[flowopd.prompt_sets]\necho-shapes = echo_plugin:SHAPES\nbroken-set = no_such_module_here:SET\n"
     )
     model = tmp_path / "echo-base"
     shutil.copytree(MINI_BASE_DIR, model)
@@ -146,7 +146,8 @@ def test_backbone_world_and_prompt_set_plugins_load_through_their_entry_points(t
     assert res.returncode == 0, res.stderr
     sets = {s["name"]: s for s in json.loads(res.stdout)["sets"]}
     assert sets["echo-shapes"]["source"] == "echo-plugin" and sets["echo-shapes"]["present"] is True
-    assert sets["geneval"]["source"] == "builtin"
+    assert sets["geneval"]["source"] == "builtin" and "broken-set" not in sets
+    assert "prompt set 'broken-set' from plugin echo-plugin cannot be loaded" in res.stderr  # said, and the rest listed
     res = run_cli("prompts", "show", "echo-shapes", "--format", "json", env=env)
     assert res.returncode == 0 and "a blue square" in res.stdout, res.stderr
 

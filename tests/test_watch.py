@@ -191,3 +191,22 @@ def test_the_report_of_a_watched_run_draws_its_curves_with_the_alarms(watched, t
     assert held_out.count('stroke-dasharray="4 3"') == 2  # the alarms of steps 1 and 2, one line a step
     page = render_report(lb)
     assert "Training curves: run@step-000002" in page and "step 2: images drifted" in page
+
+
+@pytest.mark.slow
+def test_the_alarms_fire_on_a_reward_made_to_be_hacked(tmp_path):
+    """Issue 17: `bright` (the mean pixel value) trained with the hack-prone recipe of tests/bench/watch_demo.py on the mini
+    world: the image statistics drift first, then `bright` rises while the gold judges fall (about 9 min on 2 cores; the
+    shipped text teacher's recipe, 60 steps, stays silent: docs/watching.md)."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).parent / "bench"))
+    import watch_demo
+
+    watch_demo.register_bright()
+    trainer = Trainer(watch_demo.config("hack", steps=16, every=4, threads=0, trackers=[]), tmp_path / "hack")
+    trainer.train()
+    alarms = trainer.watch.alarms
+    assert any(step <= 8 and message.startswith("images drifted") for step, message in alarms), alarms
+    assert any(step <= 16 and message.startswith("bright rose") for step, message in alarms), alarms
