@@ -203,13 +203,14 @@ def run_eval(
     progress: Progress | None = None,
     backbone: Any | None = None,
     keep_processes: bool = False,
+    rewards: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """Plan, sample, score and summarise; returns the run's summary (``OUT/summary.json``).
 
     ``backbone``: sample with this loaded model (a training run's, its weights being those of ``cfg.model``) instead of
     loading ``cfg.model``; its resolution is restored afterwards. ``keep_processes``: leave the process group open (a
-    training run goes on after its evaluation).
-    """
+    training run goes on after its evaluation). ``rewards``: loaded reward models by name, filled and reused by a
+    caller that evaluates again (a training run's evaluations load each reward once)."""
     from accelerate import PartialState
 
     from flowopd.runinfo import write_json_atomic
@@ -241,7 +242,7 @@ def run_eval(
     if hasattr(backbone, "set_resolution") and sampling.get("resolution"):
         backbone.set_resolution(int(sampling["resolution"]))
     try:
-        _run_suites(plan, cfg, backbone, sampling, model, state, out, cache_path, say)
+        _run_suites(plan, cfg, backbone, sampling, model, state, out, cache_path, say, {} if rewards is None else rewards)
     finally:
         if resolution_before is not None and backbone.resolution != resolution_before:
             backbone.set_resolution(resolution_before)
@@ -253,13 +254,12 @@ def run_eval(
     return summary
 
 
-def _run_suites(plan: EvalPlan, cfg: EvalConfig, backbone, sampling, model, state, out: Path, cache_path, say) -> None:
+def _run_suites(plan: EvalPlan, cfg: EvalConfig, backbone, sampling, model, state, out: Path, cache_path, say, rewards) -> None:
     """This process's share of every suite's jobs, sampled and scored into ``.records.rank<i>.json`` (and its cache stats)."""
     from flowopd.runinfo import write_json_atomic
 
     store = ImageStore(out)
     cache = _open_cache(state, cache_path)
-    rewards: dict[str, Any] = {}
     counts = {"generated": 0, "reused": 0}
     try:
         for suite in plan.run:

@@ -226,6 +226,7 @@ class Watcher:
         self.out = Path(trainer.out)
         self.alarms: list[tuple[int, str]] = []  # (step, message), in order
         self.stop = False
+        self.rewards: dict[str, Any] = {}  # reward models loaded by the first evaluation, reused by the next ones
 
     def due(self, step: int) -> bool:
         every = self.cfg.eval_every
@@ -267,7 +268,8 @@ class Watcher:
             was_training = transformer.training
             transformer.eval()
             try:
-                run_eval(eval_config(self.cfg, str(lora)), folder, backbone=trainer.backbone, keep_processes=True)
+                config = eval_config(self.cfg, str(lora))
+                run_eval(config, folder, backbone=trainer.backbone, keep_processes=True, rewards=self.rewards)
             finally:
                 transformer.train(was_training)
 

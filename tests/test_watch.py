@@ -44,7 +44,8 @@ def watched(tiny_policy_dir, tmp_path_factory):
 def test_evaluating_during_training_changes_nothing_the_run_learns(tiny_policy_dir, tmp_path, watched):
     """The same LoRA bytes with and without evaluations (and their alarms, and wandb); one evaluation folder per due step,
     before the first step included, each a normal evaluation run; its means and cost in the step's log line."""
-    out, _ = watched
+    out, trainer = watched
+    assert set(trainer.watch.rewards) == {"mini_geneval", "mini_ocr", "mini_preference"}  # loaded once, kept for the next
     plain = Trainer(tiny_config(tiny_policy_dir), tmp_path / "plain").train()
     lora = "pytorch_lora_weights.safetensors"
     assert (plain / lora).read_bytes() == (out / "lora" / lora).read_bytes()

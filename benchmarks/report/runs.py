@@ -68,10 +68,8 @@ def last_evaluation(run: Path) -> Path | None:
 
 
 def load_summary(path: str | Path) -> dict[str, Any]:
-    """Read a ``summary.json`` (or the run folder that holds one; a training run's: its last evaluation's)."""
+    """Read a ``summary.json`` (or the run folder that holds one)."""
     path = Path(path)
-    if path.is_dir() and not (path / "summary.json").is_file() and last_evaluation(path) is not None:
-        path = last_evaluation(path)
     if path.is_dir():
         path = path / "summary.json"
     if not path.is_file():
@@ -110,12 +108,12 @@ def _upgrade_legacy(s: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_run(path: str | Path) -> Run:
-    """A run folder (or its summary.json)."""
+    """A run folder (or its summary.json); a training run with ``eval_every``: its last evaluation, curves from its log."""
     path = Path(path)
     log = None
-    if path.is_dir() and not (path / "summary.json").is_file() and last_evaluation(path) is not None:
-        log = path / "log.jsonl"  # a training run with eval_every: its last evaluation, curves from its log
-        path = last_evaluation(path)
+    last = last_evaluation(path) if path.is_dir() and not (path / "summary.json").is_file() else None
+    if last is not None:
+        log, path = path / "log.jsonl", last
     folder = path if path.is_dir() else path.parent
     s = load_summary(path)
     if log is not None and log.is_file() and isinstance(s.get("model"), dict) and not s["model"].get("train_log"):
