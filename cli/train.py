@@ -109,9 +109,17 @@ def _load_train_config(config: str, overrides: dict):
     return load_config(TrainConfig, recipe_path(config), overrides)
 
 
+class TeacherObjective(str, Enum):
+    grpo = "grpo"
+    nft = "nft"
+
+
 @train_app.command("teacher")
 def train_teacher(
     reward: str | None = typer.Option(None, "--reward", "-r", help="Reward to train on (see `flowopd rewards list`)."),
+    objective: TeacherObjective | None = typer.Option(
+        None, "--objective", help="grpo (Flow-GRPO) or nft (DiffusionNFT); default: the recipe's (a mini default: grpo)."
+    ),
     config: str | None = typer.Option(None, "--config", "-c", help="YAML file or shipped recipe (e.g. mini/teacher-text)."),
     out: Path | None = typer.Option(None, "--out", "-o", help="Run folder (default runs/teacher-<reward>)."),
     model: TrainModel = None,
@@ -124,7 +132,8 @@ def train_teacher(
     processes: TrainProcesses = None,
     fmt: TrainPlanFormat = Format.table,
 ) -> None:
-    """Train a GRPO teacher on one reward (SPEC section 4); writes the LoRA in the diffusers format."""
+    """Train a teacher on one reward by GRPO (SPEC section 4) or DiffusionNFT (``--objective nft``); writes the LoRA in the
+    diffusers format."""
     from flowopd.teachers import MINI_TASK_REWARDS
 
     if reward is None and config is None:
@@ -132,7 +141,7 @@ def train_teacher(
     overrides: dict = {"steps": steps, "seed": seed, "threads": threads, "checkpoint_every": checkpoint_every, "model": model}
     if config is None:
         task = {r: t for t, r in MINI_TASK_REWARDS.items()}.get(reward)
-        config = f"mini/teacher-{task or 'preference'}"
+        config = f"mini/teacher-{task or 'preference'}" + ("-nft" if objective == TeacherObjective.nft else "")
         if task is None:  # a reward without its own mini task (a plugin): prompts from every task of the base's world
             from flowopd.models import prompt_world
 
@@ -142,6 +151,11 @@ def train_teacher(
     if reward is not None:
         overrides.update(rewards={reward: 1.0}, task_rewards={}, name=f"teacher-{reward}")
     cfg = _load_train_config(config, overrides)
+    if objective is not None and cfg.objective != objective.value:
+        _fail(
+            f"recipe {config} trains by {cfg.objective}, not {objective.value}; pass a recipe for {objective.value} "
+            f"(e.g. mini/teacher-compose{'-nft' if objective == TeacherObjective.nft else ''}) or drop --objective"
+        )
     _train(cfg, out or Path("runs") / cfg.name, resume, "teacher", config, dry_run, processes, fmt)
 
 

@@ -49,6 +49,23 @@ def add_lora(
     transformer.add_adapter(cfg, adapter_name=name)
 
 
+def copy_adapter(transformer: torch.nn.Module, source: str, name: str) -> None:
+    """Add adapter ``name`` as a frozen copy of adapter ``source`` (same config and weights); the active adapter and every
+    ``requires_grad`` flag stay as they were (DiffusionNFT's old policy)."""
+    import copy
+
+    previous = active_adapters(transformer)
+    with _flags_kept(transformer), warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # peft warns that a model with adapters gets another: the point here
+        transformer.add_adapter(copy.deepcopy(transformer.peft_config[source]), adapter_name=name)
+        set_lora_state_dict(transformer, lora_state_dict(transformer, source), name)
+        if previous:
+            transformer.set_adapters(previous[0])
+    for n, p in transformer.named_parameters():
+        if f".{name}." in n:
+            p.requires_grad_(False)
+
+
 def lora_state_dict(transformer: torch.nn.Module, name: str = "default") -> dict[str, torch.Tensor]:
     """The adapter's weights, keyed as peft saves them (no adapter name inside the keys)."""
     from peft.utils import get_peft_model_state_dict

@@ -98,6 +98,9 @@ def _frozen_weights(terms: Terms, cfg: TrainConfig, plan: dict[str, Any]) -> Non
         frozen = len(names) + anchor
         what = f"{len(names)} teachers + the anchor" if anchor else f"{len(names)} teachers"
         terms.add(f"frozen adapters ({what}, fp32)", frozen * q * 4, f"{frozen} x {q / 1e6:.1f}M params (r{cfg.lora.rank}) x 4 B")
+    if cfg.nft is not None:
+        q = sd35m_lora_per_rank(cfg.lora.targets)[0] * cfg.lora.rank
+        terms.add("the old policy's adapter (DiffusionNFT, fp32)", q * 4, f"{q / 1e6:.1f}M params (r{cfg.lora.rank}) x 4 B")
 
 
 def _sft_terms(terms: Terms, cfg: TrainConfig, plan: dict[str, Any]) -> None:
@@ -156,10 +159,11 @@ def _training_terms(terms: Terms, cfg: TrainConfig, plan: dict[str, Any]) -> Non
     local = plan["batch_per_gpu"] or math.ceil(cfg.batch_size / plan["processes"])
     k = plan["sampler"]["trained_steps"] or cfg.sampler.steps
     lat_bytes = SD3_LATENT_CHANNELS * (px // SD3_VAE_FACTOR) ** 2 * 4
+    latents, which = (1 + k, f"(the clean latent + {k} noise draws)") if cfg.nft is not None else (3 * k, f"({k} trained steps x 3)")
     terms.add(
         "rollout buffers",
-        local * (3 * k * lat_bytes + 3 * px * px * 4 + cfg_rows * SD3_PROMPT_EMBED_BYTES),
-        f"{local} samples x ({k} trained steps x 3 latents fp32 + the fp32 image + {cfg_rows} prompt embeddings bf16)",
+        local * (latents * lat_bytes + 3 * px * px * 4 + cfg_rows * SD3_PROMPT_EMBED_BYTES),
+        f"{local} samples x ({latents} latents fp32 {which} + the fp32 image + {cfg_rows} prompt embeddings bf16)",
     )
     terms.add(
         "VAE decode peak (no grad, during the rollout)",

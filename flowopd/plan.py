@@ -322,18 +322,25 @@ def _format_run(plan: dict[str, Any], row) -> None:
     row("micro-batch", f"{plan['micro_batch']}  ({mb if mb is not None else '?'} forward/backward per trained step per update)")
     row("steps", f"{plan['steps']}  ({plan['samples_total']:,} samples)")
     sm = plan["sampler"]
-    row(
-        "sampler",
-        f"{sm['steps']} steps, {sm['kind']} a={sm['noise_level']}, CFG {sm['cfg']}, shift {sm['shift']}; SDE on {sm['sde_window']}, "
-        f"{sm['trained_steps']} trained per rollout (timestep_fraction {sm['timestep_fraction']})",
-    )
+    if "nft" in plan:
+        sampler = f"{sm['steps']} steps, deterministic ODE of the old policy, CFG {sm['cfg']}, shift {sm['shift']}"
+        sampler += f"; each sample trains at {plan['nft']['timesteps_per_sample']} of the schedule's times"
+    else:
+        sampler = f"{sm['steps']} steps, {sm['kind']} a={sm['noise_level']}, CFG {sm['cfg']}, shift {sm['shift']}; SDE on "
+        sampler += f"{sm['sde_window']}, {sm['trained_steps']} trained per rollout (timestep_fraction {sm['timestep_fraction']})"
+    row("sampler", sampler)
     _lora_row(plan, row)
-    if "grpo" in plan:
+    if "nft" in plan:
+        nf = plan["nft"]
+        row("rewards", _rewards_text(nf))
+        row(
+            "DiffusionNFT",
+            f"beta {nf['beta']:g}, advantage clip {nf['adv_clip']:g} ({nf['adv_std']} std), {nf['weighting']} weighting, "
+            f"old policy {nf['old_policy']}, KL to the base {nf['kl']:g}",
+        )
+    elif "grpo" in plan:
         gr = plan["grpo"]
-        rewards = ", ".join(f"{k} {v:g}" for k, v in gr["rewards"].items())
-        if gr["task_rewards"]:
-            rewards = "; ".join(f"{t}: " + ", ".join(f"{k} {v:g}" for k, v in w.items()) for t, w in gr["task_rewards"].items())
-        row("rewards", rewards)
+        row("rewards", _rewards_text(gr))
         row("GRPO", f"beta {gr['beta']:g} ({gr['kl_weighting']} KL), clip {gr['clip_range']:g}, advantage std {gr['adv_std']}")
     else:
         op = plan["opd"]
@@ -352,6 +359,13 @@ def _format_run(plan: dict[str, Any], row) -> None:
             sft = cs["sft"]
             cold += f"; sft: {sft['prompts_per_teacher']} prompts x {sft['images_per_prompt']} images per teacher, {sft['steps']} steps of {sft['batch_size']}"
         row("cold start", cold)
+
+
+def _rewards_text(section: dict[str, Any]) -> str:
+    """``mini_geneval 1``, or per task ``compose: mini_geneval 1; text: mini_ocr 1``."""
+    if section["task_rewards"]:
+        return "; ".join(f"{t}: " + ", ".join(f"{k} {v:g}" for k, v in w.items()) for t, w in section["task_rewards"].items())
+    return ", ".join(f"{k} {v:g}" for k, v in section["rewards"].items())
 
 
 def fitting_process_counts(cfg: TrainConfig, limit: int = 64) -> list[int]:

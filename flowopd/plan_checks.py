@@ -36,7 +36,7 @@ def check_arithmetic(cfg: TrainConfig, num_processes: int = 1) -> None:
             f"use a batch_size that is a multiple of {num_processes * u}"
         )
     check_window(cfg.sampler.steps, cfg.sampler.window_size, cfg.sampler.window_start_max)
-    if cfg.sampler.noise_level == 0:
+    if cfg.sampler.noise_level == 0 and objective_class(cfg).uses_transitions:
         raise ConfigError("sampler.noise_level 0 makes every step deterministic: GRPO and OPD need log-probabilities; use e.g. 0.7")
     if cfg.one_task_per_step and any(w != int(w) for w in cfg.tasks.values()):
         raise ConfigError(

@@ -70,6 +70,7 @@ class Trajectories:
     velocities: torch.Tensor  # [N, K, C, H, W] the sampling policy's (guided) velocity at each trained state
     step_indices: list[int]  # [K] which schedule steps
     images: torch.Tensor  # [N, 3, H, W] in [0, 1]
+    latents: torch.Tensor  # [N, C, H, W] the final (clean) latents the images decode from (DiffusionNFT's x0)
 
 
 @torch.no_grad()
@@ -120,6 +121,7 @@ def rollout(
         velocities=torch.cat([c.velocities for c in chunks]),
         step_indices=list(plan.trained),
         images=torch.cat([c.images for c in chunks]),
+        latents=torch.cat([c.latents for c in chunks]),
     )
 
 
@@ -144,11 +146,13 @@ def _rollout_chunk(backbone, cond, uncond, seeds, latent_seeds, plan, cfg, noise
             log_probs.append(out.log_prob)
             velocities.append(v.float())
         x = out.x_next.to(x.dtype)
-    return Trajectories(
-        states=torch.stack(states, 1),
-        next_states=torch.stack(next_states, 1),
-        log_probs=torch.stack(log_probs, 1),
-        velocities=torch.stack(velocities, 1),
+    n = x.shape[0]
+    return Trajectories(  # a plan that trains no step (DiffusionNFT's ODE rollout) keeps [N, 0, ...] transitions
+        states=torch.stack(states, 1) if states else x.new_zeros((n, 0, *shape)).float(),
+        next_states=torch.stack(next_states, 1) if states else x.new_zeros((n, 0, *shape)).float(),
+        log_probs=torch.stack(log_probs, 1) if states else x.new_zeros((n, 0)).float(),
+        velocities=torch.stack(velocities, 1) if states else x.new_zeros((n, 0, *shape)).float(),
         step_indices=list(plan.trained),
         images=backbone.decode(x),
+        latents=x.float(),
     )

@@ -49,6 +49,7 @@ def guided_velocity(
             v_uncond = backbone.velocity(x, sigma, uncond, **extra)
         v_cond = backbone.velocity(x, sigma, cond, **extra)
         return v_uncond + cfg * (v_cond - v_uncond)
+    sigma = sigma.repeat(2) if sigma.ndim == 1 else sigma  # a per-sample sigma [B] (DiffusionNFT's times) for both halves
     v = backbone.velocity(torch.cat([x, x]), sigma, PromptEmbeds.cat([uncond, cond]), **extra)
     v_uncond, v_cond = v.chunk(2)
     return v_uncond + cfg * (v_cond - v_uncond)

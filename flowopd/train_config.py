@@ -62,6 +62,33 @@ class GRPOConfig(BaseModel):
     )
 
 
+class NFTConfig(BaseModel):
+    """DiffusionNFT (``objectives/nft.py``; the official ``config/nft.py`` values); present only in NFT runs.
+
+    Rollouts are deterministic ODE samples of the old policy; each sample trains at
+    ``int(sampler.steps * sampler.timestep_fraction)`` distinct times of the rollout's
+    schedule (the official 9 of 10), with fresh noise each. The guidance scale of the
+    rollouts and of the loss is ``sampler.cfg``, 1 (CFG-free, as the paper) unless set.
+    """
+
+    model_config = ConfigDict(extra="forbid")
+
+    beta: float = Field(
+        1.0, gt=0, le=1, description="mixing coefficient of the implicit policies (official: 1; 0.1 for OCR and multi-reward)"
+    )
+    adv_clip: float = Field(5.0, gt=0, description="advantages clipped to +-this; r = 1/2 + A / (2 clip)")
+    adv_std: Literal["global", "group"] = Field("global", description="advantage std over the whole batch (official) or per group")
+    weighting: Literal["adaptive", "none"] = Field(
+        "adaptive", description="adaptive: the official self-normalised x0 error; none: the plain velocity MSE of the derivation"
+    )
+    old_policy: Literal["default", "slow", "on_policy"] = Field(
+        "default",
+        description="the old policy's decay eta after n optimizer steps: default min(0.001 n, 0.5); slow (OCR) 0 for 75 steps, "
+        "then min(0.0075 (n - 75), 0.999); on_policy 0",
+    )
+    kl: float = Field(1e-4, ge=0, description="weight of mean((v - v_base)^2), the KL to the base model in velocity space (official 1e-4)")
+
+
 class LoraConfig(BaseModel):
     """LoRA on the transformer's attention projections (SPEC section 4)."""
 
@@ -223,6 +250,7 @@ class TrainConfig(BaseModel):
         default_factory=lambda: ["tensorboard"], description="accelerate trackers (wandb: pip install 'flowopd[wandb]'; WANDB_MODE=offline)"
     )
     opd: OPDConfig | None = Field(None, description="on-policy distillation from teachers instead of GRPO on rewards")
+    nft: NFTConfig | None = Field(None, description="DiffusionNFT on rewards (ODE rollouts, no log-probabilities) instead of GRPO")
     eval_every: int = Field(0, ge=0, description="evaluate on held-out prompts every N steps, and before the first (0: never)")
     eval: EvalSection = Field(default_factory=EvalSection, description="what `eval_every` evaluates, and the reward-hacking alarms")
 
@@ -233,11 +261,14 @@ class TrainConfig(BaseModel):
         (CFG 3, shift 1: ``models.MINI_SAMPLING``), not SD3.5's 4.5 and 3 (an empty recipe trained with those)."""
         from flowopd.models import MINI_SAMPLING, is_sd3
 
-        if not isinstance(values, dict) or is_sd3(str(values.get("model", "mini-base"))):
+        if not isinstance(values, dict):
             return values
         sampler = dict(values.get("sampler") or {})
-        for key in ("cfg", "shift"):
-            sampler.setdefault(key, MINI_SAMPLING[key])
+        if values.get("nft") is not None:  # DiffusionNFT samples and trains CFG-free unless told otherwise (the paper)
+            sampler.setdefault("cfg", 1.0)
+        if not is_sd3(str(values.get("model", "mini-base"))):
+            for key in ("cfg", "shift"):
+                sampler.setdefault(key, MINI_SAMPLING[key])
         return {**values, "sampler": sampler}
 
     @model_validator(mode="before")
@@ -297,10 +328,16 @@ class TrainConfig(BaseModel):
             data.pop(key, None)
         return data
 
+    @model_validator(mode="after")
+    def _one_objective_section(self) -> TrainConfig:
+        if self.opd is not None and self.nft is not None:
+            raise ValueError("a run has one objective: keep either the opd section (distillation) or the nft section (DiffusionNFT)")
+        return self
+
     @property
     def objective(self) -> str:
-        """The objective this config trains with: its section selects it (``opd:`` present: opd; otherwise grpo)."""
-        return "opd" if self.opd is not None else "grpo"
+        """The objective this config trains with: its section selects it (``opd:``: opd; ``nft:``: nft; otherwise grpo)."""
+        return "opd" if self.opd is not None else "nft" if self.nft is not None else "grpo"
 
     @property
     def one_task_per_step(self) -> bool:

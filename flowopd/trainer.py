@@ -33,7 +33,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from flowopd.draws import draw_prompts, sample_seeds, window_start
+from flowopd.draws import draw_prompts, sample_seeds
 from flowopd.errors import ConfigError, FlowOPDError
 from flowopd.models import model_digest
 from flowopd.objectives.base import objective_class
@@ -49,6 +49,8 @@ from flowopd.run_folder import (
     truncate_log,
 )
 from flowopd.train_config import TrainConfig
+
+OBJECTIVE_STATE = "objective.safetensors"  # in a checkpoint: what the objective keeps beyond the LoRA (Objective.state_dict)
 
 
 @dataclasses.dataclass
@@ -103,7 +105,6 @@ class Trainer:
     def _build(self) -> None:
         from flowopd.lora import add_lora
         from flowopd.models import load_backbone
-        from flowopd.rollout import plan_steps
 
         cfg, acc = self.cfg, self.accelerator
         weights = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(acc.mixed_precision, torch.float32)  # SD3's frozen weights
@@ -135,10 +136,6 @@ class Trainer:
             from diffusers.training_utils import EMAModel
 
             self.ema = EMAModel(self.params, decay=cfg.optim.ema_decay)
-        self.plans = {
-            s: plan_steps(cfg.sampler.steps, cfg.sampler.shift, cfg.sampler.window_size, s, cfg.sampler.timestep_fraction)
-            for s in range(cfg.sampler.window_start_max + 1)
-        }
         from flowopd.watch import Watcher
 
         self.watch = Watcher(self)
@@ -166,6 +163,8 @@ class Trainer:
         if self.ema is not None:
             save_file({str(i): p.detach().cpu().contiguous() for i, p in enumerate(self.ema.shadow_params)}, out / "ema.safetensors")
             state["ema_optimization_step"] = self.ema.optimization_step
+        if extra := self.objective.state_dict():  # e.g. DiffusionNFT's old policy
+            save_file({k: v.detach().cpu().contiguous() for k, v in extra.items()}, out / OBJECTIVE_STATE)
         (out / "trainer_state.json").write_text(json.dumps(state, indent=2) + "\n")
 
     def _load_hook(self, models, input_dir) -> None:
@@ -182,6 +181,8 @@ class Trainer:
             shadow = load_safetensors(folder / "ema.safetensors")
             self.ema.shadow_params = [shadow[str(i)].to(p.device) for i, p in enumerate(self.params)]
             self.ema.optimization_step = int(state["ema_optimization_step"])
+        if (folder / OBJECTIVE_STATE).is_file():
+            self.objective.load_state_dict(load_safetensors(folder / OBJECTIVE_STATE))
         self.step = int(state["step"])
 
     def save_checkpoint(self) -> Path:
@@ -236,6 +237,7 @@ class Trainer:
         t_signal = time.perf_counter() - t0 - t_rollout
         metrics.update(self._update(batch, keep, self.objective.piece_loss))
         self.step += 1
+        self.objective.after_update()
         metrics.update(time_rollout=t_rollout, time_signal=t_signal, time_step=time.perf_counter() - t0)
         return metrics
 
@@ -250,13 +252,13 @@ class Trainer:
         local = self._owned(acc.process_index)
         recs = [records[n // g] for n in local]
         prompts = [r.prompt for r in recs]
-        plan = self.plans[window_start(cfg, self.step)]
+        plan = self.objective.rollout_plan(self.step)
         with torch.no_grad():
             cond = self.backbone.encode_prompts(prompts)
             uncond = self.backbone.encode_prompts([scfg.negative_prompt] * len(prompts)) if scfg.cfg != 1.0 else None
         latent = [seeds[(n // g) * g] if scfg.same_latent else seeds[n] for n in local]
         self.model.eval()
-        with acc.autocast():
+        with acc.autocast(), self.objective.sampling_policy():
             traj = rollout(
                 self.backbone,
                 cond,
@@ -294,11 +296,11 @@ class Trainer:
         per-sample values to log.
         """
         cfg, acc = self.cfg, self.accelerator
-        plan, dev = batch.plan, acc.device
+        dev = acc.device
         self.model.train()
         world, parts = acc.num_processes, cfg.updates_per_rollout
         size = len(batch.local) // parts
-        k_steps = len(plan.trained)
+        k_steps = self.objective.trained_steps(batch)
         keep_l = keep[batch.local].to(dev).float()
         sums: dict[str, torch.Tensor] = {}
         count = torch.zeros((), device=dev)
@@ -333,16 +335,21 @@ class Trainer:
 
     def _piece_backward(self, batch: Batch, piece_loss, k: int, a: int, b: int, w: torch.Tensor, scale: float) -> tuple[torch.Tensor, dict]:
         """One micro-batch at trained step ``k``: the student's velocity with gradient, the SDE step scoring the stored
-        next states, the objective's per-sample loss, and the backward of its kept (``w``) sum times ``scale``."""
+        next states (objectives that use transitions), the objective's per-sample loss, and the backward of its kept
+        (``w``) sum times ``scale``."""
         from flowopd.sde import sde_step
 
-        scfg, traj, sig, dev = self.cfg.sampler, batch.traj, batch.plan.sigmas, self.accelerator.device
-        i_step = batch.plan.trained[k]
-        x, x_next = traj.states[a:b, k].to(dev), traj.next_states[a:b, k].to(dev)
-        v = self.guided(batch, slice(a, b), x, sig[i_step], transformer=self.model)
-        out = sde_step(
-            x, v, float(sig[i_step]), float(sig[i_step + 1]), scfg.noise_level, kind=scfg.kind, x_next=x_next, log_prob=scfg.log_prob
-        )
+        scfg, dev = self.cfg.sampler, self.accelerator.device
+        x, sigma = self.objective.piece_inputs(batch, k, a, b)
+        x = x.to(dev)
+        v = self.guided(batch, slice(a, b), x, sigma, transformer=self.model)
+        out = None
+        if self.objective.uses_transitions:
+            sig, i_step = batch.plan.sigmas, batch.plan.trained[k]
+            x_next = batch.traj.next_states[a:b, k].to(dev)
+            out = sde_step(
+                x, v, float(sig[i_step]), float(sig[i_step + 1]), scfg.noise_level, kind=scfg.kind, x_next=x_next, log_prob=scfg.log_prob
+            )
         per_sample, logs = piece_loss(batch, k, a, b, x, v, out)
         self.accelerator.backward((per_sample * w).sum() * scale)
         return per_sample, logs

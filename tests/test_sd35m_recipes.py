@@ -22,6 +22,7 @@ TEACHERS = ["teacher-geneval", "teacher-ocr", "teacher-pickscore", "teacher-deqa
 MIXES = ["mix-weighted", "mix-alternate"]
 OPDS = ["opd-merge", "opd-sft", "opd-no-mar"]
 RECIPES = TEACHERS + MIXES + OPDS
+NFTS = ["teacher-geneval-nft", "teacher-ocr-nft", "teacher-pickscore-nft"]  # DiffusionNFT's official values, not SPEC's
 PROMPTS = {"compose": "geneval-train", "text": "ocr-train", "preference": "pickscore-train"}
 HUB_ID = "sd3:stabilityai/stable-diffusion-3.5-medium"
 
@@ -35,7 +36,7 @@ def load(name: str):
 def test_the_recipe_set_is_complete_and_ships_as_package_data():
     import tomllib
 
-    assert sorted(p.stem for p in SD35M.glob("*.yaml")) == sorted(RECIPES)
+    assert sorted(p.stem for p in SD35M.glob("*.yaml")) == sorted(RECIPES + NFTS)
     patterns = tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["package-data"]["flowopd.configs"]
     for path in [*SD35M.glob("*.yaml"), *ACCEL.glob("*.yaml")]:
         rel = str(path.relative_to(REPO / "configs"))
@@ -108,7 +109,7 @@ def test_opd_recipes_teachers_anchor_mar_and_cold_starts():
     assert "--method sft --out runs/sd35m/coldstart-sft" in (SD35M / "opd-sft.yaml").read_text()
 
 
-@pytest.mark.parametrize("name", RECIPES)
+@pytest.mark.parametrize("name", RECIPES + NFTS)
 def test_recipe_header_names_spec_and_its_launch_command(name):
     text = (SD35M / f"{name}.yaml").read_text()
     header = text[: text.index("\nname:")]
@@ -133,6 +134,29 @@ def test_arithmetic_passes_on_32_gpus_and_the_plan_says_so(name):
     assert (plan["processes"], plan["batch_per_gpu"], plan["prompts_per_step"]) == (32, 36, 48)
     assert plan["samples_per_update_per_gpu"] == 18 and plan["sampler"]["trained_steps"] == 9
     assert 15 < plan["memory"]["total_gib"] < 60  # an estimate: it must at least fit an 80 GB GPU
+
+
+@pytest.mark.parametrize("name", NFTS)
+def test_nft_recipes_carry_the_official_values_and_plan_on_8_and_32_gpus(name):
+    """NVlabs/DiffusionNFT config/nft.py: CFG-free 10-step rollouts, 9 times per sample, beta 1 (OCR 0.1), decay type 1
+    (OCR 2), KL 1e-4, 48 prompts x 24 per epoch, one optimizer step per epoch (OCR two)."""
+    from flowopd.plan import train_plan
+
+    cfg = load(name)
+    ocr = name == "teacher-ocr-nft"
+    assert cfg.objective == "nft" and cfg.model == HUB_ID and cfg.resolution == 512
+    assert (cfg.sampler.steps, cfg.sampler.cfg, cfg.sampler.shift, cfg.sampler.timestep_fraction) == (10, 1.0, 3.0, 0.99)
+    n = cfg.nft
+    assert (n.beta, n.old_policy) == ((0.1, "slow") if ocr else (1.0, "default"))
+    assert (n.adv_clip, n.adv_std, n.weighting, n.kl) == (5.0, "global", "adaptive", 1e-4)
+    assert (cfg.batch_size, cfg.group_size, cfg.micro_batch, cfg.updates_per_rollout) == (1152, 24, 9, 2 if ocr else 1)
+    assert (cfg.optim.lr, cfg.optim.ema_decay, cfg.lora.rank, cfg.lora.alpha) == (3e-4, 0.9, 32, 64)
+    for gpus in (8, 32):
+        plan = train_plan(cfg, gpus, "teacher", f"sd35m/{name}")
+        assert plan["arithmetic"] == {"ok": True, "error": None} and plan["batch_per_gpu"] == 1152 // gpus
+        assert plan["nft"]["timesteps_per_sample"] == 9
+        assert 15 < plan["memory"]["total_gib"] < 60
+        assert any("old policy" in t["what"] for t in plan["memory"]["terms"])
 
 
 def _main(capsys, monkeypatch, *argv):
@@ -282,3 +306,12 @@ def test_train_model_option_replaces_the_recipes_base(capsys, monkeypatch, tiny_
     )
     assert rc == 0, err
     assert re.search(rf"^\s+model\s+{re.escape(str(tiny_model_dir))}\s", out, re.M)
+
+
+def test_teacher_objective_option_picks_the_nft_recipe_and_refuses_a_mismatch(capsys, monkeypatch):
+    rc, out, err = _main(capsys, monkeypatch, "train", "teacher", "--reward", "mini_ocr", "--objective", "nft", "--dry-run")
+    assert rc == 0, err
+    assert "--config mini/teacher-text-nft" in out and re.search(r"^\s+DiffusionNFT\s+beta 0.1,", out, re.M)
+    assert "deterministic ODE of the old policy, CFG 1.0" in out
+    rc, out, err = _main(capsys, monkeypatch, "train", "teacher", "--config", "sd35m/teacher-geneval", "--objective", "nft", "--dry-run")
+    assert rc != 0 and "recipe sd35m/teacher-geneval trains by grpo, not nft; pass a recipe for nft (e.g. mini/teacher-compose-nft)" in err

@@ -5,6 +5,7 @@ import json
 
 import pytest
 import torch
+from test_nft_training import nft_config
 from test_opd import opd_config
 from test_sd3_backbone import save_tiny_sd3
 from test_trainer import tiny_config
@@ -107,6 +108,34 @@ def test_an_sd3_lora_trained_here_loads_in_plain_diffusers_and_gives_our_images(
     pipe.set_progress_bar_config(disable=True)
     latents = initial_noise(2, ours.latent_shape, seeds)
     theirs = pipe(prompts, negative_prompt="", num_inference_steps=4, guidance_scale=4.5, latents=latents, output_type="pt").images
+    torch.testing.assert_close(mine, theirs.float(), atol=2e-4, rtol=0)
+
+
+def test_an_nft_step_on_sd3_trains_a_lora_that_plain_diffusers_loads(sd3_dir, prompt_file, tmp_path):
+    """DiffusionNFT on the SD3 backbone: CFG-free ODE rollouts, the loss at per-sample times through the SD3 transformer,
+    and the LoRA in the diffusers format (the pipeline at guidance 1 gives our CFG-free images)."""
+    from diffusers import StableDiffusion3Pipeline
+
+    from flowopd.models import load_backbone
+    from flowopd.sampling import initial_noise, sample_ode
+
+    values = dict(tasks={"preference": 1.0}, prompts={"preference": str(prompt_file)}, rewards={"test_sd3_redness": 1.0})
+    sampler = {"steps": 4, "shift": 3.0, "timestep_fraction": 0.5}
+    cfg = nft_config(sd3_dir, **values, sampler=sampler, steps=1, optim={"lr": 5e-2, "ema_decay": 0.0})
+    assert cfg.sampler.cfg == 1.0 and cfg.objective == "nft"
+    trainer = Trainer(cfg, tmp_path / "run")
+    before = _lora(trainer)
+    lora = trainer.train()
+    assert not torch.equal(before, _lora(trainer))
+    prompts, seeds = PROMPTS[:2], [3, 4]
+    mine = sample_ode(load_backbone(str(lora)), prompts, seeds, steps=4, cfg=1.0, shift=3.0)
+    base = sample_ode(load_backbone(str(sd3_dir)), prompts, seeds, steps=4, cfg=1.0, shift=3.0)
+    assert (mine - base).abs().max() > 1e-3
+    pipe = StableDiffusion3Pipeline.from_pretrained(sd3_dir)
+    pipe.load_lora_weights(lora)
+    pipe.set_progress_bar_config(disable=True)
+    latents = initial_noise(2, load_backbone(str(sd3_dir)).latent_shape, seeds)
+    theirs = pipe(prompts, num_inference_steps=4, guidance_scale=1.0, latents=latents, output_type="pt").images
     torch.testing.assert_close(mine, theirs.float(), atol=2e-4, rtol=0)
 
 

@@ -23,6 +23,11 @@ def _umask() -> int:
 
 
 def tiny_config(model: Path, **over) -> TrainConfig:
+    return TrainConfig.model_validate(tiny_values(model, **over))
+
+
+def tiny_values(model: Path, **over) -> dict:
+    """The fields of a two-step GRPO run on a tiny model (``over`` replaces whole fields)."""
     values = dict(
         name="tiny",
         model=str(model),
@@ -41,7 +46,7 @@ def tiny_config(model: Path, **over) -> TrainConfig:
         trackers=[],
     )
     values.update(over)
-    return TrainConfig.model_validate(values)
+    return values
 
 
 def test_a_run_writes_config_log_checkpoints_and_a_diffusers_lora(tiny_policy_dir, tmp_path):

@@ -17,6 +17,14 @@ run folder. An objective owns its config section and answers five questions:
   (with gradient) at the stored states ``x`` and the SDE step ``out`` that
   scores the stored next states; returns the loss and per-sample values to log.
 
+Objectives that do not train on the rollout's SDE transitions (DiffusionNFT)
+also override the rollout hooks: ``rollout_plan(step)`` (which steps are
+stochastic and trained), ``sampling_policy()`` (the adapter that samples),
+``trained_steps(batch)`` and ``piece_inputs(batch, k, a, b)`` (the states and
+times the update's forwards run at), ``uses_transitions`` (whether the update
+scores stored transitions), ``after_update()``, and ``state_dict`` /
+``load_state_dict`` for what a checkpoint must keep beyond the LoRA.
+
 ``lora_fields(cfg)`` adds the objective's own record to ``lora_info.json``, and
 ``plan_fields(cfg)`` its section to the dry-run plan.
 
@@ -27,6 +35,7 @@ Adding an objective is one module with a subclass and one line in
 from __future__ import annotations
 
 import abc
+import contextlib
 from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
@@ -44,6 +53,7 @@ OBJECTIVES: Registry[type[Objective]] = Registry(
     {
         "grpo": "flowopd.objectives.grpo:GRPO",
         "opd": "flowopd.objectives.opd:OPD",
+        "nft": "flowopd.objectives.nft:NFT",
     },
 )
 
@@ -53,11 +63,13 @@ class Objective(abc.ABC):
     are abstract, so an objective without them fails when the trainer builds it, not mid-run."""
 
     name: ClassVar[str]
+    uses_transitions: ClassVar[bool] = True  # the update scores the rollout's stored SDE transitions (log-probabilities)
 
     def __init__(self, trainer: Any):
         self.trainer = trainer
         self.cfg: TrainConfig = trainer.cfg
         self.last_batch: dict[str, Any] = {}  # the last signal's per-sample values (tests and debugging)
+        self._plans: dict[int, Any] = {}  # window start -> StepPlan
 
     # ---------------------------------------------------------------- before any model loads
 
@@ -89,6 +101,40 @@ class Objective(abc.ABC):
 
     def setup(self) -> None:
         """Load what ``signal`` needs, after the trained LoRA exists."""
+        return None  # optional: nothing by default
+
+    def rollout_plan(self, step: int) -> Any:
+        """The step's :class:`flowopd.rollout.StepPlan`: the SDE window drawn from (seed, step) by default."""
+        from flowopd.draws import window_start
+        from flowopd.rollout import plan_steps
+
+        s, start = self.cfg.sampler, window_start(self.cfg, step)
+        if start not in self._plans:
+            self._plans[start] = plan_steps(s.steps, s.shift, s.window_size, start, s.timestep_fraction)
+        return self._plans[start]
+
+    def sampling_policy(self) -> contextlib.AbstractContextManager:
+        """The adapter the rollout samples with, as a context (default: the trained one)."""
+        return contextlib.nullcontext()
+
+    def trained_steps(self, batch: Any) -> int:
+        """How many trained steps each sample of ``batch`` has (the update's inner loop)."""
+        return len(batch.plan.trained)
+
+    def piece_inputs(self, batch: Any, k: int, a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """The states of local samples ``a:b`` at trained step ``k`` and their sigma (a scalar, or one per sample)."""
+        return batch.traj.states[a:b, k], batch.plan.sigmas[batch.plan.trained[k]]
+
+    def after_update(self) -> None:
+        """Called once per step, after its optimizer steps."""
+        return None  # optional: nothing by default
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        """Tensors a checkpoint must keep beyond the LoRA, the optimizer and the EMA (none by default)."""
+        return {}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        """Restore :meth:`state_dict` from a checkpoint."""
         return None  # optional: nothing by default
 
     @abc.abstractmethod

@@ -121,6 +121,14 @@ class GRPO(Objective):
 
         self.rewards = WeightedReward(self.cfg.rewards, self.cfg.task_rewards)
 
+    def advantage_settings(self) -> tuple[str, float]:
+        """The advantages' std mode and clip (the ``grpo`` section's)."""
+        return self.cfg.grpo.adv_std, self.cfg.grpo.adv_clip
+
+    def trained_samples(self, advantages: torch.Tensor, group_ids: torch.Tensor, failed: torch.Tensor) -> torch.Tensor:
+        """The samples the update trains on: scored ones of groups with a reward difference (the others teach nothing)."""
+        return nonzero_groups(advantages, group_ids) & ~failed
+
     def signal(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
         """Score this process's images, gather every reward, and compute advantages over whole groups (eq. 3)."""
         cfg, trainer = self.cfg, self.trainer
@@ -133,8 +141,8 @@ class GRPO(Objective):
         if failed.all():
             first = getattr(self.rewards, "last_errors", [])[:1] or ["on another process"]
             raise FlowOPDError(f"every image of step {trainer.step + 1} failed to score; the first: {first[0]} (is its server up?)")
-        adv = group_advantages(rewards, group_ids, cfg.grpo.adv_std, cfg.grpo.adv_clip)
-        keep = nonzero_groups(adv, group_ids) & ~failed
+        adv = group_advantages(rewards, group_ids, *self.advantage_settings())
+        keep = self.trained_samples(adv, group_ids, failed)
         batch.signal["advantages"] = adv[batch.local].to(trainer.accelerator.device)
         self.last_batch = {"local": batch.local, "reward_local": reward_local, "rewards": rewards, "advantages": adv, "prompts": prompts}
         metrics = {

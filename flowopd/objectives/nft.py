@@ -20,16 +20,31 @@ policy, ``v_old`` the old (sampling) policy, a soft copy of it.
 - the old policy's soft update after each outer step,
   ``theta_old <- eta theta_old + (1 - eta) theta``, with the official schedules of ``eta``.
 
-The objective that wires these into the trainer (its config section, ODE
-rollouts, the old policy as a second adapter) is the rest of issue 18; the
-derivations are checked in ``tests/test_nft.py``.
+:class:`NFT` wires these into the one trainer (config section ``nft``): the
+rollout is the old policy's deterministic ODE sample (its final latent is
+``x0``; no transitions, no log-probabilities), rewards and advantages are
+GRPO's, each sample trains at ``K = int(steps * timestep_fraction)`` distinct
+times of the rollout's own schedule with fresh noise (the official 9 of 10),
+and the old policy is a second LoRA adapter ``old`` on the same transformer,
+soft-updated once per step. The paper's text was not available here, so the
+formulas cite the official code (``scripts/train_nft_sd3.py``), not equation
+numbers. The derivations are checked in ``tests/test_nft.py``.
 """
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
+from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
+
+from flowopd.errors import ConfigError
+from flowopd.objectives.grpo import GRPO
+
+if TYPE_CHECKING:
+    from flowopd.train_config import TrainConfig
 
 ADV_CLIP = 5.0
 # decay schedules of the old policy (official ``return_decay``): (steps flat at 0, rise per step, cap)
@@ -99,3 +114,129 @@ def soft_update(old: Iterable[torch.Tensor], new: Iterable[torch.Tensor], eta: f
         raise ValueError(f"the old policy's decay must be in [0, 1], got {eta}")
     for o, n in zip(old, new, strict=True):
         o.mul_(eta).add_(n.detach().to(o.dtype), alpha=1 - eta)
+
+
+# sampler fields that shape an SDE rollout: an NFT recipe that sets them expects an effect they cannot have
+SDE_FIELDS = ("kind", "noise_level", "window_size", "window_start_max", "log_prob")
+OLD = "old"  # the old (sampling) policy's adapter
+
+
+class NFT(GRPO):
+    """DiffusionNFT on rewards: ODE rollouts of the old policy, GRPO's advantages turned into ``r``, the NFT loss at
+    fresh times, the old policy soft-updated after each step (module docstring)."""
+
+    name = "nft"
+    uses_transitions = False
+
+    @classmethod
+    def check_arithmetic(cls, cfg: TrainConfig, num_processes: int) -> None:
+        """SDE and GRPO settings have no effect on NFT: refused by name, with the fix."""
+        given = [f for f in SDE_FIELDS if f in cfg.sampler.model_fields_set]
+        if given:
+            raise ConfigError(
+                f"sampler.{given[0]} shapes an SDE rollout; DiffusionNFT samples by the deterministic ODE: drop it from the recipe"
+            )
+        if cfg.sampler.same_latent:
+            raise ConfigError("sampler.same_latent makes a group's ODE samples identical (no reward difference); set it false for NFT")
+        if "grpo" in cfg.model_fields_set:
+            raise ConfigError("the grpo section is GRPO's; DiffusionNFT reads nft: (adv_clip, adv_std, beta, kl): move the values there")
+
+    @classmethod
+    def lora_fields(cls, cfg: TrainConfig) -> dict[str, Any]:
+        return {**super().lora_fields(cfg), "objective": "nft", "nft": cfg.nft.model_dump(mode="json")}
+
+    @classmethod
+    def plan_fields(cls, cfg: TrainConfig) -> dict[str, Any]:
+        section = {**cfg.nft.model_dump(mode="json"), "timesteps_per_sample": times_per_sample(cfg), "cfg": cfg.sampler.cfg}
+        return {"nft": {"rewards": cfg.rewards, "task_rewards": cfg.task_rewards, **section}}
+
+    def setup(self) -> None:
+        """The rewards (GRPO's), the ODE plan, and the old policy as a frozen copy of the fresh LoRA."""
+        from flowopd.lora import copy_adapter
+        from flowopd.rollout import StepPlan, plan_steps
+
+        super().setup()
+        s = self.cfg.sampler
+        full = plan_steps(s.steps, s.shift)
+        self.plan = StepPlan(full.sigmas, [False] * s.steps, [])  # deterministic everywhere, no stored transitions
+        self.times = full.sigmas[:-1]  # the schedule's times, 1 included, 0 not (the official `scheduler.timesteps`)
+        self.k = times_per_sample(self.cfg)
+        raw = self.trainer.backbone.transformer
+        copy_adapter(raw, "default", OLD)
+        named = dict(raw.named_parameters())
+        self.old_names = sorted(n for n in named if f".{OLD}." in n)
+        self.old = [named[n] for n in self.old_names]
+        self.new = [named[n.replace(f".{OLD}.", ".default.")] for n in self.old_names]
+
+    def rollout_plan(self, step: int) -> Any:
+        return self.plan
+
+    def sampling_policy(self) -> contextlib.AbstractContextManager:
+        return self.trainer.adapter(OLD)  # the official rollouts sample with the old policy
+
+    def trained_steps(self, batch: Any) -> int:
+        return self.k
+
+    def advantage_settings(self) -> tuple[str, float]:
+        return self.cfg.nft.adv_std, self.cfg.nft.adv_clip
+
+    def trained_samples(self, advantages: torch.Tensor, group_ids: torch.Tensor, failed: torch.Tensor) -> torch.Tensor:
+        """Every scored sample: ``r = 1/2`` still pulls the policy toward the old one (the official trains them all)."""
+        return ~failed
+
+    def signal(self, batch: Any) -> tuple[torch.Tensor, dict[str, float]]:
+        """GRPO's rewards and advantages, then ``r`` and each local sample's times and noise (from (seed, step, sample))."""
+        keep, metrics = super().signal(batch)
+        adv = batch.signal["advantages"]
+        r = optimality_probability(adv.cpu(), self.cfg.nft.adv_clip)
+        batch.signal["r"] = r.to(adv.device)
+        shape = tuple(batch.traj.latents.shape[1:])
+        times, noise = [], []
+        for n in batch.local:
+            g = torch.Generator().manual_seed(int(np.random.default_rng([self.cfg.seed, self.trainer.step, 4, n]).integers(2**62)))
+            times.append(self.times[torch.randperm(len(self.times), generator=g)[: self.k]])
+            noise.append(torch.randn((self.k, *shape), generator=g))
+        batch.signal["t"], batch.signal["noise"] = torch.stack(times), torch.stack(noise)
+        metrics["r_mean_abs"] = float((self.trainer.gather_global(r) - 0.5).abs().mean())
+        return keep, metrics
+
+    def piece_inputs(self, batch: Any, k: int, a: int, b: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``x_t = (1 - t) x0 + t eps`` of local samples ``a:b`` at their ``k``-th time, and those times ``[b - a]``."""
+        t = batch.signal["t"][a:b, k]
+        x0, eps = batch.traj.latents[a:b], batch.signal["noise"][a:b, k]
+        tt = t.reshape(-1, *([1] * (x0.dim() - 1)))
+        return (1 - tt) * x0 + tt * eps, t
+
+    def piece_loss(self, batch: Any, k: int, a: int, b: int, x: torch.Tensor, v: torch.Tensor, out: Any) -> tuple[torch.Tensor, dict]:
+        """The NFT loss against the old policy's velocity, plus ``kl * mean((v - v_base)^2)`` (the official KL term)."""
+        trainer, nft = self.trainer, self.cfg.nft
+        t = batch.signal["t"][a:b, k].to(x.device)
+        with torch.no_grad(), trainer.adapter(OLD):
+            v_old = trainer.guided(batch, slice(a, b), x, t)
+        x0 = batch.traj.latents[a:b].to(x.device)
+        r = batch.signal["r"][a:b]
+        loss = nft_loss(v, v_old, x, x0, t, r, nft.beta, nft.weighting, nft.adv_clip)
+        kl = torch.zeros_like(loss)
+        if nft.kl > 0:
+            with torch.no_grad(), trainer.adapter(None):
+                v_ref = trainer.guided(batch, slice(a, b), x, t)
+            kl = ((v - v_ref) ** 2).mean(dim=tuple(range(1, v.dim())))
+            loss = loss + nft.kl * kl
+        return loss, {"kl": kl.detach(), "r": r.detach()}
+
+    def after_update(self) -> None:
+        """``theta_old <- eta theta_old + (1 - eta) theta`` with ``eta`` after this many optimizer steps (official: once per epoch)."""
+        soft_update(self.old, self.new, old_policy_decay(self.trainer.step * self.cfg.updates_per_rollout, self.cfg.nft.old_policy))
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return dict(zip(self.old_names, self.old, strict=True))
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        with torch.no_grad():
+            for name, p in zip(self.old_names, self.old, strict=True):
+                p.copy_(state[name].to(p.device, p.dtype))
+
+
+def times_per_sample(cfg: TrainConfig) -> int:
+    """``max(1, int(steps * timestep_fraction))`` distinct times per sample (the official ``int(10 * 0.99) = 9``)."""
+    return max(1, int(cfg.sampler.steps * cfg.sampler.timestep_fraction))
