@@ -22,9 +22,9 @@ TASKS = ("compose", "text", "preference", "quality")
 SCALE = {"compose": 1.0, "text": 1.0, "preference": 1.0, "quality": 5.0}  # 0-1 as the reproduction table (quality / 5)
 
 
-def curve(run: Path, limit: int, every: int = 1) -> dict:
+def curve(run: Path, limit: int, every: int = 1, last: int | None = None) -> dict:
     """The run's points: samples seen and each task's normalised headline score, per checkpoint (every ``every``-th step
-    and the last one)."""
+    and the last one, up to step ``last`` when given)."""
     import yaml
 
     from flowopd.benchmarks.runner import EvalConfig, run_eval
@@ -35,6 +35,7 @@ def curve(run: Path, limit: int, every: int = 1) -> dict:
     cfg = TrainConfig.model_validate(yaml.safe_load((run / CONFIG_FILE).read_text()))
     points = []
     saved = [(int(c.name.split("-")[1]), c) for c in checkpoints(run)]
+    saved = [(s, c) for s, c in saved if last is None or s <= last]
     saved = [(s, c) for s, c in saved if s % every == 0 or s == saved[-1][0]]
     for step, model in [(0, cfg.model)] + saved:
         where = run / "curve" / f"step-{step:06d}"

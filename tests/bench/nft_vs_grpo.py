@@ -4,8 +4,10 @@ For each task, a GRPO run and an NFT run from the same base and seed (their
 checkpoints kept: ``keep_checkpoints`` >= the number saved). Every checkpoint
 is exported and evaluated on the held-out mini prompts by the evaluation
 protocol (``learning_curve.py``, whose cached evaluations under ``RUN/curve/``
-are reused). The target is the GRPO run's final own-task gain over the base
-(at its last checkpoint up to ``--steps``); for each objective the script
+are reused). Each checkpoint's own-task gain over the base is smoothed by a
+trailing mean over three checkpoints (a 24-prompt point is noisy). The target
+is the GRPO run's final smoothed gain (at its last checkpoint up to
+``--steps``); for each objective the script
 reports the rollout samples of the first checkpoint whose gain reaches it, and
 the ratio NFT / GRPO (below 1: NFT needs fewer). Wall time per 1,000 rollout
 samples comes from each run's ``log.jsonl``.
@@ -26,11 +28,18 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from learning_curve import curve  # noqa: E402  (a sibling script, not a package)
 
+SMOOTH = 3  # a point's gain is the mean over it and the checkpoints before it, up to this many (one point is noisy)
+
 
 def own_gains(c: dict, task: str, max_steps: int) -> list[tuple[int, int, float]]:
-    """(step, samples, own-task gain over the step-0 point) for the points up to ``max_steps``."""
+    """(step, samples, own-task gain over the step-0 point, trailing mean over ``SMOOTH`` checkpoints) up to ``max_steps``."""
     base = c["points"][0][task]
-    return [(p["step"], p["samples"], p[task] - base) for p in c["points"] if p["step"] <= max_steps]
+    raw = [(p["step"], p["samples"], p[task] - base) for p in c["points"] if p["step"] <= max_steps]
+    out = [raw[0]]
+    for i in range(1, len(raw)):
+        window = [g for _, _, g in raw[max(1, i - SMOOTH + 1) : i + 1]]
+        out.append((raw[i][0], raw[i][1], sum(window) / len(window)))
+    return out
 
 
 def samples_to_reach(gains: list[tuple[int, int, float]], target: float) -> int | None:
@@ -49,7 +58,7 @@ def seconds_per_1k_samples(run: Path) -> float:
 
 
 def compare(task: str, grpo_run: Path, nft_run: Path, limit: int, max_steps: int) -> dict:
-    curves = {"grpo": curve(grpo_run, limit), "nft": curve(nft_run, limit)}
+    curves = {"grpo": curve(grpo_run, limit, last=max_steps), "nft": curve(nft_run, limit, last=max_steps)}
     gains = {k: own_gains(c, task, max_steps) for k, c in curves.items()}
     target = gains["grpo"][-1][2]
     reach = {k: samples_to_reach(g, target) if target > 0 else None for k, g in gains.items()}
@@ -70,7 +79,7 @@ def plot(rows: list[dict], out: Path) -> None:
             xs = [s for _, s, _ in row["gains"][name]]
             ax.plot(xs, [g for _, _, g in row["gains"][name]], style, label=name.upper(), linewidth=2)
         ax.axhline(row["target_gain"], color="grey", linestyle="--", linewidth=1, label="GRPO's final gain")
-        ax.set_title(f"{row['task']}: own-task gain over the base", fontsize=9)
+        ax.set_title(f"{row['task']}: own-task gain over the base (trailing mean of {SMOOTH})", fontsize=9)
         ax.set_xlabel("rollout samples seen")
         ax.grid(alpha=0.3)
         ax.legend(fontsize=8)
