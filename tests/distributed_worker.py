@@ -1,5 +1,5 @@
 """Run by tests/test_distributed.py under `accelerate launch --num_processes 2` (CPU, gloo): GRPO (or, with a teachers
-folder, OPD) steps, then each process writes what it saw: its samples, the gathered rewards or KLs, the advantages
+folder, OPD; with `nft`, DiffusionNFT) steps, then each process writes what it saw: its samples, the gathered rewards or KLs, the advantages
 and its LoRA weights."""
 
 import hashlib
@@ -25,7 +25,11 @@ if sys.argv[4:] == ["watch"]:  # a whole run with evaluations during training (f
     rank = trainer.accelerator.process_index
     (out / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "lora_sha": hashlib.sha256(lora.numpy().tobytes()).hexdigest()}))
     sys.exit(0)
-if len(sys.argv) > 4:  # OPD with the tiny teachers in this folder (merge cold start, made once by the main process)
+if sys.argv[4:] == ["nft"]:  # DiffusionNFT: ODE rollouts of the old policy, per-sample times
+    from test_nft_training import nft_config
+
+    cfg = nft_config(Path(model), steps=steps, checkpoint_every=100, updates_per_rollout=1)  # loss and grad before any update
+elif len(sys.argv) > 4:  # OPD with the tiny teachers in this folder (merge cold start, made once by the main process)
     teachers = {t: Path(sys.argv[4]) / t for t in ("compose", "text", "quality")}
     cfg = opd_config(Path(model), teachers, steps=steps, checkpoint_every=100, opd={"objective": "kl_pg"})
 else:
@@ -33,9 +37,10 @@ else:
 trainer = Trainer(cfg, out / "run")
 seen = []
 for _ in range(steps):
-    trainer.train_step()
+    metrics = trainer.train_step()
     b = trainer.objective.last_batch
     seen.append({k: (v.tolist() if torch.is_tensor(v) else v) for k, v in b.items()})
+    seen[-1]["metrics"] = {k: metrics[k] for k in ("loss", "grad_norm")}
 lora = torch.cat([p.detach().flatten() for p in trainer.params])
 rank = trainer.accelerator.process_index
 record = {

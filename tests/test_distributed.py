@@ -7,6 +7,7 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
 import torch
 
 from flowopd.objectives.grpo import group_advantages
@@ -70,6 +71,22 @@ def test_opd_on_two_processes_routes_and_gathers_like_one(tiny_policy_dir, tiny_
     for r in two:
         adv_two[r["steps"][0]["local"]] = torch.tensor(r["steps"][0]["advantages"])
     torch.testing.assert_close(adv_one, adv_two, rtol=1e-4, atol=1e-7)
+
+
+def test_nft_on_two_processes_draws_each_samples_times_and_updates_like_one(tiny_policy_dir, tmp_path):
+    two = _launch(2, tiny_policy_dir, tmp_path / "two", 1, "nft")
+    assert two[0]["lora_sha"] == two[1]["lora_sha"] and two[0]["lora_sum"] > 0
+    one = _launch(1, tiny_policy_dir, tmp_path / "one", 1, "nft")
+    times = torch.zeros(8, 3)
+    for r in two:  # a sample's training times come from (seed, step, sample), not from its process
+        times[r["steps"][0]["local"]] = torch.tensor(r["steps"][0]["t"])
+    assert torch.equal(times, torch.tensor(one[0]["steps"][0]["t"]))
+    assert one[0]["steps"][0]["rewards"] == two[0]["steps"][0]["rewards"]
+    # the loss over the gathered batch is one process's (the same x0, times, noise and r per sample). The weights after
+    # AdamW's first step are not compared: at theta = theta_old with the tiny model's equal rewards (r = 1/2) the gradient
+    # is float noise (~1e-9), and Adam divides by the gradient's own size
+    m1, m2 = one[0]["steps"][0]["metrics"], two[0]["steps"][0]["metrics"]
+    assert m1["loss"] == pytest.approx(m2["loss"], rel=1e-5) and m1["grad_norm"] == pytest.approx(m2["grad_norm"], abs=1e-6)
 
 
 def test_evaluations_during_training_split_over_two_processes_like_one(tiny_policy_dir, tmp_path):

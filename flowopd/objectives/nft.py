@@ -197,6 +197,7 @@ class NFT(GRPO):
             times.append(self.times[torch.randperm(len(self.times), generator=g)[: self.k]])
             noise.append(torch.randn((self.k, *shape), generator=g))
         batch.signal["t"], batch.signal["noise"] = torch.stack(times), torch.stack(noise)
+        self.last_batch["t"] = batch.signal["t"]
         metrics["r_mean_abs"] = float((self.trainer.gather_global(r) - 0.5).abs().mean())
         return keep, metrics
 
