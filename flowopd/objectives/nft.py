@@ -223,7 +223,7 @@ class NFT(GRPO):
                 v_ref = trainer.guided(batch, slice(a, b), x, t)
             kl = ((v - v_ref) ** 2).mean(dim=tuple(range(1, v.dim())))
             loss = loss + nft.kl * kl
-        return loss, {"kl": kl.detach(), "r": r.detach()}
+        return loss, {"kl": kl.detach()}  # r is logged per step as r_mean_abs (its mean is 1/2 by construction)
 
     def after_update(self) -> None:
         """``theta_old <- eta theta_old + (1 - eta) theta`` with ``eta`` after this many optimizer steps (official: once per epoch)."""
