@@ -55,15 +55,11 @@ def copy_adapter(transformer: torch.nn.Module, source: str, name: str) -> None:
     import copy
 
     previous = active_adapters(transformer)
-    with _flags_kept(transformer), warnings.catch_warnings():
+    with _flags_kept(transformer), warnings.catch_warnings():  # adding activates the new adapter, and peft marks it alone trainable
         warnings.simplefilter("ignore", UserWarning)  # peft warns that a model with adapters gets another: the point here
         transformer.add_adapter(copy.deepcopy(transformer.peft_config[source]), adapter_name=name)
-        set_lora_state_dict(transformer, lora_state_dict(transformer, source), name)
-        if previous:
-            transformer.set_adapters(previous[0])
-    for n, p in transformer.named_parameters():
-        if f".{name}." in n:
-            p.requires_grad_(False)
+    set_lora_state_dict(transformer, lora_state_dict(transformer, source), name)
+    _freeze_and_reactivate(transformer, name, previous)
 
 
 def lora_state_dict(transformer: torch.nn.Module, name: str = "default") -> dict[str, torch.Tensor]:
@@ -187,12 +183,18 @@ def load_lora(transformer: torch.nn.Module, folder: str | Path, name: str, train
         raise
     except (RuntimeError, ValueError, KeyError) as exc:
         raise FlowOPDError(f"LoRA {folder} does not fit this model: {str(exc).splitlines()[0]}") from None
+    _freeze_and_reactivate(transformer, name, before, trainable)
+
+
+def _freeze_and_reactivate(transformer: torch.nn.Module, name: str, previous: list[str], trainable: bool = False) -> None:
+    """Adapter ``name`` frozen (or ``trainable``), and the adapter active before it was added active again: adding one
+    activates it alone, and peft's switch marks what it activates trainable (e.g. the student's adapter must stay the one)."""
     for n, p in transformer.named_parameters():
         if f".{name}." in n:
             p.requires_grad_(trainable)
-    if before:  # loading activates the new adapter alone; keep what was active (e.g. the student's trainable one)
+    if previous:
         with _flags_kept(transformer):
-            transformer.set_adapters(before[0])
+            transformer.set_adapters(previous[0])
 
 
 def active_adapters(transformer: torch.nn.Module) -> list[str]:

@@ -91,15 +91,14 @@ def _frozen_weights(terms: Terms, cfg: TrainConfig, plan: dict[str, Any]) -> Non
         "(CLIP-L 123M + CLIP-G 695M + T5-XXL 4.76B) x 2 B; held on the GPU unless offloaded (T5 alone is 8.9 GiB)",
     )
     terms.add("VAE (bf16)", SD35M_VAE * 2, "84M x 2 B")
+    q = sd35m_lora_per_rank(cfg.lora.targets)[0] * cfg.lora.rank  # one frozen adapter of the run's rank
     if cfg.opd is not None:
-        q = sd35m_lora_per_rank(cfg.lora.targets)[0] * cfg.lora.rank
         names = {t.name for t in cfg.opd.teachers}
         anchor = 1 if cfg.opd.anchor is not None and cfg.opd.anchor not in names and plan["command"] != "coldstart" else 0
         frozen = len(names) + anchor
         what = f"{len(names)} teachers + the anchor" if anchor else f"{len(names)} teachers"
         terms.add(f"frozen adapters ({what}, fp32)", frozen * q * 4, f"{frozen} x {q / 1e6:.1f}M params (r{cfg.lora.rank}) x 4 B")
     if cfg.nft is not None:
-        q = sd35m_lora_per_rank(cfg.lora.targets)[0] * cfg.lora.rank
         terms.add("the old policy's adapter (DiffusionNFT, fp32)", q * 4, f"{q / 1e6:.1f}M params (r{cfg.lora.rank}) x 4 B")
 
 

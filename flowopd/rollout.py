@@ -146,12 +146,15 @@ def _rollout_chunk(backbone, cond, uncond, seeds, latent_seeds, plan, cfg, noise
             log_probs.append(out.log_prob)
             velocities.append(v.float())
         x = out.x_next.to(x.dtype)
-    n = x.shape[0]
-    return Trajectories(  # a plan that trains no step (DiffusionNFT's ODE rollout) keeps [N, 0, ...] transitions
-        states=torch.stack(states, 1) if states else x.new_zeros((n, 0, *shape)).float(),
-        next_states=torch.stack(next_states, 1) if states else x.new_zeros((n, 0, *shape)).float(),
-        log_probs=torch.stack(log_probs, 1) if states else x.new_zeros((n, 0)).float(),
-        velocities=torch.stack(velocities, 1) if states else x.new_zeros((n, 0, *shape)).float(),
+
+    def stacked(values: list[torch.Tensor], *tail: int) -> torch.Tensor:  # a plan that trains no step (NFT): [N, 0, ...]
+        return torch.stack(values, 1) if values else x.new_zeros((x.shape[0], 0, *tail)).float()
+
+    return Trajectories(
+        states=stacked(states, *shape),
+        next_states=stacked(next_states, *shape),
+        log_probs=stacked(log_probs),
+        velocities=stacked(velocities, *shape),
         step_indices=list(plan.trained),
         images=backbone.decode(x),
         latents=x.float(),

@@ -153,13 +153,14 @@ class NFT(GRPO):
     def setup(self) -> None:
         """The rewards (GRPO's), the ODE plan, and the old policy as a frozen copy of the fresh LoRA."""
         from flowopd.lora import copy_adapter
-        from flowopd.rollout import StepPlan, plan_steps
+        from flowopd.rollout import StepPlan
+        from flowopd.sampling import sigma_schedule
 
         super().setup()
         s = self.cfg.sampler
-        full = plan_steps(s.steps, s.shift)
-        self.plan = StepPlan(full.sigmas, [False] * s.steps, [])  # deterministic everywhere, no stored transitions
-        self.times = full.sigmas[:-1]  # the schedule's times, 1 included, 0 not (the official `scheduler.timesteps`)
+        sigmas = sigma_schedule(s.steps, s.shift)
+        self.plan = StepPlan(sigmas, [False] * s.steps, [])  # deterministic everywhere, no stored transitions
+        self.times = sigmas[:-1]  # the schedule's times, 1 included, 0 not (the official `scheduler.timesteps`)
         self.k = times_per_sample(self.cfg)
         raw = self.trainer.backbone.transformer
         copy_adapter(raw, "default", OLD)
