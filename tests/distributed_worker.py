@@ -4,6 +4,7 @@ and its LoRA weights."""
 
 import hashlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -24,7 +25,8 @@ if sys.argv[4:] == ["watch"]:  # a whole run with evaluations during training (f
     lora = torch.cat([p.detach().flatten() for p in trainer.params])
     rank = trainer.accelerator.process_index
     (out / f"rank{rank}.json").write_text(json.dumps({"rank": rank, "lora_sha": hashlib.sha256(lora.numpy().tobytes()).hexdigest()}))
-    sys.exit(0)
+    sys.stdout.flush()
+    os._exit(0)  # skip interpreter teardown, see the end of this file
 if sys.argv[4:] == ["nft"]:  # DiffusionNFT: ODE rollouts of the old policy, per-sample times
     from test_nft_training import nft_config
 
@@ -51,7 +53,11 @@ record = {
     "lora_sum": float(lora.abs().sum()),
 }
 (out / f"rank{rank}.json").write_text(json.dumps(record))
-# close the gloo group before exit: one left to interpreter teardown can abort a process ("terminate called without an
-# active exception"), which failed this test once in a fresh-check
+# close the gloo group, then leave without interpreter teardown: gloo's threads can still abort a process there
+# ("terminate called without an active exception", SIGABRT), which failed this test in two fresh-checks even after
+# end_training; everything the test reads is written and flushed by now
 trainer.accelerator.wait_for_everyone()
 trainer.accelerator.end_training()  # destroys the process group, like Trainer.train()
+sys.stdout.flush()
+sys.stderr.flush()
+os._exit(0)
