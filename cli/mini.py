@@ -44,7 +44,7 @@ def mini_pretrain(
 @mini_app.command("reproduce")
 def mini_reproduce(
     out: Path = typer.Option(Path("runs/reproduce"), "--out", "-o", help="Folder for every model, evaluation and table."),
-    config: str = typer.Option("mini/opd", "--config", "-c", help="The OPD recipe the students use."),
+    config: str = typer.Option("mini/opd", "--config", "-c", help="The OPD recipe the students use; its teachers are the teacher rows."),
     limit: int = typer.Option(32, "--limit", min=1, help="Held-out prompts per task (compose: per tag)."),
     steps: TrainSteps = None,
 ) -> None:

@@ -118,12 +118,17 @@ def folder_kind(path: Path) -> str:
     return str(info.get("kind", "mini")) if isinstance(info, dict) else "mini"
 
 
+def model_folder(spec: str) -> Path:
+    """The folder a mini spec names: a known model's, else the spec as a path (it may not exist)."""
+    return KNOWN_WEIGHTS[spec].path if spec in KNOWN_WEIGHTS else Path(spec)
+
+
 def backbone_kind(spec: str) -> str:
     """``sd3`` for an SD3 base; else the kind of the model folder ``spec`` names (a LoRA's: its base's). A spec that
     names no model folder is taken as a mini one (loading it says what is wrong)."""
     if is_sd3(spec):
         return "sd3"
-    path = KNOWN_WEIGHTS[spec].path if spec in KNOWN_WEIGHTS else Path(spec)
+    path = model_folder(spec)
     if (path / LORA_FILE).is_file():
         return backbone_kind(read_lora_base(path))
     return folder_kind(path) if (path / "model_info.json").is_file() else "mini"

@@ -260,3 +260,23 @@ def test_mini_reproduce_runs_every_row_and_writes_the_tables(tmp_path):
     again = reproduce(tmp_path / "out", config=str(recipe), limit=1, steps=1)  # every stage is skipped: nothing recomputed
     same = json.dumps(again["rows"], sort_keys=True) == json.dumps(results["rows"], sort_keys=True)  # NaN (n = 1) != NaN in a dict
     assert again["wall_seconds_this_call"] < 30 and same
+
+
+def test_the_reproduction_takes_its_teacher_rows_from_the_recipe(tmp_path):
+    """Teacher rows follow the OPD recipe's teachers, named by each LoRA's objective; a task without one is refused."""
+    from flowopd.config import load_config
+    from flowopd.errors import ConfigError
+    from flowopd.mini.reproduce import teacher_rows
+    from flowopd.train_config import recipe_path
+
+    cfg = load_config(TrainConfig, recipe_path("mini/opd"))
+    assert teacher_rows(cfg)["teacher-text"] == ("mini-teacher-text", "GRPO teacher, mini_ocr")
+    nft = tmp_path / "nft-text"
+    nft.mkdir()
+    (nft / "lora_info.json").write_text(json.dumps({"kind": "flowopd-lora", "objective": "nft"}))
+    cfg.opd.teachers = [t if t.name != "text" else t.model_copy(update={"checkpoint": str(nft)}) for t in cfg.opd.teachers]
+    rows = teacher_rows(cfg)
+    assert rows["teacher-text"] == (str(nft), "NFT teacher, mini_ocr") and rows["teacher-compose"][1].startswith("GRPO")
+    cfg.opd.teachers = [t for t in cfg.opd.teachers if t.name != "quality"]
+    with pytest.raises(ConfigError, match="no teacher for task 'quality'"):
+        teacher_rows(cfg)

@@ -1,6 +1,7 @@
 """The mini reproduction: the mini analogue of the paper's Tables 1, 2 and 4 in one command.
 
-From the shipped base, teachers and GRPO-Mix baselines it makes both cold starts,
+From the shipped base and GRPO-Mix baselines and the OPD recipe's teachers (the
+shipped GRPO ones by default; `teacher_rows`) it makes both cold starts,
 trains five OPD students (the main one, one from the SFT cold start, one without
 MAR, one per other objective), evaluates all 14 models on the same held-out
 mini prompts and seeds, and writes one evaluation folder per model
@@ -42,12 +43,24 @@ ROWS = [
     ("opd-kl_pg", "4", "Flow-OPD, objective kl_pg"),
     ("opd-paper", "4", "Flow-OPD, objective paper (eq. 10-11)"),
 ]
-SHIPPED = {
-    "base": "mini-base",
-    **{f"teacher-{t}": f"mini-teacher-{t}" for t in TASKS},
-    "mix-weighted": "mini-mix-weighted",
-    "mix-alternate": "mini-mix-alternate",
-}
+SHIPPED = {"base": "mini-base", "mix-weighted": "mini-mix-weighted", "mix-alternate": "mini-mix-alternate"}
+
+
+def teacher_rows(cfg) -> dict[str, tuple[str, str]]:
+    """Each task's teacher row from the OPD recipe's own teachers: (model spec, what it is). A recipe naming other
+    teachers (e.g. DiffusionNFT ones) thus gets its teacher rows, and the comparisons against them, from those."""
+    from flowopd.errors import ConfigError
+    from flowopd.models import model_folder
+
+    rows = {}
+    for task in TASKS:
+        teacher = next((t for t in cfg.opd.teachers if task in t.tasks), None)
+        if teacher is None:
+            raise ConfigError(f"the OPD recipe has no teacher for task {task!r}; the reproduction needs one per mini task")
+        spec, info = teacher.checkpoint, model_folder(teacher.checkpoint) / "lora_info.json"
+        objective = json.loads(info.read_text()).get("objective", "grpo") if info.is_file() else "grpo"
+        rows[f"teacher-{task}"] = (spec, f"{'NFT' if objective == 'nft' else 'GRPO'} teacher, {teacher.reward}")
+    return rows
 
 
 def _opd_variants(cfg, out: Path) -> dict[str, Any]:
@@ -97,7 +110,7 @@ def reproduce(
             write_json_atomic(out / "timings.json", timings)
     if progress:
         progress("tables", len(stages), len(stages))
-    results = summarise(out, specs)
+    results = summarise(out, specs, {row: what for row, (_, what) in teacher_rows(cfg).items()})
     results.update(timings=timings, wall_seconds_this_call=round(time.perf_counter() - t_start, 1), limit=limit, config=config)
     write_json_atomic(out / "results.json", results)
     (out / "results.md").write_text(to_markdown(results))
@@ -119,7 +132,8 @@ def _stages(cfg, variants: dict, out: Path, limit: int) -> tuple[list[tuple[str,
     for name, v in variants.items():
         run = out / "runs" / name
         stages.append((f"train {name}", functools.partial(_train, v, run), (run / "lora" / LORA_FILE).is_file))
-    specs = {**SHIPPED, **{f"coldstart-{m}": str(models / f"coldstart-{m}") for m in ("merge", "sft")}}
+    specs = {**SHIPPED, **{row: spec for row, (spec, _) in teacher_rows(cfg).items()}}
+    specs.update({f"coldstart-{m}": str(models / f"coldstart-{m}") for m in ("merge", "sft")})
     specs.update({name: str(out / "runs" / name / "lora") for name in variants})
     for row, _, _ in ROWS:
         target, ecfg = out / "evals" / row, EvalConfig(suites=["mini"], model=specs[row], limit=limit)
@@ -143,8 +157,9 @@ def _norm(m: dict[str, Any], task: str) -> tuple[float, float]:
     return m["mean"] / SCALE[task], standard_error(m) / SCALE[task]
 
 
-def summarise(out: Path, specs: dict[str, str]) -> dict[str, Any]:
-    """Per row: the four headline metrics and their normalised mean; the paired comparisons the issue asks about."""
+def summarise(out: Path, specs: dict[str, str], whats: dict[str, str] | None = None) -> dict[str, Any]:
+    """Per row: the four headline metrics and their normalised mean; the paired comparisons the issue asks about.
+    ``whats`` overrides a row's description (the teacher rows name their objective)."""
     from flowopd.benchmarks.report import paired_avg, paired_deltas
 
     rows: dict[str, Any] = {}
@@ -156,7 +171,7 @@ def summarise(out: Path, specs: dict[str, str]) -> dict[str, Any]:
         se = math.sqrt(sum(p[1] ** 2 for p in parts)) / 4
         rows[row] = {
             "table": table,
-            "what": what,
+            "what": (whats or {}).get(row, what),
             "model": specs[row],
             "metrics": cells,
             "mean4": {"mean": mean, "ci95": [mean - Z95 * se, mean + Z95 * se]},
