@@ -247,25 +247,31 @@ def _hpsv2_aggregate(suite: Suite, records: list[Record], rewards: Sequence[str]
         if values:
             metrics[style] = chunked_mean_ci(values)
     if metrics:
-        styles = list(metrics.values())
-        half = math.sqrt(sum(((m["ci95"][1] - m["ci95"][0]) / 2) ** 2 for m in styles)) / len(styles)
-        mean = sum(m["mean"] for m in styles) / len(styles)
-        metrics["average"] = {"mean": mean, "n": sum(m["n"] for m in styles), "ci95": [mean - half, mean + half]}
+        metrics["average"] = mean_of_metrics(list(metrics.values()))
     return metrics
 
 
-# T2I-CompBench++ categories -> (the reward that computes them here, how its raw score becomes the category's score).
-# The official metric models: BLIP-VQA (color, shape, texture), UniDet (spatial, numeracy; + depth for 3d_spatial),
-# CLIP ViT-B/32 similarity (non_spatial), and the 3-in-1 average (complex). Only those with a reward in the zoo are computed.
-T2I_METRIC_MODELS: dict[str, tuple[str, float] | None] = {
-    "color": None,
-    "shape": None,
-    "texture": None,
-    "spatial": None,
-    "3d_spatial": None,
-    "numeracy": None,
-    "non_spatial": ("clipscore@vit-b-32", 0.01),  # CLIP ViT-B/32 cosine = logits_per_image / 100, the official script's score
-    "complex": None,
+def mean_of_metrics(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The plain mean of independent metrics, its 95% half-width the root sum of squared half-widths over their count."""
+    half = math.sqrt(sum(((m["ci95"][1] - m["ci95"][0]) / 2) ** 2 for m in parts)) / len(parts)
+    mean = sum(m["mean"] for m in parts) / len(parts)
+    return {"mean": mean, "n": sum(m["n"] for m in parts), "ci95": [mean - half, mean + half]}
+
+
+# T2I-CompBench++ categories -> the rewards that compute them, in order of preference, each with how its raw score
+# becomes the category's score. The first is the official metric model; a later one is another runtime of it, named
+# apart: its metric is "<category>@<what differs>" (e.g. color@np-rules). The official models: BLIP-VQA (color, shape,
+# texture), UniDet (spatial, numeracy; + depth for 3d_spatial), CLIP ViT-B/32 similarity (non_spatial), and the 3-in-1
+# average (complex). A category with no available reward makes no images.
+T2I_METRIC_MODELS: dict[str, tuple[tuple[str, float], ...]] = {
+    "color": (("t2i_blip_vqa", 1.0), ("t2i_blip_vqa@np-rules", 1.0)),
+    "shape": (("t2i_blip_vqa", 1.0), ("t2i_blip_vqa@np-rules", 1.0)),
+    "texture": (("t2i_blip_vqa", 1.0), ("t2i_blip_vqa@np-rules", 1.0)),
+    "spatial": (),
+    "3d_spatial": (),
+    "numeracy": (),
+    "non_spatial": (("clipscore@vit-b-32", 0.01),),  # CLIP ViT-B/32 cosine = logits_per_image / 100, the official score
+    "complex": (),
 }
 T2I_OFFICIAL_MODELS = {
     "color": "BLIP-VQA",
@@ -277,41 +283,59 @@ T2I_OFFICIAL_MODELS = {
     "non_spatial": "CLIP ViT-B/32",
     "complex": "3-in-1 (BLIP-VQA, UniDet, CLIP)",
 }
+T2I_REWARDS = tuple(dict.fromkeys(r for models in T2I_METRIC_MODELS.values() for r, _ in models))
+
+
+def _t2i_choice(category: str, available: Sequence[str]) -> tuple[str, str, float] | None:
+    """(metric key, reward, scale) a category is computed with: its first available reward, or None."""
+    for rank, (reward, scale) in enumerate(T2I_METRIC_MODELS[category]):
+        if reward in available:
+            return (category if rank == 0 else f"{category}@{reward.split('@', 1)[1]}"), reward, scale
+    return None
 
 
 def _t2i_items(suite: Suite, limit: int | None, seed: int) -> list[tuple[str, str, dict[str, Any]]]:
-    """Only the categories with a metric model (no images are made for a category nothing can score)."""
+    """The categories some available reward computes (no images are made for a category nothing can score)."""
     from flowopd.benchmarks.prompt_sets import PROMPT_SETS
 
+    available = suite.available_rewards()
     out = []
-    for cat, model in T2I_METRIC_MODELS.items():
-        if model is None:
-            continue
-        prompts = PROMPT_SETS[f"t2i-compbench/{cat}"].load()
-        out += [(p.task or "compose", p.text, p.metadata) for p in prompts[:limit]]
+    for cat in T2I_METRIC_MODELS:
+        if _t2i_choice(cat, available) is not None:
+            out += [(p.task or "compose", p.text, p.metadata) for p in PROMPT_SETS[f"t2i-compbench/{cat}"].load()[:limit]]
     return out
 
 
 def _t2i_rewards(job: Job, available: Sequence[str]) -> list[str]:
-    model = T2I_METRIC_MODELS[job.metadata["category"]]
-    return [model[0]] if model and model[0] in available else []
+    choice = _t2i_choice(job.metadata["category"], available)
+    return [choice[1]] if choice else []
 
 
 def _t2i_aggregate(suite: Suite, records: list[Record], rewards: Sequence[str]) -> Metrics:
     metrics: Metrics = {}
-    for cat, model in T2I_METRIC_MODELS.items():
-        if model is None:
+    for cat in T2I_METRIC_MODELS:
+        choice = _t2i_choice(cat, rewards)
+        if choice is None:
             continue
-        values = _raw([r for r in records if r["metadata"].get("category") == cat], model[0], scale=model[1])
+        key, reward, scale = choice
+        values = _raw([r for r in records if r["metadata"].get("category") == cat], reward, scale=scale)
         if values:
-            metrics[cat] = mean_ci(values, proportion=False)
+            metrics[key] = mean_ci(values, proportion=False)
+    if all(cat in metrics for cat in T2I_METRIC_MODELS):  # the official mean: all eight, each by its official model
+        metrics["mean"] = mean_of_metrics([metrics[cat] for cat in T2I_METRIC_MODELS])
     return metrics
 
 
 def _t2i_notes() -> tuple[str, ...]:
-    done = [f"{c} with {m[0]} ({T2I_OFFICIAL_MODELS[c]})" for c, m in T2I_METRIC_MODELS.items() if m]
+    def names(models: tuple[tuple[str, float], ...]) -> str:
+        return " or ".join(r for r, _ in models)
+
+    done = [f"{c} with {names(m)} ({T2I_OFFICIAL_MODELS[c]})" for c, m in T2I_METRIC_MODELS.items() if m]
     todo = [f"{c} ({T2I_OFFICIAL_MODELS[c]})" for c, m in T2I_METRIC_MODELS.items() if not m]
-    return (f"computed: {', '.join(done)}", f"not computed yet (their metric model is not in the reward zoo): {', '.join(todo)}")
+    return (
+        f"computed: {', '.join(done)}; a metric named <category>@<runtime> comes from a non-official runtime",
+        f"not computed yet (their metric model is not in the reward zoo): {', '.join(todo)}",
+    )
 
 
 # the built-in suites on real models (the mini world's is a registry entry below)
@@ -389,7 +413,8 @@ BUILTIN_SUITES = (
         "T2I-CompBench++ validation prompts (10 images each), per category with its metric model where the zoo has it",
         "real",
         10,
-        tuple(sorted({m[0] for m in T2I_METRIC_MODELS.values() if m})),
+        (),
+        optional_rewards=T2I_REWARDS,
         prompt_sets=tuple(f"t2i-compbench/{c}" for c, m in T2I_METRIC_MODELS.items() if m),
         group_key="category",
         build_items=_t2i_items,

@@ -32,6 +32,8 @@ BUILTIN: dict[str, str] = {
     "pickscore_v1": "flowopd.reward_models.clip_rewards:PickScore",
     "clipscore": "flowopd.reward_models.clip_rewards:CLIPScore",
     "clipscore@vit-b-32": "flowopd.reward_models.clip_rewards:CLIPScoreViTB32",
+    "t2i_blip_vqa": "flowopd.reward_models.t2i_blip_vqa:BlipVQA",
+    "t2i_blip_vqa@np-rules": "flowopd.reward_models.t2i_blip_vqa:BlipVQARules",
     "aesthetic_laion_v2": "flowopd.reward_models.clip_rewards:AestheticLaionV2",
     "hpsv2": "flowopd.reward_models.hps:HPSv2",
     "hpsv2.1": "flowopd.reward_models.hps:HPSv21",

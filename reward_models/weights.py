@@ -142,6 +142,21 @@ for _ws in (
         license="MIT",
     ),
     WeightSet(
+        "blip-vqa-capfilt-large",
+        "Salesforce/blip-vqa-capfilt-large",
+        ("config.json", "model.safetensors|pytorch_model.bin", "vocab.txt", "tokenizer_config.json"),
+        "BLIP ViT-B VQA capfilt-large (T2I-CompBench++'s BLIP-VQA: color, shape, texture, complex)",
+        fetch=("*.json", "*.txt"),
+        license="BSD-3-Clause",
+    ),
+    WeightSet(
+        "spacy-en-core-web-sm",
+        "spacy/en_core_web_sm",
+        ("en_core_web_sm-any-py3-none-any.whl",),
+        "spaCy en_core_web_sm, the wheel (T2I-CompBench++'s noun-phrase and part-of-speech parser)",
+        license="MIT",
+    ),
+    WeightSet(
         "clip-vit-h-14-processor",
         "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
         ("tokenizer.json", "preprocessor_config.json"),

@@ -12,9 +12,10 @@ from pathlib import Path
 import pytest
 
 from flowopd.benchmarks.runner import EvalConfig, plan_eval, run_eval
-from flowopd.benchmarks.suites import SUITES, Job, chunked_mean_ci, geneval_metrics, get_suite, jobs_for
+from flowopd.benchmarks.suites import SUITES, T2I_METRIC_MODELS, Job, chunked_mean_ci, geneval_metrics, get_suite, jobs_for
 from flowopd.errors import FlowOPDError, InputError
 from flowopd.models import resolve_model
+from flowopd.reward_models.weights import WEIGHT_SETS
 
 
 @pytest.fixture()
@@ -82,8 +83,29 @@ def test_hpsv2_suite_scales_by_100_and_averages_styles():
 def test_t2i_compbench_says_which_categories_are_computed_with_which_model():
     notes = " ".join(SUITES["t2i-compbench"].notes)
     assert "non_spatial with clipscore@vit-b-32 (CLIP ViT-B/32)" in notes
-    for cat in ("color", "shape", "texture", "spatial", "3d_spatial", "numeracy", "complex"):
+    assert "color with t2i_blip_vqa or t2i_blip_vqa@np-rules (BLIP-VQA)" in notes
+    for cat in ("spatial", "3d_spatial", "numeracy", "complex"):
         assert cat in notes.split("not computed yet")[1]
+
+
+def _t2i_record(category, reward, raw):
+    return {"prompt": "p", "metadata": {"category": category}, "scores": {reward: {"raw": raw, "details": {}}}}
+
+
+def test_t2i_compbench_names_a_non_official_runtime_apart_and_averages_only_all_eight():
+    suite = SUITES["t2i-compbench"]
+    records = [_t2i_record("color", "t2i_blip_vqa@np-rules", v) for v in (0.2, 0.4)]
+    records += [_t2i_record("non_spatial", "clipscore@vit-b-32", v) for v in (30.0, 32.0)]
+    m = suite.aggregate(suite, records, ["t2i_blip_vqa@np-rules", "clipscore@vit-b-32"])
+    assert set(m) == {"color@np-rules", "non_spatial"} and m["color@np-rules"]["mean"] == pytest.approx(0.3)
+    assert m["non_spatial"]["mean"] == pytest.approx(0.31)  # the cosine: logits / 100
+    official = [_t2i_record("color", "t2i_blip_vqa", 0.5)]
+    assert set(suite.aggregate(suite, official, ["t2i_blip_vqa", "t2i_blip_vqa@np-rules"])) == {"color"}
+    every = [_t2i_record(c, "x", 0.5) for c in T2I_METRIC_MODELS]
+    with_x = {c: (("x", 1.0),) for c in T2I_METRIC_MODELS}
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr("flowopd.benchmarks.suites.T2I_METRIC_MODELS", with_x)
+        assert suite.aggregate(suite, every, ["x"])["mean"]["mean"] == pytest.approx(0.5)
 
 
 # ------------------------------------------------------------------ jobs and plans
@@ -106,8 +128,27 @@ def test_limit_counts_prompts_per_group_on_the_real_files(data_env):
     assert {t: tags.count(t) for t in set(tags)} == dict.fromkeys(
         ["single_object", "two_object", "counting", "colors", "position", "color_attr"], 12
     )
-    t2i = get_suite("t2i-compbench").jobs(limit=2, seed=0)
+
+
+def _weights_present(root, *sets):
+    """Files where the weights status looks (presence only: nothing here is loaded)."""
+    for name in sets:
+        for f in WEIGHT_SETS[name].files:
+            (root / name).mkdir(parents=True, exist_ok=True)
+            (root / name / f.split("|")[0]).write_text("{}")
+
+
+def test_t2i_compbench_makes_images_only_for_categories_an_available_reward_scores(data_env, tmp_path):
+    suite = get_suite("t2i-compbench")
+    assert suite.jobs(limit=2, seed=0) == []
+    _weights_present(tmp_path / "weights", "clip-vit-base-patch32")
+    t2i = suite.jobs(limit=2, seed=0)
     assert len(t2i) == 2 * 10 and {j.metadata["category"] for j in t2i} == {"non_spatial"}
+    _weights_present(tmp_path / "weights", "blip-vqa-capfilt-large")
+    t2i = suite.jobs(limit=2, seed=0)
+    assert len(t2i) == 4 * 2 * 10 and {j.metadata["category"] for j in t2i} == {"non_spatial", "color", "shape", "texture"}
+    color = next(j for j in t2i if j.metadata["category"] == "color")
+    assert suite.job_rewards(color, suite.available_rewards()) == ["t2i_blip_vqa@np-rules"]  # no spaCy wheel: named apart
 
 
 def test_all_runs_what_the_model_allows_and_says_why_not_the_rest(data_env):

@@ -10,6 +10,7 @@ import sys
 import pytest
 from test_reward_clip import _tiny_clip, _write_processor
 from test_reward_geneval import CLIP_SET, M2F_SET, clip_dir, m2f_dir  # noqa: F401  (fixtures: tiny Mask2Former and CLIP)
+from test_reward_t2i_blip import _tiny_blip
 from test_sd3_backbone import save_tiny_sd3
 
 
@@ -20,8 +21,8 @@ def tiny_sd3(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory, m2f_dir, clip_dir):  # noqa: F811  (the imported fixtures)
-    """Tiny random weights in the layouts of PickScore (+ its processor), CLIP ViT-B/32, and GenEval's Mask2Former + CLIP
-    ViT-L/14: the real loaders read them."""
+    """Tiny random weights in the layouts of PickScore (+ its processor), CLIP ViT-B/32, BLIP VQA, and GenEval's
+    Mask2Former + CLIP ViT-L/14: the real loaders read them."""
     root = tmp_path_factory.mktemp("eval-weights")
     (root / M2F_SET).symlink_to(m2f_dir, target_is_directory=True)
     (root / CLIP_SET).symlink_to(clip_dir, target_is_directory=True)
@@ -31,6 +32,7 @@ def tiny_weights(tmp_path_factory, m2f_dir, clip_dir):  # noqa: F811  (the impor
     _tiny_clip(root / "pickscore_v1", projection_dim=24, seed=0, logit_scale=math.log(100.0))
     _tiny_clip(root / "clip-vit-base-patch32", projection_dim=16, seed=1, logit_scale=math.log(100.0))
     _write_processor(root / "clip-vit-base-patch32")
+    _tiny_blip(root / "blip-vqa-capfilt-large")
     return root
 
 
@@ -54,9 +56,16 @@ def test_eval_all_on_an_sd3_checkpoint_runs_the_real_suites_it_can(tiny_sd3, tin
     assert s["metrics"]["ocr/accuracy"]["n"] == 2 and s["metrics"]["pickscore/pickscore"]["n"] == 2
     assert s["metrics"]["t2i-compbench/non_spatial"]["n"] == 20  # 2 prompts x 10 images
     t2i = [json.loads(line) for line in (out / "t2i-compbench" / "samples.jsonl").read_text().splitlines()]
-    cos = [r["scores"]["clipscore@vit-b-32"]["details"]["cosine"] for r in t2i]
+    cos = [r["scores"]["clipscore@vit-b-32"]["details"]["cosine"] for r in t2i if r["metadata"]["category"] == "non_spatial"]
     assert s["metrics"]["t2i-compbench/non_spatial"]["mean"] == pytest.approx(sum(cos) / len(cos), abs=1e-5)  # the cosine, not x100
-    assert len({r["seed"] for r in t2i}) == 20
+    assert len({r["seed"] for r in t2i}) == 4 * 20
+    # color, shape and texture by BLIP-VQA; no spaCy wheel here, so through the rule parser, named apart
+    for cat in ("color", "shape", "texture"):
+        recs = [r for r in t2i if r["metadata"]["category"] == cat]
+        raws = [r["scores"]["t2i_blip_vqa@np-rules"]["raw"] for r in recs]
+        assert f"t2i-compbench/{cat}" not in s["metrics"] and s["metrics"][f"t2i-compbench/{cat}@np-rules"]["n"] == 20
+        assert s["metrics"][f"t2i-compbench/{cat}@np-rules"]["mean"] == pytest.approx(sum(raws) / 20, abs=1e-6)
+        assert all(0 <= x <= 1 for x in raws) and len(recs[0]["scores"]["t2i_blip_vqa@np-rules"]["details"]["questions"]) >= 1
     # GenEval through the real detector code: 2 prompts per tag x 4 images, the official summary over the strict verdicts
     g = s["suites"]["geneval@hf-m2f"]
     assert g["n_images"] == 6 * 2 * 4 and g["n_prompts"] == 12
