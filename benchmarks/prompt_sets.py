@@ -8,7 +8,8 @@ prompts download NAME`` fetches a set from its upstream URL when online.
 Anything that is not a set name is read as a prompt file (``.txt``,
 ``.jsonl``, or a ``.json`` list).
 
-Sets: ``geneval`` (553 prompts, GenEval metadata), ``ocr``, ``pickscore``,
+Sets: ``geneval`` (553 prompts, GenEval metadata), ``geneval2`` (800 prompts,
+GenEval2's ``atom_count``, ``vqa_list`` and ``skills``), ``ocr``, ``pickscore``,
 ``drawbench`` (Flow-GRPO test splits), ``t2i-compbench/<category>`` (8
 categories, validation prompts), ``hpsv2/<style>`` (4 styles x 800).
 """
@@ -20,7 +21,7 @@ import os
 import urllib.error
 from pathlib import Path
 
-from flowopd.benchmarks.prompts import Prompt, load_prompt_file
+from flowopd.benchmarks.prompts import Prompt, RecordCheck, load_prompt_file
 from flowopd.config import env_var_name
 from flowopd.errors import FlowOPDError, InputError
 from flowopd.registry import Registry
@@ -33,6 +34,7 @@ T2I_COMPBENCH = "https://raw.githubusercontent.com/Karine-Huang/T2I-CompBench/ma
 HPD_V2 = "https://huggingface.co/datasets/zhwang/HPDv2/resolve/main/benchmark"
 T2I_CATEGORIES = ("color", "shape", "texture", "spatial", "3d_spatial", "numeracy", "non_spatial", "complex")
 HPS_STYLES = ("anime", "concept-art", "paintings", "photo")
+GENEVAL2 = "https://raw.githubusercontent.com/facebookresearch/GenEval2/a6e82d2289e8d418f27f0adee77908b07060eea3"
 
 
 def data_dir() -> Path:
@@ -51,6 +53,7 @@ class PromptSet:
     size: int | None  # prompts in the upstream file (shown by `flowopd prompts list`); None where we have not counted them
     description: str
     metadata: tuple[tuple[str, str], ...] = ()  # added to every prompt's metadata (e.g. the HPS style)
+    check: RecordCheck | None = None  # checks every JSONL line (a ValueError is reported with the file and line)
 
     @property
     def env_var(self) -> str:
@@ -71,9 +74,16 @@ class PromptSet:
                 f"prompt set {self.name!r} not found at {path}; run `flowopd prompts download {self.name}`, "
                 f"or point ${self.env_var} (or ${DATA_ENV}) at a copy of {self.url}"
             )
-        prompts = load_prompt_file(path, task=self.task)
+        prompts = load_prompt_file(path, task=self.task, check=self.check)
         extra = {"set": self.name, **dict(self.metadata)}
         return [dataclasses.replace(p, metadata={**p.metadata, **extra}) for p in prompts]
+
+
+def check_geneval2_line(record: dict) -> None:
+    """A GenEval2 line must carry its Soft-TIFA questions (``vqa_list`` with one skill each): the reward's own check."""
+    from flowopd.reward_models.geneval2 import check_geneval2_record
+
+    check_geneval2_record(record)
 
 
 # the fixed sets: the benchmarks' test splits, then Flow-GRPO's training splits
@@ -85,6 +95,15 @@ FIXED_SETS = (
         "https://raw.githubusercontent.com/djghosh13/geneval/main/prompts/evaluation_metadata.jsonl",
         553,
         "GenEval: 553 compositional prompts in 6 tags with include/exclude clauses",
+    ),
+    PromptSet(
+        "geneval2",
+        "geneval2/geneval2_data.jsonl",
+        "compose",
+        f"{GENEVAL2}/geneval2_data.jsonl",
+        800,
+        "GenEval 2: 800 compositional prompts (100 per atom count 3-10), each with its Soft-TIFA questions and skills",
+        check=check_geneval2_line,
     ),
     PromptSet("ocr", "flow-grpo/ocr/test.txt", "text", f"{FLOW_GRPO}/ocr/test.txt", 1018, "Flow-GRPO visual-text test split"),
     PromptSet(

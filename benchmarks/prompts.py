@@ -1,4 +1,4 @@
-"""Prompt files: GenEval metadata JSONL, plain text (one prompt per line), and JSON lists (the HPS v2 benchmark).
+"""Prompt files: GenEval / GenEval2 metadata JSONL, plain text (one prompt per line), and JSON lists (the HPS v2 benchmark).
 
 A malformed line is reported with its file and line number, and what a good
 line looks like. The records keep any metadata the line carries (``tag``,
@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from flowopd.errors import InputError
 from flowopd.runinfo import parse_jsonl
+
+RecordCheck = Callable[[dict[str, Any]], None]  # raises ValueError saying what is wrong with a JSONL record
 
 
 @dataclasses.dataclass(frozen=True)
@@ -25,18 +28,23 @@ class Prompt:
     task: str | None = None
 
 
-def _jsonl(path: Path, lines: list[str]) -> list[Prompt]:
+def _jsonl(path: Path, lines: list[str], check: RecordCheck | None = None) -> list[Prompt]:
+    from flowopd.reward_models.geneval2 import check_geneval2_record
     from flowopd.reward_models.geneval_rules import validate_metadata
 
     out = []
     for n, rec in parse_jsonl(path, "\n".join(lines), 'each line must be one object like {"prompt": "..."}'):
         if not isinstance(rec, dict) or not isinstance(rec.get("prompt"), str) or not rec["prompt"].strip():
             raise InputError(f'{path}:{n}: each line needs a non-empty string "prompt" field')
-        if "include" in rec:
-            try:
+        try:
+            if "include" in rec:  # GenEval clauses
                 validate_metadata(rec)
-            except ValueError as exc:
-                raise InputError(f"{path}:{n}: {exc}") from None
+            if "vqa_list" in rec:  # GenEval2 questions
+                check_geneval2_record(rec)
+            if check is not None:
+                check(rec)
+        except ValueError as exc:
+            raise InputError(f"{path}:{n}: {exc}") from None
         meta = {k: v for k, v in rec.items() if k not in ("prompt", "task")}
         out.append(Prompt(rec["prompt"], meta, rec.get("task")))
     return out
@@ -60,8 +68,11 @@ def _json_list(path: Path, text: str) -> list[Prompt]:
     return out
 
 
-def load_prompt_file(path: str | Path, task: str | None = None) -> list[Prompt]:
-    """Read a ``.jsonl`` (GenEval metadata format), ``.txt`` or ``.json`` (a list of prompts) file."""
+def load_prompt_file(path: str | Path, task: str | None = None, check: RecordCheck | None = None) -> list[Prompt]:
+    """Read a ``.jsonl`` (GenEval metadata format), ``.txt`` or ``.json`` (a list of prompts) file.
+
+    ``check`` is called on every ``.jsonl`` record; the ``ValueError`` it raises is reported with the file and line.
+    """
     path = Path(path)
     if not path.is_file():
         raise InputError(f"prompt file {path} does not exist; pass a .txt (one prompt per line) or .jsonl file")
@@ -70,7 +81,7 @@ def load_prompt_file(path: str | Path, task: str | None = None) -> list[Prompt]:
     except UnicodeDecodeError as exc:
         raise InputError(f"{path}: not UTF-8 text (byte {exc.start}); save the prompt file as UTF-8") from None
     if path.suffix == ".jsonl":
-        prompts = _jsonl(path, lines)
+        prompts = _jsonl(path, lines, check)
     elif path.suffix == ".txt":
         prompts = [Prompt(line.strip(), {}, task) for line in lines if line.strip()]
     elif path.suffix == ".json":

@@ -16,6 +16,7 @@ their n and a 95% confidence interval. Metric keys are ``<suite>/<metric>``.
 | ``quality`` | DrawBench | 1 | ImageReward, Aesthetic, UnifiedReward, HPS v2.1, QwenVL judge | the paper's Table 4, each reward's mean |
 | ``hpsv2`` | HPS v2 benchmark, 4 styles x 800 | 1 | ``hpsv2`` | per style: mean of 10 chunk means (x100), and their average |
 | ``t2i-compbench`` | T2I-CompBench++ val, 8 x 300 | 10 | see :data:`T2I_METRIC_MODELS` | per category |
+| ``geneval2`` | GenEval 2, 800 (100 per atom count 3-10) | 1 | ``geneval2_soft_tifa`` (Qwen3-VL-8B-Instruct) | Soft-TIFA AM and GM x 100; per skill; per atom count |
 """
 
 from __future__ import annotations
@@ -191,6 +192,38 @@ def chunked_mean_ci(values: Sequence[float], chunks: int = 10) -> dict[str, Any]
     out["n"] = len(values)
     out["chunks"] = len(parts)
     return out
+
+
+def soft_tifa_metrics(records: list[Record], reward: str) -> Metrics:
+    """GenEval 2's numbers (evaluation.py ``main``, soft_tifa_analysis.py), x 100, each with its n and 95% interval.
+
+    ``soft_tifa_am`` / ``soft_tifa_gm``: the mean over images of each prompt's arithmetic / geometric mean of its
+    question scores; ``skill/<skill>``: the mean of every question of that skill, pooled over prompts (a micro
+    average); ``atoms/<k>``: the mean GM of the prompts with atom count ``k``. Failed images are left out.
+    """
+    from flowopd.reward_models.geneval2 import SKILLS, arithmetic_mean, geometric_mean
+
+    ok = _ok(records, reward)
+    if not ok:
+        return {}
+    per_image = [(r["scores"][reward]["details"]["question_scores"], r["metadata"]) for r in ok]
+    bounds = (0.0, 100.0)
+    metrics: Metrics = {
+        "soft_tifa_am": mean_ci([100 * arithmetic_mean(q) for q, _ in per_image], proportion=False, bounds=bounds),
+        "soft_tifa_gm": mean_ci([100 * geometric_mean(q) for q, _ in per_image], proportion=False, bounds=bounds),
+    }
+    for skill in SKILLS:
+        values = [100 * s for q, meta in per_image for s, sk in zip(q, meta["skills"]) if sk == skill]
+        if values:
+            metrics[f"skill/{skill}"] = mean_ci(values, proportion=False, bounds=bounds)
+    for atoms in sorted({meta["atom_count"] for _, meta in per_image}):
+        values = [100 * geometric_mean(q) for q, meta in per_image if meta["atom_count"] == atoms]
+        metrics[f"atoms/{atoms}"] = mean_ci(values, proportion=False, bounds=bounds)
+    return metrics
+
+
+def _geneval2_aggregate(suite: Suite, records: list[Record], rewards: Sequence[str]) -> Metrics:
+    return soft_tifa_metrics(records, suite.rewards[0])
 
 
 # ------------------------------------------------------------------ the suites
@@ -407,6 +440,17 @@ BUILTIN_SUITES = (
         prompt_sets=tuple(f"hpsv2/{s}" for s in ("anime", "concept-art", "paintings", "photo")),
         group_key="style",
         aggregate=_hpsv2_aggregate,
+    ),
+    Suite(
+        "geneval2",
+        "GenEval 2 (800 prompts, 1 image each): Soft-TIFA AM and GM x 100 (Qwen3-VL-8B-Instruct), per skill and per atom count",
+        "real",
+        1,
+        ("geneval2_soft_tifa",),
+        prompt_sets=("geneval2",),
+        group_key="atom_count",
+        aggregate=_geneval2_aggregate,
+        notes=("Soft-TIFA as facebookresearch/GenEval2 evaluation.py computes it; served: top-20 logprobs, see docs/eval.md",),
     ),
     Suite(
         "t2i-compbench",

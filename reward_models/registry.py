@@ -39,6 +39,7 @@ BUILTIN: dict[str, str] = {
     "hpsv2.1": "flowopd.reward_models.hps:HPSv21",
     "imagereward_v1": "flowopd.reward_models.imagereward:ImageRewardV1",
     "deqa": "flowopd.reward_models.deqa:DeQA",
+    "geneval2_soft_tifa": "flowopd.reward_models.geneval2:GenEval2SoftTIFA",
     "unifiedreward": "flowopd.reward_models.judges:UnifiedReward",
     "qwenvl_judge": "flowopd.reward_models.judges:QwenVLJudge",
 }

@@ -212,6 +212,20 @@ for _ws in (
         license="Apache-2.0",
     ),
     WeightSet(
+        "qwen3-vl-8b-instruct",
+        "Qwen/Qwen3-VL-8B-Instruct",
+        (
+            "config.json",
+            "model.safetensors.index.json|model.safetensors",
+            "tokenizer.json",
+            "tokenizer_config.json",
+            "preprocessor_config.json",
+        ),
+        "Qwen3-VL-8B-Instruct, the VQA model of GenEval 2's Soft-TIFA (geneval2_soft_tifa, in process)",
+        fetch=("*.json", "*.safetensors", "*.txt", "*.jinja"),
+        license="Apache-2.0",
+    ),
+    WeightSet(
         "deqa-score-mix3",
         "zhiyuanyou/DeQA-Score-Mix3",
         ("config.json",),

@@ -7,7 +7,7 @@ import pytest
 from flowopd.benchmarks import prompt_sets as PS
 from flowopd.errors import FlowOPDError, InputError
 
-SHARED_SETS = ["geneval", "ocr", "pickscore", "drawbench", *PS.GROUPS["t2i-compbench"]]
+SHARED_SETS = ["geneval", "geneval2", "ocr", "pickscore", "drawbench", *PS.GROUPS["t2i-compbench"]]
 
 
 @pytest.fixture()
@@ -33,6 +33,15 @@ def test_geneval_set_keeps_the_clauses_and_six_tags(data):
     assert {p.metadata["tag"] for p in prompts} == {"single_object", "two_object", "counting", "colors", "position", "color_attr"}
     counting = next(p for p in prompts if p.metadata["tag"] == "counting")
     assert counting.metadata["exclude"][0]["count"] == counting.metadata["include"][0]["count"] + 1
+
+
+def test_geneval2_set_keeps_the_questions_skills_and_atom_counts(data):
+    prompts = PS.resolve("geneval2")
+    counts = {k: sum(p.metadata["atom_count"] == k for p in prompts) for k in range(3, 11)}
+    assert counts == dict.fromkeys(range(3, 11), 100)
+    assert all(len(p.metadata["vqa_list"]) == len(p.metadata["skills"]) > 0 for p in prompts)
+    first = prompts[0]
+    assert first.text == "a green backpack and a pig" and first.metadata["vqa_list"][0] == ["How many backpacks are in the image?", "one"]
 
 
 def test_groups_concatenate_their_sets_in_order(data):
@@ -105,7 +114,8 @@ def test_prompts_cli_lists_and_shows(data, run_cli):
     res = run_cli("prompts", "list", "--format", "json", env={"FLOWOPD_DATA_DIR": str(data)})
     assert res.returncode == 0, res.stderr
     rows = {r["name"]: r for r in json.loads(res.stdout)["sets"]}
-    assert rows["geneval"]["present"] is True and rows["hpsv2/photo"]["present"] is False and len(rows) == 19
+    assert rows["geneval"]["present"] is True and rows["hpsv2/photo"]["present"] is False and len(rows) == 20
+    assert rows["geneval2"]["present"] is True and rows["geneval2"]["size"] == 800
     res = run_cli("prompts", "show", "ocr", "-n", "2", "--format", "json", env={"FLOWOPD_DATA_DIR": str(data)})
     shown = json.loads(res.stdout)
     assert len(shown) == 2 and all(s["task"] == "text" and '"' in s["prompt"] for s in shown)

@@ -22,6 +22,7 @@ ZOO = [
     "hpsv2.1",
     "imagereward_v1",
     "deqa",
+    "geneval2_soft_tifa",
     "unifiedreward",
     "qwenvl_judge",
 ]
