@@ -282,5 +282,8 @@ def test_the_reproduction_takes_its_teacher_rows_from_the_recipe(tmp_path):
         teacher_rows(cfg)
     nft_recipe = load_config(TrainConfig, recipe_path("mini/opd-nft"))  # the NFT row set's recipe: the NFT recipes' outputs
     assert {row: spec for row, (spec, _) in teacher_rows(nft_recipe).items()} == {
-        f"teacher-{t}": f"runs/teacher-{t}-nft/lora" for t in ("compose", "text", "preference", "quality")
+        "teacher-compose": "runs/teacher-compose-nft/lora",
+        "teacher-text": "runs/teacher-text-nft/lora",
+        "teacher-preference": "mini-teacher-preference",
+        "teacher-quality": "mini-teacher-quality",
     }
