@@ -11,7 +11,9 @@ Anything that is not a set name is read as a prompt file (``.txt``,
 Sets: ``geneval`` (553 prompts, GenEval metadata), ``geneval2`` (800 prompts,
 GenEval2's ``atom_count``, ``vqa_list`` and ``skills``), ``ocr``, ``pickscore``,
 ``drawbench`` (Flow-GRPO test splits), ``t2i-compbench/<category>`` (8
-categories, validation prompts), ``hpsv2/<style>`` (4 styles x 800).
+categories, validation prompts), ``hpsv2/<style>`` (4 styles x 800),
+``dpg-bench`` (1065 prompt files joined with the question CSV, which must be
+downloaded: :mod:`flowopd.benchmarks.dpg_bench`).
 """
 
 from __future__ import annotations
@@ -65,6 +67,10 @@ class PromptSet:
 
     def present(self) -> bool:
         return self.path().is_file()
+
+    def missing_reason(self, group: str) -> str:
+        """Why the set cannot load, with the command that fetches it (``group``: the name to download)."""
+        return f"prompt set {self.name!r} not at {self.path()}; run `flowopd prompts download {group}`"
 
     def load(self) -> list[Prompt]:
         """The set's prompts, each with the set's task tag and metadata (``set`` = the set's name)."""
@@ -180,7 +186,11 @@ def _check_prompt_set(name: str, entry: object) -> PromptSet:
 
 # name -> PromptSet; plugins add theirs through the ``flowopd.prompt_sets`` entry-point group ("module:attribute")
 PROMPT_SETS: Registry[PromptSet] = Registry(
-    "prompt set", _sets(), error=InputError, entry_point_group="flowopd.prompt_sets", check=_check_prompt_set
+    "prompt set",
+    {**_sets(), "dpg-bench": "flowopd.benchmarks.dpg_bench:PROMPT_SET"},
+    error=InputError,
+    entry_point_group="flowopd.prompt_sets",
+    check=_check_prompt_set,
 )
 GROUPS = {"t2i-compbench": [f"t2i-compbench/{c}" for c in T2I_CATEGORIES], "hpsv2": [f"hpsv2/{s}" for s in HPS_STYLES]}
 

@@ -17,6 +17,7 @@ their n and a 95% confidence interval. Metric keys are ``<suite>/<metric>``.
 | ``hpsv2`` | HPS v2 benchmark, 4 styles x 800 | 1 | ``hpsv2`` | per style: mean of 10 chunk means (x100), and their average |
 | ``t2i-compbench`` | T2I-CompBench++ val, 8 x 300 | 10 | see :data:`T2I_METRIC_MODELS` | per category |
 | ``geneval2`` | GenEval 2, 800 (100 per atom count 3-10) | 1 | ``geneval2_soft_tifa`` (Qwen3-VL-8B-Instruct) | Soft-TIFA AM and GM x 100; per skill; per atom count |
+| ``dpg-bench`` | DPG-Bench, 1065 | 4 (the 2x2 tiles) | ``dpg_vqa@served-vlm`` (not the official mPLUG) | ``<metric>@served-vlm``: overall, L1/L2 x 100 (:mod:`flowopd.benchmarks.dpg_bench`) |
 """
 
 from __future__ import annotations
@@ -123,8 +124,7 @@ class Suite:
         for group in dict.fromkeys(name.split("/")[0] for name in self.prompt_sets):
             absent = [n for n in self.prompt_sets if n.split("/")[0] == group and not PROMPT_SETS[n].present()]
             if absent:
-                where = PROMPT_SETS[absent[0]].path()
-                missing.append(f"prompt set {absent[0]!r} not at {where}; run `flowopd prompts download {group}`")
+                missing.append(PROMPT_SETS[absent[0]].missing_reason(group))
         statuses = reward_statuses([*self.rewards, *self.optional_rewards])
         missing += [f"reward {r}: {statuses[r][1]}" for r in self.rewards if not statuses[r][0]]
         if self.optional_rewards and not self.rewards and not any(statuses[r][0] for r in self.optional_rewards):
@@ -473,7 +473,10 @@ BUILTIN_SUITES = (
 # the flowopd.suites entry-point group (examples/suite-plugin)
 ENTRY_POINT_GROUP = "flowopd.suites"
 SUITES: Registry[Suite] = Registry(
-    "suite", {"mini": "flowopd.mini.suite:SUITE", **{s.name: s for s in BUILTIN_SUITES}}, InputError, ENTRY_POINT_GROUP
+    "suite",
+    {"mini": "flowopd.mini.suite:SUITE", **{s.name: s for s in BUILTIN_SUITES}, "dpg-bench": "flowopd.benchmarks.dpg_bench:SUITE"},
+    InputError,
+    ENTRY_POINT_GROUP,
 )
 
 

@@ -40,6 +40,7 @@ BUILTIN: dict[str, str] = {
     "imagereward_v1": "flowopd.reward_models.imagereward:ImageRewardV1",
     "deqa": "flowopd.reward_models.deqa:DeQA",
     "geneval2_soft_tifa": "flowopd.reward_models.geneval2:GenEval2SoftTIFA",
+    "dpg_vqa@served-vlm": "flowopd.reward_models.dpg_bench:DPGServedVQA",
     "unifiedreward": "flowopd.reward_models.judges:UnifiedReward",
     "qwenvl_judge": "flowopd.reward_models.judges:QwenVLJudge",
 }
