@@ -13,7 +13,9 @@ GenEval2's ``atom_count``, ``vqa_list`` and ``skills``), ``ocr``, ``pickscore``,
 ``drawbench`` (Flow-GRPO test splits), ``t2i-compbench/<category>`` (8
 categories, validation prompts), ``hpsv2/<style>`` (4 styles x 800),
 ``dpg-bench`` (1065 prompt files joined with the question CSV, which must be
-downloaded: :mod:`flowopd.benchmarks.dpg_bench`).
+downloaded: :mod:`flowopd.benchmarks.dpg_bench`), ``oneig`` (OneIG-Bench.csv, 1120
+EN prompts, with the question and ground-truth files of its ``scripts/``:
+:mod:`flowopd.benchmarks.oneig`).
 """
 
 from __future__ import annotations
@@ -187,7 +189,7 @@ def _check_prompt_set(name: str, entry: object) -> PromptSet:
 # name -> PromptSet; plugins add theirs through the ``flowopd.prompt_sets`` entry-point group ("module:attribute")
 PROMPT_SETS: Registry[PromptSet] = Registry(
     "prompt set",
-    {**_sets(), "dpg-bench": "flowopd.benchmarks.dpg_bench:PROMPT_SET"},
+    {**_sets(), "dpg-bench": "flowopd.benchmarks.dpg_bench:PROMPT_SET", "oneig": "flowopd.benchmarks.oneig:PROMPT_SET"},
     error=InputError,
     entry_point_group="flowopd.prompt_sets",
     check=_check_prompt_set,

@@ -18,6 +18,7 @@ their n and a 95% confidence interval. Metric keys are ``<suite>/<metric>``.
 | ``t2i-compbench`` | T2I-CompBench++ val, 8 x 300 | 10 | see :data:`T2I_METRIC_MODELS` | per category |
 | ``geneval2`` | GenEval 2, 800 (100 per atom count 3-10) | 1 | ``geneval2_soft_tifa`` (Qwen3-VL-8B-Instruct) | Soft-TIFA AM and GM x 100; per skill; per atom count |
 | ``dpg-bench`` | DPG-Bench, 1065 | 4 (the 2x2 tiles) | ``dpg_vqa@served-vlm`` (not the official mPLUG) | ``<metric>@served-vlm``: overall, L1/L2 x 100 (:mod:`flowopd.benchmarks.dpg_bench`) |
+| ``oneig`` | OneIG-Bench EN, 695 + 200 | 4 (the 2x2 tiles) | ``oneig_alignment``, ``oneig_text`` (Qwen2.5-VL-7B served) | alignment (pooled, per folder), text and its ED/CR/WAC (:mod:`flowopd.benchmarks.oneig`) |
 """
 
 from __future__ import annotations
@@ -474,7 +475,12 @@ BUILTIN_SUITES = (
 ENTRY_POINT_GROUP = "flowopd.suites"
 SUITES: Registry[Suite] = Registry(
     "suite",
-    {"mini": "flowopd.mini.suite:SUITE", **{s.name: s for s in BUILTIN_SUITES}, "dpg-bench": "flowopd.benchmarks.dpg_bench:SUITE"},
+    {
+        "mini": "flowopd.mini.suite:SUITE",
+        **{s.name: s for s in BUILTIN_SUITES},
+        "dpg-bench": "flowopd.benchmarks.dpg_bench:SUITE",
+        "oneig": "flowopd.benchmarks.oneig:SUITE",
+    },
     InputError,
     ENTRY_POINT_GROUP,
 )

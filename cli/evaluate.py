@@ -150,7 +150,7 @@ EvalSuites = Annotated[
     typer.Option(
         "--suite",
         "-s",
-        help="A suite (mini, geneval, geneval@hf-m2f, ocr, pickscore, deqa, quality, hpsv2, t2i-compbench, geneval2, dpg-bench, a plugin's: "
+        help="A suite (mini, geneval, geneval@hf-m2f, ocr, pickscore, deqa, quality, hpsv2, t2i-compbench, geneval2, dpg-bench, oneig, a plugin's: "
         "`flowopd suites list`) or all; repeatable.",
     ),
 ]

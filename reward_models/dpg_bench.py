@@ -36,8 +36,8 @@ from typing import Any
 
 import numpy as np
 
-from flowopd.reward_models.base import RewardModel
-from flowopd.reward_models.chat_client import ChatEndpoint, ChatRequest, served_status
+from flowopd.reward_models.chat_client import ChatRequest
+from flowopd.reward_models.judges import ServedReward
 
 CSV_COLUMNS = (
     "item_id", "text", "keywords", "proposition_id", "dependency",
@@ -207,37 +207,19 @@ def check_dpg_metadata(meta: Any) -> list[Mapping[str, Any]]:
 # ----------------------------------------------------------------------------- the served reward
 
 
-class DPGServedVQA(RewardModel):
+class DPGServedVQA(ServedReward):
     """DPG-Bench's question answering by a served VLM instead of the official mPLUG-large: raw = the tile score (0-1);
     details: every reply, the raw and the dependency-filtered answers. Not the official number (see the module docstring)."""
 
     name = "dpg_vqa@served-vlm"
     version = "1"
     description = "DPG-Bench yes/no questions asked of a served VLM (not the official mPLUG-large): dependency-filtered mean, 0-1"
-    higher_is_better = True
+    serves = "a vision-language model that answers yes/no questions (e.g. Qwen2.5-VL-7B-Instruct)"
     needs_metadata = True
     raw_range = (0.0, 1.0)
 
-    def __init__(self, device: str = "cpu", batch_size: int = 64, weights: Mapping[str, str] | None = None, **endpoint: Any):
-        """``endpoint``: ``base_url``, ``model``, ``api_key_env``, ``timeout``, ``max_retries``, ``backoff``, ``concurrency`` (see :class:`ChatEndpoint`)."""
-        super().__init__(device=device, batch_size=batch_size, weights=weights)
-        self.endpoint = ChatEndpoint.from_env(self.name, **endpoint)
-
-    @classmethod
-    def weights_status(cls) -> tuple[bool, str | None]:
-        """Available when ``$FLOWOPD_DPG_VQA_SERVED_VLM_URL`` is set."""
-        return served_status(cls.name, "a vision-language model that answers yes/no questions (e.g. Qwen2.5-VL-7B-Instruct)")
-
-    def identity(self) -> str:
-        """``served:<model>``: another judge, other cached scores."""
-        return f"served:{self.endpoint.resolve_model() if self.endpoint.base_url else '?'}"
-
     def applies_to(self, prompt: str, metadata: dict[str, Any] | None) -> bool:
         return isinstance(metadata, Mapping) and isinstance(metadata.get("questions"), list) and bool(metadata["questions"])
-
-    def load(self) -> None:
-        self.endpoint.require_url()
-        self.endpoint.resolve_model()
 
     def _score(self, images: np.ndarray, prompts: list[str], metadata: list[dict[str, Any] | None]):
         questions = []

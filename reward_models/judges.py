@@ -120,14 +120,12 @@ def _excerpt(text: str, n: int = EXCERPT_CHARS) -> str:
     return text if len(text) <= n else text[: n - 3] + "..."
 
 
-class _ChatJudge(RewardModel):
-    """A reward that asks a served VLM one templated question per image and parses a 1-5 score."""
+class ServedReward(RewardModel):
+    """A reward answered by a model behind an OpenAI-compatible server: its endpoint (``FLOWOPD_<REWARD>_URL``, ...),
+    its availability, and its identity (the served model, so another judge's scores are cached apart)."""
 
     higher_is_better = True
-    prompt_template: ClassVar[str] = ""
     serves: ClassVar[str] = ""  # what the server should serve (for the not-configured message)
-    score_range: ClassVar[tuple[float, float]] = (1.0, 5.0)
-    max_tokens: ClassVar[int] = 1024
 
     def __init__(
         self,
@@ -149,6 +147,18 @@ class _ChatJudge(RewardModel):
         """Check the configuration and learn the served model name (``GET /models`` when none is given)."""
         self.endpoint.require_url()
         self.endpoint.resolve_model()
+
+    def identity(self) -> str:
+        """``served:<model>``: another judge, other cached scores."""
+        return f"served:{self.endpoint.resolve_model() if self.endpoint.base_url else '?'}"
+
+
+class _ChatJudge(ServedReward):
+    """A reward that asks a served VLM one templated question per image and parses a 1-5 score."""
+
+    prompt_template: ClassVar[str] = ""
+    score_range: ClassVar[tuple[float, float]] = (1.0, 5.0)
+    max_tokens: ClassVar[int] = 1024
 
     def normalize(self, raw: torch.Tensor) -> torch.Tensor:
         return raw.float() / 5.0

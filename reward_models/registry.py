@@ -41,6 +41,8 @@ BUILTIN: dict[str, str] = {
     "deqa": "flowopd.reward_models.deqa:DeQA",
     "geneval2_soft_tifa": "flowopd.reward_models.geneval2:GenEval2SoftTIFA",
     "dpg_vqa@served-vlm": "flowopd.reward_models.dpg_bench:DPGServedVQA",
+    "oneig_alignment": "flowopd.reward_models.oneig:OneIGAlignment",
+    "oneig_text": "flowopd.reward_models.oneig:OneIGText",
     "unifiedreward": "flowopd.reward_models.judges:UnifiedReward",
     "qwenvl_judge": "flowopd.reward_models.judges:QwenVLJudge",
 }

@@ -114,10 +114,11 @@ def test_prompts_cli_lists_and_shows(data, run_cli):
     res = run_cli("prompts", "list", "--format", "json", env={"FLOWOPD_DATA_DIR": str(data)})
     assert res.returncode == 0, res.stderr
     rows = {r["name"]: r for r in json.loads(res.stdout)["sets"]}
-    assert rows["geneval"]["present"] is True and rows["hpsv2/photo"]["present"] is False and len(rows) == 21
+    assert rows["geneval"]["present"] is True and rows["hpsv2/photo"]["present"] is False and len(rows) == 22
     assert rows["geneval2"]["present"] is True and rows["geneval2"]["size"] == 800
     dpg = rows["dpg-bench"]  # the prompt files are here, the question CSV is not
     assert dpg["present"] is False and dpg["size"] == 1065 and dpg["path"].endswith("dpg_bench/dpg_bench/dpg_bench.csv")
+    assert rows["oneig"]["present"] is True and rows["oneig"]["size"] == 1120  # OneIG-Bench.csv is here
     res = run_cli("prompts", "show", "ocr", "-n", "2", "--format", "json", env={"FLOWOPD_DATA_DIR": str(data)})
     shown = json.loads(res.stdout)
     assert len(shown) == 2 and all(s["task"] == "text" and '"' in s["prompt"] for s in shown)
