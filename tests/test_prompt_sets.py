@@ -122,3 +122,36 @@ def test_prompts_cli_lists_and_shows(data, run_cli):
     res = run_cli("prompts", "show", "ocr", "-n", "2", "--format", "json", env={"FLOWOPD_DATA_DIR": str(data)})
     shown = json.loads(res.stdout)
     assert len(shown) == 2 and all(s["task"] == "text" and '"' in s["prompt"] for s in shown)
+
+
+def test_the_hps_v2_benchmark_in_its_official_layout_feeds_the_suite(tmp_path, monkeypatch):
+    """The HPS v2 benchmark as the hpsv2 package downloads it (zhwang/HPDv2 ``benchmark/<style>.json``: one JSON list of
+    800 prompt strings a style): found under the data dir, 3200 jobs with their style, and the official score per style."""
+    from flowopd.benchmarks.suites import chunked_mean_ci, get_suite
+
+    root = tmp_path / "data"
+    (root / "hpsv2" / "benchmark").mkdir(parents=True)
+    for style in PS.HPS_STYLES:
+        prompts = [f"{style} prompt number {i}, highly detailed" for i in range(800)]
+        (root / "hpsv2" / "benchmark" / f"{style}.json").write_text(json.dumps(prompts, indent=4))
+    monkeypatch.setenv("FLOWOPD_DATA_DIR", str(root))
+    assert all(PS.PROMPT_SETS[f"hpsv2/{s}"].present() for s in PS.HPS_STYLES)
+    prompts = PS.resolve("hpsv2")
+    assert len(prompts) == 3200 and prompts[800].text == "concept-art prompt number 0, highly detailed"
+    suite = get_suite("hpsv2")
+    jobs = suite.jobs(limit=None, seed=0)
+    assert len(jobs) == 3200 and {j.metadata["style"] for j in jobs} == set(PS.HPS_STYLES)
+    assert len(suite.jobs(limit=2, seed=0)) == 4 * 2  # --limit counts prompts per style
+    # the official benchmark score: per style, the mean of 10 chunk means of 80 prompts, of 100 x HPS
+    raws = {s: [0.2 + 0.0001 * i + 0.01 * k for i in range(800)] for k, s in enumerate(PS.HPS_STYLES)}
+
+    def raw(job):  # the score of prompt number i of its style's file
+        return raws[job.metadata["style"]][int(job.prompt.split(",")[0].split()[-1])]
+
+    records = [{"prompt": j.prompt, "metadata": j.metadata, "scores": {"hpsv2": {"raw": raw(j), "details": {}}}} for j in jobs]
+    metrics = suite.aggregate(suite, records, ["hpsv2"])
+    for s in PS.HPS_STYLES:
+        official = sum(sum(100 * x for x in raws[s][80 * c : 80 * (c + 1)]) / 80 for c in range(10)) / 10
+        assert metrics[s]["mean"] == pytest.approx(official) and metrics[s]["n"] == 800
+    assert metrics["average"]["mean"] == pytest.approx(sum(metrics[s]["mean"] for s in PS.HPS_STYLES) / 4)
+    assert chunked_mean_ci([100 * x for x in raws["photo"]])["mean"] == pytest.approx(metrics["photo"]["mean"])
