@@ -194,6 +194,16 @@ class RewardModel:
             raise FlowOPDError(f"reward {self.name!r} returned details that are not dicts; {fix}")
         return out
 
+    def _checked_metadata(self, metadata: Sequence[dict[str, Any] | None], check: Any) -> list[Any]:
+        """``check(meta)`` for each image's metadata; its ``ValueError`` is raised again naming this reward and the image."""
+        out = []
+        for index, meta in enumerate(metadata):
+            try:
+                out.append(check(meta))
+            except ValueError as exc:
+                raise ValueError(f"{self.name}: image {index}: {exc}") from None
+        return out
+
     def _score(
         self, images: np.ndarray, prompts: list[str], metadata: list[dict[str, Any] | None]
     ) -> tuple[list[float], list[dict[str, Any]]]:

@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from flowopd.reward_models.chat_client import ChatRequest
-from flowopd.reward_models.judges import ServedReward
+from flowopd.reward_models.judges import ServedReward, first_failed_question
 
 CSV_COLUMNS = (
     "item_id", "text", "keywords", "proposition_id", "dependency",
@@ -222,12 +222,7 @@ class DPGServedVQA(ServedReward):
         return isinstance(metadata, Mapping) and isinstance(metadata.get("questions"), list) and bool(metadata["questions"])
 
     def _score(self, images: np.ndarray, prompts: list[str], metadata: list[dict[str, Any] | None]):
-        questions = []
-        for index, meta in enumerate(metadata):
-            try:
-                questions.append(check_dpg_metadata(meta))
-            except ValueError as exc:
-                raise ValueError(f"{self.name}: image {index}: {exc}") from None
+        questions = self._checked_metadata(metadata, check_dpg_metadata)
         requests = [
             ChatRequest(image=np.asarray(image), text=f"{q['question']} {ANSWER_INSTRUCTION}")
             for image, asked in zip(images, questions)
@@ -239,11 +234,11 @@ class DPGServedVQA(ServedReward):
         at = 0
         for asked in questions:
             mine, at = results[at : at + len(asked)], at + len(asked)
-            d: dict[str, Any] = {"backend": "served", "model": self.endpoint.model, "attempts": max(r.attempts for r in mine)}
-            failed = next((k for k, r in enumerate(mine) if r.error is not None), None)
-            if failed is not None:
+            d = self.served_details(mine)
+            error = first_failed_question([q["question"] for q in asked], mine)
+            if error is not None:
                 raws.append(None)
-                details.append({**d, "error": f"question {failed + 1} ({asked[failed]['question']!r}): {mine[failed].error}"})
+                details.append({**d, "error": error})
                 continue
             replies = [r.text or "" for r in mine]
             said = [answer_is_yes(text) for text in replies]

@@ -306,16 +306,14 @@ class GenEval2SoftTIFA(RewardModel):
 
     def _questions(self, metadata: list[dict[str, Any] | None]) -> list[list[tuple[str, str]]]:
         """Each image's ``[question, answer]`` pairs, after checking its metadata (a ``ValueError`` naming the image)."""
-        out = []
-        for index, meta in enumerate(metadata):
+
+        def pairs(meta: dict[str, Any] | None) -> list[tuple[str, str]]:
             if not isinstance(meta, Mapping):
-                raise ValueError(f"{self.name}: image {index} has no GenEval2 metadata; {RECORD_FORMAT} (prompt set geneval2)")
-            try:
-                check_geneval2_record(meta)
-            except ValueError as exc:
-                raise ValueError(f"{self.name}: image {index}: {exc}") from None
-            out.append([(q, a) for q, a in meta["vqa_list"]])
-        return out
+                raise ValueError(f"no GenEval2 metadata; {RECORD_FORMAT} (prompt set geneval2)")
+            check_geneval2_record(meta)
+            return [(q, a) for q, a in meta["vqa_list"]]
+
+        return self._checked_metadata(metadata, pairs)
 
     def _score(self, images: np.ndarray, prompts: list[str], metadata: list[dict[str, Any] | None]):
         questions = self._questions(metadata)

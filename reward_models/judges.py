@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import math
 import re
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -151,6 +151,16 @@ class ServedReward(RewardModel):
     def identity(self) -> str:
         """``served:<model>``: another judge, other cached scores."""
         return f"served:{self.endpoint.resolve_model() if self.endpoint.base_url else '?'}"
+
+    def served_details(self, results: Sequence[Any]) -> dict[str, Any]:
+        """The details every served score carries: the backend, the model and the most attempts a request took."""
+        return {"backend": "served", "model": self.endpoint.model, "attempts": max((r.attempts for r in results), default=0)}
+
+
+def first_failed_question(questions: Sequence[str], results: Sequence[Any]) -> str | None:
+    """The error of the first question whose request failed, naming it (``None`` when all were answered)."""
+    failed = next((k for k, r in enumerate(results) if r.error is not None), None)
+    return None if failed is None else f"question {failed + 1} ({questions[failed]!r}): {results[failed].error}"
 
 
 class _ChatJudge(ServedReward):

@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from flowopd.reward_models.chat_client import ChatRequest
-from flowopd.reward_models.judges import ServedReward
+from flowopd.reward_models.judges import ServedReward, first_failed_question
 
 SERVED_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
 ALIGNMENT_SUFFIX = "Please answer 'Yes' or 'No' only."
@@ -188,9 +188,6 @@ class _OneIGServedJudge(ServedReward):
             out += list(zip(group, results))
         return [r for _, r in sorted(out, key=lambda pair: pair[0])]
 
-    def _base_details(self, results) -> dict[str, Any]:
-        return {"backend": "served", "model": self.endpoint.model, "attempts": max((r.attempts for r in results), default=0)}
-
 
 class OneIGAlignment(_OneIGServedJudge):
     """OneIG-Bench alignment on one tile: raw = the mean of its dependency-filtered exact-``Yes`` answers (0-1);
@@ -204,12 +201,7 @@ class OneIGAlignment(_OneIGServedJudge):
         return isinstance(metadata, Mapping) and isinstance(metadata.get("questions"), list) and bool(metadata["questions"])
 
     def _score(self, images: np.ndarray, prompts: list[str], metadata: list[dict[str, Any] | None]):
-        asked_per_image = []
-        for index, meta in enumerate(metadata):
-            try:
-                asked_per_image.append(check_questions(meta))
-            except ValueError as exc:
-                raise ValueError(f"{self.name}: image {index}: {exc}") from None
+        asked_per_image = self._checked_metadata(metadata, check_questions)
         black = [is_black_tile(image) for image in images]
         requests = [
             ChatRequest(image=upstream_tile(image), text=alignment_text(q["question"]))
@@ -226,11 +218,11 @@ class OneIGAlignment(_OneIGServedJudge):
                 details.append({"backend": "served", "error": BLACK_TILE_ERROR})
                 continue
             mine = [next(results) for _ in asked]
-            d = self._base_details(mine)
-            failed = next((k for k, r in enumerate(mine) if r.error is not None), None)
-            if failed is not None:
+            d = self.served_details(mine)
+            error = first_failed_question([q["question"] for q in asked], mine)
+            if error is not None:
                 raws.append(None)
-                details.append({**d, "error": f"question {failed + 1} ({asked[failed]['question']!r}): {mine[failed].error}"})
+                details.append({**d, "error": error})
                 continue
             replies = [r.text or "" for r in mine]
             raw_answers = [int(is_exact_yes(text)) for text in replies]
@@ -252,12 +244,7 @@ class OneIGText(_OneIGServedJudge):
         return isinstance(metadata, Mapping) and isinstance(metadata.get("text_content"), str)
 
     def _score(self, images: np.ndarray, prompts: list[str], metadata: list[dict[str, Any] | None]):
-        truths = []
-        for index, meta in enumerate(metadata):
-            try:
-                truths.append(check_text_content(meta))
-            except ValueError as exc:
-                raise ValueError(f"{self.name}: image {index}: {exc}") from None
+        truths = self._checked_metadata(metadata, check_text_content)
         black = [is_black_tile(image) for image in images]
         live = [k for k, dark in enumerate(black) if not dark]
         requests = [ChatRequest(image=upstream_tile(images[k]), text=OCR_PROMPT) for k in live]
@@ -270,7 +257,7 @@ class OneIGText(_OneIGServedJudge):
                 details.append({"backend": "served", "error": BLACK_TILE_ERROR})
                 continue
             result = results[k]
-            d = self._base_details([result])
+            d = self.served_details([result])
             if result.error is not None:
                 raws.append(None)
                 details.append({**d, "error": f"OCR request: {result.error}"})

@@ -70,8 +70,8 @@ def image_score(p_yes: Sequence[float]) -> float:
 
 _DETERMINERS = {"a", "an", "the", "one", "two", "three", "four", "five", "some", "his", "her", "its", "their", "my", "our", "your"}
 _BREAKS = {"and", "or", "but", "with", "on", "in", "of", "at", "to", "by", "near", "next", "beside", "behind", "under", "over",
-           "above", "below", "into", "onto", "from", "against", "while", "as", "is", "are", "was", "were", "be", "has", "have"}  # fmt: skip
-_BREAKS |= {"which", "that", "who", "where", "while"}
+           "above", "below", "into", "onto", "from", "against", "while", "as", "is", "are", "was", "were", "be", "has", "have",
+           "which", "that", "who", "where"}  # fmt: skip
 _STARTS_AFTER = {"", ",", "and", "or", "of", "with", "on", "in", "at", "by", "from", "against", "under", "over", "behind", "beside"}
 
 

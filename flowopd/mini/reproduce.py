@@ -99,7 +99,8 @@ def reproduce(
     out.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = json.loads((out / "timings.json").read_text()) if (out / "timings.json").is_file() else {}
     t_start = time.perf_counter()
-    stages, specs = _stages(cfg, variants, out, limit)
+    teachers = teacher_rows(cfg)  # before hours of work: a recipe without a teacher for some task is refused here
+    stages, specs = _stages(cfg, variants, out, limit, {row: spec for row, (spec, _) in teachers.items()})
     for done, (label, work, finished) in enumerate(stages):
         if progress:
             progress(label, done, len(stages))
@@ -110,15 +111,18 @@ def reproduce(
             write_json_atomic(out / "timings.json", timings)
     if progress:
         progress("tables", len(stages), len(stages))
-    results = summarise(out, specs, {row: what for row, (_, what) in teacher_rows(cfg).items()})
+    results = summarise(out, specs, {row: what for row, (_, what) in teachers.items()})
     results.update(timings=timings, wall_seconds_this_call=round(time.perf_counter() - t_start, 1), limit=limit, config=config)
     write_json_atomic(out / "results.json", results)
     (out / "results.md").write_text(to_markdown(results))
     return results
 
 
-def _stages(cfg, variants: dict, out: Path, limit: int) -> tuple[list[tuple[str, Callable[[], Any], Callable[[], bool]]], dict[str, str]]:
-    """The reproduction's stages in order, each (label, work, finished?), and the model spec of every row."""
+def _stages(
+    cfg, variants: dict, out: Path, limit: int, teachers: dict[str, str]
+) -> tuple[list[tuple[str, Callable[[], Any], Callable[[], bool]]], dict[str, str]]:
+    """The reproduction's stages in order, each (label, work, finished?), and the model spec of every row
+    (``teachers``: each teacher row's spec)."""
     from flowopd.benchmarks.runner import EvalConfig, run_eval
     from flowopd.coldstart import merge_teachers, sft_cold_start
     from flowopd.lora import LORA_FILE
@@ -132,7 +136,7 @@ def _stages(cfg, variants: dict, out: Path, limit: int) -> tuple[list[tuple[str,
     for name, v in variants.items():
         run = out / "runs" / name
         stages.append((f"train {name}", functools.partial(_train, v, run), (run / "lora" / LORA_FILE).is_file))
-    specs = {**SHIPPED, **{row: spec for row, (spec, _) in teacher_rows(cfg).items()}}
+    specs = {**SHIPPED, **teachers}
     specs.update({f"coldstart-{m}": str(models / f"coldstart-{m}") for m in ("merge", "sft")})
     specs.update({name: str(out / "runs" / name / "lora") for name in variants})
     for row, _, _ in ROWS:
