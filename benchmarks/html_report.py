@@ -28,6 +28,7 @@ from flowopd.benchmarks.report import (
     Table,
     cell_text,
     legend,
+    missing_text,
     provenance_lines,
     skipped_groups,
 )
@@ -109,9 +110,9 @@ def page(title: str, body: str, nav: str = "", subtitle: str = "") -> str:
 # ------------------------------------------------------------------ tables
 
 
-def cell_html(lb: Leaderboard, cell: Cell | None, col: Column, rank: int | None) -> str:
+def cell_html(lb: Leaderboard, cell: Cell | None, col: Column, rank: int | None, missing: str = "n/a") -> str:
     if cell is None:
-        return '<td class="na">n/a</td>'
+        return f'<td class="na">{esc(missing)}</td>'
     t = cell_text(lb, cell, col.digits)
     cls = ["best"] if rank == 1 else ["second"] if rank == 2 else []
     inner = f'<span class="v">{esc(t.value)}</span>'
@@ -144,7 +145,7 @@ def table_html(lb: Leaderboard, t: Table, links: dict[str, str] | None = None, o
         if only is not None and e.slug != only:
             continue
         cls = "" if e.measured else ' class="reported"'
-        cells = "".join(cell_html(lb, r.get(c.key), c, t.ranks.get((i, c.key))) for c in t.columns)
+        cells = "".join(cell_html(lb, r.get(c.key), c, t.ranks.get((i, c.key)), missing_text(t.spec, e, c.key)) for c in t.columns)
         rows.append(f"<tr{cls}><td>{_label_html(e, (links or {}).get(e.slug))}</td>{cells}</tr>")
     if not rows:
         return ""

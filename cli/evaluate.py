@@ -287,7 +287,7 @@ def report(
         None,
         "--baselines",
         help="Published numbers to show beside the runs, marked as reported: a CSV or JSON of model, metric, value, source "
-        "(or a shipped file by name: flow-opd-paper).",
+        "(or a shipped file by name: flow-opd-paper, oneig-bench).",
     ),
     baseline: Path | None = typer.Option(None, "--baseline", "-b", help="A mini run folder to compare every run with, image by image."),
     allow_mixed_protocols: bool = typer.Option(
@@ -329,7 +329,7 @@ def publish(
     baselines: Path | None = typer.Option(
         None,
         "--baselines",
-        help="Published numbers to show beside the runs (CSV or JSON of model, metric, value, source; or flow-opd-paper).",
+        help="Published numbers to show beside the runs (CSV or JSON of model, metric, value, source; or flow-opd-paper, oneig-bench).",
     ),
 ) -> None:
     """A static leaderboard site: index.html, one page per model, results.json and model-index YAML; relative links only."""

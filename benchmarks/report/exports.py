@@ -81,6 +81,9 @@ DATASETS = {
     "quality": ("DrawBench (image quality rewards)", "drawbench"),
     "hpsv2": ("HPS v2 benchmark", "hpsv2"),
     "t2i-compbench": ("T2I-CompBench++", "t2i-compbench"),
+    "geneval2": ("GenEval 2 (Soft-TIFA)", "geneval2"),
+    "dpg-bench": ("DPG-Bench", "dpg-bench"),
+    "oneig": ("OneIG-Bench (EN)", "oneig-bench"),
 }
 
 

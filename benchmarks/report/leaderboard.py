@@ -12,17 +12,22 @@ from flowopd.benchmarks.report.baselines import Baseline
 from flowopd.benchmarks.report.runs import Run, name_runs, slugify
 from flowopd.benchmarks.report.tables import (
     AVG,
+    GENEVAL2,
+    GENEVAL2_ATOMS,
     GENEVAL_MINI,
     HEADLINE_REWARD,
     HPSV2,
     MAIN_MINI,
     MAIN_REAL,
     MINI_TASKS,
+    ONEIG,
     QUALITY,
-    T2I,
     Column,
     TableSpec,
+    dpg_runtimes,
+    dpg_spec,
     geneval_spec,
+    t2i_spec,
 )
 from flowopd.benchmarks.stats import Z95, standard_error
 
@@ -119,6 +124,11 @@ class Leaderboard:
         return f"†{self.sources.index(source) + 1}" if len(self.sources) > 1 else "†"
 
 
+def missing_text(spec: TableSpec, e: Entry, key: str) -> str:
+    """What an empty cell reads: "skipped" where a measured row's suite does not compute that column, else "n/a"."""
+    return "skipped" if e.measured and key in spec.skipped else "n/a"
+
+
 def run_entry(run: Run) -> Entry:
     cells = {}
     for key, m in run.metrics.items():
@@ -211,7 +221,11 @@ def table_specs(entries: Sequence[Entry]) -> list[TableSpec]:
         *[geneval_spec(p) for p in geneval_prefixes],
         GENEVAL_MINI,
         QUALITY,
-        T2I,
+        t2i_spec(keys),
+        GENEVAL2,
+        GENEVAL2_ATOMS,
+        *[dpg_spec(rt) for rt in dpg_runtimes(keys)],
+        ONEIG,
         HPSV2,
         mini_rewards_spec(entries),
     ]

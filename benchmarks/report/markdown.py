@@ -8,7 +8,7 @@ from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from flowopd.benchmarks.report.leaderboard import Cell, Entry, Leaderboard, Table, cell_text
+from flowopd.benchmarks.report.leaderboard import Cell, Entry, Leaderboard, Table, cell_text, missing_text
 from flowopd.benchmarks.report.runs import Run
 from flowopd.benchmarks.report.tables import Column
 
@@ -21,9 +21,9 @@ def _md(text: Any) -> str:
     return s.replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;").replace("|", "\\|")
 
 
-def _md_cell(lb: Leaderboard, cell: Cell | None, col: Column, rank: int | None) -> str:
+def _md_cell(lb: Leaderboard, cell: Cell | None, col: Column, rank: int | None, missing: str = "n/a") -> str:
     if cell is None:
-        return "n/a"
+        return missing
     t = cell_text(lb, cell, col.digits)
     v = f"**{t.value}**" if rank == 1 else f"_{t.value}_" if rank == 2 else t.value
     return " ".join(part for part in (v, t.ci, t.n, t.mark, "‡" if t.teacher else "") if part)
@@ -59,7 +59,7 @@ def table_markdown(lb: Leaderboard, t: Table) -> str:
         lines += [t.spec.note, ""]
     lines += ["| model | " + " | ".join(_md(c.label) for c in t.columns) + " |", "|---|" + "---|" * len(t.columns)]
     for i, (e, r) in enumerate(t.rows):
-        cells = [_md_cell(lb, r.get(c.key), c, t.ranks.get((i, c.key))) for c in t.columns]
+        cells = [_md_cell(lb, r.get(c.key), c, t.ranks.get((i, c.key)), missing_text(t.spec, e, c.key)) for c in t.columns]
         lines.append(f"| {_md(row_label(e))} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import re
+from collections.abc import Iterable
 from pathlib import Path
 
 from flowopd.teachers import MINI_TASK_REWARDS
@@ -47,6 +48,7 @@ class TableSpec:
     note: str = ""
     keep_empty: bool = False  # show columns that no row has (the main tables keep their shape)
     require: tuple[str, ...] = ()  # shown only if some row has one of these (a per-tag table needs a tag, not just overall)
+    skipped: tuple[str, ...] = ()  # columns the suite does not compute: a measured row shows "skipped" there, not n/a
 
 
 AVG = Column("avg", "Avg", 4)
@@ -90,22 +92,88 @@ QUALITY = TableSpec(
     ),
     note="DrawBench prompts; each reward's mean raw score.",
 )
+T2I_CATEGORIES = (  # the suite's categories (suites.T2I_METRIC_MODELS) in the paper's Table 3 order, with their headers
+    ("color", "Color"),
+    ("shape", "Shape"),
+    ("texture", "Texture"),
+    ("spatial", "Spatial"),
+    ("3d_spatial", "3D-Spatial"),
+    ("numeracy", "Numeracy"),
+    ("non_spatial", "Non-Spatial"),
+    ("complex", "Complex"),
+)
 T2I = TableSpec(
-    "t2i-compbench",
-    "T2I-CompBench++ (paper Table 3)",
-    tuple(
-        Column(f"t2i-compbench/{c}", label, 4)
-        for c, label in (
-            ("color", "Color"),
-            ("shape", "Shape"),
-            ("texture", "Texture"),
-            ("spatial", "Spatial"),
-            ("3d_spatial", "3D-Spatial"),
-            ("numeracy", "Numeracy"),
-            ("non_spatial", "Non-Spatial"),
-            ("complex", "Complex"),
-        )
+    "t2i-compbench", "T2I-CompBench++ (paper Table 3)", tuple(Column(f"t2i-compbench/{c}", label, 4) for c, label in T2I_CATEGORIES)
+)
+T2I_MEAN = Column("t2i-compbench/mean", "Mean (8)", 4)
+T2I_NOTE = (
+    "Per category, the official metric model's score (0-1; Non-Spatial is a raw CLIP cosine). A column headed with a "
+    "runtime (e.g. Color @np-rules) is computed by another runtime of that model, named apart: not the official "
+    "T2I-CompBench++ number. Mean (8) = the official mean, only where all eight categories come from their official models."
+)
+
+
+def t2i_spec(keys: Iterable[str]) -> TableSpec:
+    """T2I-CompBench++ per category: each category's official column, then any runtime named apart
+    (``<category>@<runtime>``, headed with its runtime), and the official 8-category mean last."""
+    keys = set(keys)
+    cols: list[Column] = []
+    for cat, label in T2I_CATEGORIES:
+        cols.append(Column(f"t2i-compbench/{cat}", label, 4))
+        runtimes = sorted(k.split("@", 1)[1] for k in keys if k.startswith(f"t2i-compbench/{cat}@"))
+        cols += [Column(f"t2i-compbench/{cat}@{rt}", f"{label} @{rt}", 4) for rt in runtimes]
+    return TableSpec(T2I.id, T2I.title, (*cols, T2I_MEAN), note=T2I_NOTE)
+
+
+GENEVAL2_SKILLS = (("object", "Object"), ("attribute", "Attribute"), ("count", "Count"), ("position", "Position"), ("verb", "Verb"))
+GENEVAL2 = TableSpec(
+    "geneval2",
+    "GenEval 2 (Soft-TIFA x 100)",
+    (
+        Column("geneval2/soft_tifa_am", "Soft-TIFA AM", 2),
+        Column("geneval2/soft_tifa_gm", "Soft-TIFA GM", 2),
+        *(Column(f"geneval2/skill/{s}", f"{label} (AM)", 2) for s, label in GENEVAL2_SKILLS),
     ),
+    note="AM / GM = the mean over prompts of each prompt's arithmetic / geometric mean of its question scores; "
+    "per skill: every question of that skill pooled over prompts (the atom-level AM view of soft_tifa_analysis.py).",
+)
+GENEVAL2_ATOMS = TableSpec(
+    "geneval2-atoms",
+    "GenEval 2 per atom count (Soft-TIFA GM x 100)",
+    tuple(Column(f"geneval2/atoms/{k}", f"{k} atoms", 2) for k in range(3, 11)),
+    note="The mean per-prompt GM of the prompts with that many atoms (the prompt-level view of soft_tifa_analysis.py).",
+)
+DPG_L1 = (("global", "Global"), ("entity", "Entity"), ("attribute", "Attribute"), ("relation", "Relation"), ("other", "Other"))
+
+
+def dpg_spec(runtime: str = "") -> TableSpec:
+    """DPG-Bench overall and its L1 categories (x 100) as ``dpg-bench`` writes them, named ``<metric>@<runtime>``
+    when a judge other than the official mPLUG-large answered (one table per judge: different judges, different metrics)."""
+    suffix = f"@{runtime}" if runtime else ""
+    cols = tuple(Column(f"dpg-bench/L1/{c}{suffix}", label, 2) for c, label in DPG_L1) + (
+        Column(f"dpg-bench/overall{suffix}", "Overall", 2),
+    )
+    title = f"DPG-Bench, judged by {runtime}: not the official number" if runtime else "DPG-Bench"
+    note = "Overall = 100 x the mean over prompts of the dependency-filtered yes rate; L1 = the raw answers of each prompt's last tile, pooled."
+    if runtime:
+        note += f" Every value here was answered by {runtime}, not the official mPLUG-large VQA model."
+    return TableSpec(f"dpg-bench{suffix}", title, cols, note=note)
+
+
+def dpg_runtimes(keys: Iterable[str]) -> list[str]:
+    """The judges the DPG-Bench metrics in ``keys`` come from: "" (official), then each ``@<runtime>``."""
+    found = {k.rsplit("/", 1)[1].split("@", 1)[1] if "@" in k.rsplit("/", 1)[1] else "" for k in keys if k.startswith("dpg-bench/")}
+    return sorted(found, key=lambda rt: (rt != "", rt))
+
+
+ONEIG = TableSpec(
+    "oneig",
+    "OneIG-Bench (EN) dimensions",
+    tuple(Column(f"oneig/{d}", d.capitalize(), 3) for d in ("alignment", "text", "reasoning", "style", "diversity")),
+    note="Alignment (sets O, P, A, S) and Text (set T) as the oneig suite computes them; Reasoning, Style and Diversity "
+    "are not run by the suite (their models are not in the zoo; see the suite's notes): measured rows show them as skipped.",
+    keep_empty=True,
+    skipped=("oneig/reasoning", "oneig/style", "oneig/diversity"),
 )
 HPSV2 = TableSpec(
     "hpsv2",
