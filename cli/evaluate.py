@@ -283,11 +283,11 @@ def report(
         ReportFormat.md, "--format", "-f", help="md, html (one self-contained page), json, or model-index (Hugging Face model card YAML)."
     ),
     out: Path | None = typer.Option(None, "--out", "-o", help="Write the report here (default: print it; html needs --out)."),
-    baselines: Path | None = typer.Option(
+    baselines: list[Path] | None = typer.Option(
         None,
         "--baselines",
         help="Published numbers to show beside the runs, marked as reported: a CSV or JSON of model, metric, value, source "
-        "(or a shipped file by name: flow-opd-paper, oneig-bench).",
+        "(or a shipped file by name: flow-opd-paper, oneig-bench). Repeat it to show several.",
     ),
     baseline: Path | None = typer.Option(None, "--baseline", "-b", help="A mini run folder to compare every run with, image by image."),
     allow_mixed_protocols: bool = typer.Option(
@@ -326,10 +326,11 @@ def report(
 def publish(
     results: list[Path] = typer.Argument(..., help="Evaluation run folders written by `flowopd eval`."),
     out: Path = typer.Option(..., "--out", "-o", help="Site folder to write (an earlier site there is replaced whole)."),
-    baselines: Path | None = typer.Option(
+    baselines: list[Path] | None = typer.Option(
         None,
         "--baselines",
-        help="Published numbers to show beside the runs (CSV or JSON of model, metric, value, source; or flow-opd-paper, oneig-bench).",
+        help="Published numbers to show beside the runs (CSV or JSON of model, metric, value, source; or flow-opd-paper, "
+        "oneig-bench). Repeat it to show several.",
     ),
 ) -> None:
     """A static leaderboard site: index.html, one page per model, results.json and model-index YAML; relative links only."""

@@ -298,6 +298,9 @@ def test_report_cli_formats_and_errors(tmp_path, run_cli):
     res = run_cli("report", str(run), "--baselines", str(PAPER))
     assert res.returncode == 0, res.stderr
     assert "## Main results, mini world" in res.stdout and "## Main results (paper Table 2)" in res.stdout  # paper rows: their own table
+    res = run_cli("report", str(run), "--baselines", "flow-opd-paper", "--baselines", "oneig-bench")
+    assert res.returncode == 0, res.stderr
+    assert "## Main results (paper Table 2)" in res.stdout and "| GPT-4o †" in res.stdout  # both files' rows, one report
     res = run_cli("report", str(run), "--format", "json", "--baseline", str(run))
     doc = json.loads(res.stdout)
     assert doc["kind"] == "flowopd-leaderboard" and doc["paired_deltas"]["baseline"] == "mini-a"

@@ -129,18 +129,20 @@ def _mini_sampling(run: Run) -> dict[str, Any]:
 
 def build_report(
     results: Sequence[str | Path],
-    baselines: str | Path | None = None,
+    baselines: str | Path | Sequence[str | Path] | None = None,
     baseline_run: str | Path | None = None,
     allow_mixed_protocols: bool = False,
 ) -> Leaderboard:
-    """Load the run folders (and published numbers) into a leaderboard; with ``baseline_run``, add paired mini deltas.
+    """Load the run folders (and published numbers: one baselines file or several) into a leaderboard; with
+    ``baseline_run``, add paired mini deltas.
 
     Runs sampled with different protocols on a suite are refused unless ``allow_mixed_protocols`` (then the difference
     is a note under the tables), and runs off their suite's official protocol are noted (``benchmarks/protocol.py``)."""
     from flowopd.benchmarks.protocol import check_protocols
 
     runs = [load_run(p) for p in results]
-    rows = load_baselines(baselines) if baselines is not None else []
+    files = [] if baselines is None else [baselines] if isinstance(baselines, str | Path) else list(baselines)
+    rows = [row for f in files for row in load_baselines(f)]
     lb = build_leaderboard(runs, rows)
     if baseline_run is not None:  # its own, sharper refusal first: the images of two protocols do not pair
         add_deltas(lb, load_run(baseline_run))
