@@ -293,19 +293,20 @@ def mean_of_metrics(parts: Sequence[dict[str, Any]]) -> dict[str, Any]:
 
 
 # T2I-CompBench++ categories -> the rewards that compute them, in order of preference, each with how its raw score
-# becomes the category's score. The first is the official metric model; a later one is another runtime of it, named
-# apart: its metric is "<category>@<what differs>" (e.g. color@np-rules). The official models: BLIP-VQA (color, shape,
-# texture), UniDet (spatial, numeracy; + depth for 3d_spatial), CLIP ViT-B/32 similarity (non_spatial), and the 3-in-1
-# average (complex). A category with no available reward makes no images.
+# becomes the category's score. The official metric models: BLIP-VQA (color, shape, texture), UniDet (spatial,
+# numeracy; + depth for 3d_spatial), CLIP ViT-B/32 similarity (non_spatial), and the 3-in-1 average (complex). A reward
+# that is another runtime of the official model, or a stand-in for it, names its metric apart: "<category>@<what
+# differs>" (color@np-rules; spatial@owlv2: OWLv2 in place of UniDet, which does not install). A category with no
+# available reward makes no images.
 T2I_METRIC_MODELS: dict[str, tuple[tuple[str, float], ...]] = {
     "color": (("t2i_blip_vqa", 1.0), ("t2i_blip_vqa@np-rules", 1.0)),
     "shape": (("t2i_blip_vqa", 1.0), ("t2i_blip_vqa@np-rules", 1.0)),
     "texture": (("t2i_blip_vqa", 1.0), ("t2i_blip_vqa@np-rules", 1.0)),
-    "spatial": (),
-    "3d_spatial": (),
-    "numeracy": (),
+    "spatial": (("t2i_spatial@owlv2", 1.0),),
+    "3d_spatial": (("t2i_3d_spatial@owlv2-dpt", 1.0),),
+    "numeracy": (("t2i_numeracy@owlv2", 1.0),),
     "non_spatial": (("clipscore@vit-b-32", 0.01),),  # CLIP ViT-B/32 cosine = logits_per_image / 100, the official score
-    "complex": (),
+    "complex": (("t2i_complex@owlv2", 1.0),),
 }
 T2I_OFFICIAL_MODELS = {
     "color": "BLIP-VQA",
@@ -317,14 +318,17 @@ T2I_OFFICIAL_MODELS = {
     "non_spatial": "CLIP ViT-B/32",
     "complex": "3-in-1 (BLIP-VQA, UniDet, CLIP)",
 }
+# the official metric model of each category, by reward name; any other reward's metric is named apart
+T2I_OFFICIAL_REWARDS = {"t2i_blip_vqa", "clipscore@vit-b-32"}
 T2I_REWARDS = tuple(dict.fromkeys(r for models in T2I_METRIC_MODELS.values() for r, _ in models))
 
 
 def _t2i_choice(category: str, available: Sequence[str]) -> tuple[str, str, float] | None:
     """(metric key, reward, scale) a category is computed with: its first available reward, or None."""
-    for rank, (reward, scale) in enumerate(T2I_METRIC_MODELS[category]):
+    for reward, scale in T2I_METRIC_MODELS[category]:
         if reward in available:
-            return (category if rank == 0 else f"{category}@{reward.split('@', 1)[1]}"), reward, scale
+            official = reward in T2I_OFFICIAL_REWARDS or "@" not in reward
+            return (category if official else f"{category}@{reward.split('@', 1)[1]}"), reward, scale
     return None
 
 
@@ -366,10 +370,14 @@ def _t2i_notes() -> tuple[str, ...]:
 
     done = [f"{c} with {names(m)} ({T2I_OFFICIAL_MODELS[c]})" for c, m in T2I_METRIC_MODELS.items() if m]
     todo = [f"{c} ({T2I_OFFICIAL_MODELS[c]})" for c, m in T2I_METRIC_MODELS.items() if not m]
-    return (
+    notes = [
         f"computed: {', '.join(done)}; a metric named <category>@<runtime> comes from a non-official runtime",
-        f"not computed yet (their metric model is not in the reward zoo): {', '.join(todo)}",
-    )
+        "spatial, 3d_spatial, numeracy and complex use OWLv2 in place of UniDet (which does not install): the official "
+        "formulas on other detections, named apart (spatial@owlv2, ...); the official mean needs all eight official metrics",
+    ]
+    if todo:
+        notes.append(f"not computed yet (their metric model is not in the reward zoo): {', '.join(todo)}")
+    return tuple(notes)
 
 
 # the built-in suites on real models (the mini world's is a registry entry below)

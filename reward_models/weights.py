@@ -38,6 +38,7 @@ from flowopd.runinfo import atomic_file
 ENV_DIR = "FLOWOPD_WEIGHTS_DIR"
 DEFAULT_DIR = Path("~/.cache/flowopd/weights")
 HF_ENDPOINT = "https://huggingface.co"
+T2I_COMPBENCH_COMMIT = "1b7094991a57f3c22abdd4f6e8ba6c1a15517073"  # Karine-Huang/T2I-CompBench, the scorers' reference
 
 
 class WeightsMissingError(FlowOPDError):
@@ -155,6 +156,28 @@ for _ws in (
         ("en_core_web_sm-any-py3-none-any.whl",),
         "spaCy en_core_web_sm, the wheel (T2I-CompBench++'s noun-phrase and part-of-speech parser)",
         license="MIT",
+    ),
+    WeightSet(
+        "owlv2-base-patch16-ensemble",
+        "google/owlv2-base-patch16-ensemble",
+        ("config.json", "model.safetensors|pytorch_model.bin", "preprocessor_config.json", "tokenizer.json|vocab.json"),
+        "OWLv2 B/16 open-vocabulary detector (T2I-CompBench++ spatial, 3d_spatial, numeracy, complex in place of UniDet)",
+        fetch=("*.json", "*.txt"),
+        license="Apache-2.0",
+    ),
+    WeightSet(
+        "dpt-hybrid-midas",
+        "Intel/dpt-hybrid-midas",
+        ("config.json", "model.safetensors|pytorch_model.bin"),
+        "MiDaS v3.0 DPT-Hybrid depth (T2I-CompBench++ 3d_spatial's official depth model, transformers port)",
+        license="Apache-2.0",
+    ),
+    WeightSet(
+        "t2i-compbench-lists",
+        f"https://raw.githubusercontent.com/Karine-Huang/T2I-CompBench/{T2I_COMPBENCH_COMMIT}/examples/dataset",
+        ("new_objects.txt", "complex_val_spatial.txt", "complex_val_action.txt"),
+        "T2I-CompBench++'s numeracy object list and complex sub-category prompt lists (upstream files at a pinned commit)",
+        license="none stated upstream (no LICENSE file at that commit)",
     ),
     WeightSet(
         "clip-vit-h-14-processor",

@@ -11,6 +11,7 @@ import pytest
 from test_reward_clip import _tiny_clip, _write_processor
 from test_reward_geneval import CLIP_SET, M2F_SET, clip_dir, m2f_dir  # noqa: F401  (fixtures: tiny Mask2Former and CLIP)
 from test_reward_t2i_blip import _tiny_blip
+from test_reward_t2i_compbench import tiny_dpt, tiny_owlv2, tiny_spacy_wheel, write_lists
 from test_sd3_backbone import save_tiny_sd3
 
 
@@ -73,6 +74,40 @@ def test_eval_all_on_an_sd3_checkpoint_runs_the_real_suites_it_can(tiny_sd3, tin
     correct = [float(r["scores"]["geneval@hf-m2f"]["details"]["correct"]) for r in recs]
     assert s["metrics"]["geneval@hf-m2f/image_accuracy"]["mean"] == pytest.approx(sum(correct) / 48)
     assert {k.split("/")[1] for k in s["metrics"] if k.startswith("geneval@")} >= {"overall", "counting", "prompt_accuracy"}
+
+
+def test_t2i_compbench_scores_all_eight_categories_when_their_tiny_weights_are_given(
+    tiny_sd3, tiny_weights, shared_data, tmp_path, run_cli
+):
+    """The spaCy wheel makes color/shape/texture official (t2i_blip_vqa); OWLv2 (+ DPT) and the upstream lists add spatial,
+    3d_spatial, numeracy and complex, each named apart (<category>@owlv2...)."""
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    for name in ("clip-vit-base-patch32", "blip-vqa-capfilt-large"):
+        (weights / name).symlink_to(tiny_weights / name, target_is_directory=True)
+    tiny_owlv2(weights / "owlv2-base-patch16-ensemble")
+    tiny_dpt(weights / "dpt-hybrid-midas")
+    tiny_spacy_wheel(weights / "spacy-en-core-web-sm")
+    first_complex = (shared_data / "t2i-compbench" / "complex_val.txt").read_text().splitlines()[0]
+    write_lists(weights / "t2i-compbench-lists", spatial=(first_complex,))
+    out = tmp_path / "eval"
+    args = ("eval", "--suite", "t2i-compbench", "--model", str(tiny_sd3), "--limit", "1", "--out", str(out), "--no-report")
+    res = run_cli(*args, env=_env(shared_data, weights, tmp_path))
+    assert res.returncode == 0, res.stderr
+    s = json.loads((out / "summary.json").read_text())
+    keys = {"color", "shape", "texture", "non_spatial", "spatial@owlv2", "3d_spatial@owlv2-dpt", "numeracy@owlv2", "complex@owlv2"}
+    assert {k.split("/", 1)[1] for k in s["metrics"]} == keys  # no "mean": four of the eight are not the official models
+    recs = [json.loads(line) for line in (out / "t2i-compbench" / "samples.jsonl").read_text().splitlines()]
+    for key in keys:
+        cat = key.split("@")[0]
+        reward = next(iter(next(r for r in recs if r["metadata"]["category"] == cat)["scores"]))
+        raws = [r["scores"][reward]["raw"] for r in recs if r["metadata"]["category"] == cat]
+        assert s["metrics"][f"t2i-compbench/{key}"]["n"] == 10 and all(x is not None and math.isfinite(x) for x in raws)
+        assert s["metrics"][f"t2i-compbench/{key}"]["mean"] == pytest.approx(
+            sum(raws) / 10 * (0.01 if cat == "non_spatial" else 1), abs=1e-5
+        )
+    complex_recs = [r["scores"]["t2i_complex@owlv2"]["details"] for r in recs if r["metadata"]["category"] == "complex"]
+    assert {d["group"] for d in complex_recs} == {"spatial"}  # the first complex prompt is in the (cut-down) spatial list
 
 
 def _free_port() -> int:
