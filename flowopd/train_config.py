@@ -168,6 +168,11 @@ class OPDConfig(BaseModel):
         "exact", description="eq. 9 exact, or Flow-GRPO's (sde: exact x |dt|; cps: exact, as its code)"
     )
     clip_range: float = Field(1e-4, gt=0, description="ratio clip eps of the kl_pg / paper surrogate")
+    task_balance: Literal["none", "kl"] = Field(
+        "none",
+        description="none: the paper's plain sum of per-sample KLs; kl: each sample's KL divided by its task's mean rollout KL "
+        "(times the batch mean), so a teacher far from the student (a large KL) does not drown the others' signal",
+    )
     beta: float = Field(0.0, ge=0, description="KL to the reference (the base, adapters off); OPD needs none")
     cold_start: ColdStartConfig = Field(default_factory=ColdStartConfig)
 

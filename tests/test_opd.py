@@ -9,7 +9,7 @@ from safetensors.torch import load_file
 from flowopd.errors import FlowOPDError
 from flowopd.lora import add_lora, load_lora, use_adapter
 from flowopd.models import load_backbone
-from flowopd.objectives.opd import leave_one_out, reward_to_go, step_advantages
+from flowopd.objectives.opd import leave_one_out, reward_to_go, step_advantages, task_balance_weights
 from flowopd.plan_checks import check_plan
 from flowopd.sampling import guided_velocity
 from flowopd.teachers import MINI_TEACHERS, Router, TeacherSpec
@@ -88,6 +88,29 @@ def test_reward_to_go_and_the_leave_one_out_baseline():
     assert torch.allclose(out.flatten(), torch.tensor([1 - 4.0, 2 - 3.5, 6 - 1.5, 5.0]))
     assert torch.equal(step_advantages("paper", kl, torch.arange(2)), -kl)
     assert torch.equal(step_advantages("kl", kl, torch.arange(2)), torch.zeros_like(kl))
+
+
+def test_task_balance_gives_every_task_the_same_share_of_the_kl():
+    kl = torch.tensor([1.0, 3.0, 0.1, 0.3, 0.2])
+    tasks = torch.tensor([2, 2, 0, 0, 1])
+    assert torch.equal(task_balance_weights(kl, tasks, "none"), torch.ones(5))
+    w = task_balance_weights(kl, tasks, "kl")
+    # task means 2.0, 0.2, 0.2; their mean 0.8: weights 0.8/2 = 0.4 and 0.8/0.2 = 4
+    assert torch.allclose(w, torch.tensor([0.4, 0.4, 4.0, 4.0, 4.0]))
+    weighted = kl * w
+    assert all(torch.isclose(weighted[tasks == t].mean(), torch.tensor(0.8)) for t in (0, 1, 2))
+
+
+def test_a_task_balanced_run_weights_each_sample_by_its_task(tiny_policy_dir, tiny_teachers, tmp_path):
+    trainer = Trainer(opd_config(tiny_policy_dir, tiny_teachers, opd={"task_balance": "kl"}), tmp_path / "run")
+    batch = trainer._collect()
+    trainer.objective.signal(batch)
+    tasks = [r.task for r in batch.records]
+    kl = trainer.objective.last_batch["kl"].sum(1)
+    weighted = kl * batch.signal["task_weight"]
+    means = [weighted[[i for i, t in enumerate(tasks) if t == name]].mean() for name in ("compose", "text")]
+    assert torch.isclose(means[0], means[1], rtol=1e-5)
+    assert not torch.allclose(batch.signal["task_weight"], torch.ones(len(tasks)))  # the two teachers sit at different KLs
 
 
 def test_each_sample_gets_its_routed_teacher_and_the_anchor_exactly(tiny_policy_dir, tiny_teachers, tmp_path):

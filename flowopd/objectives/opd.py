@@ -63,6 +63,19 @@ def step_advantages(objective: str, kl: torch.Tensor, group_ids: torch.Tensor) -
     return torch.zeros_like(kl)
 
 
+def task_balance_weights(trajectory_kl: torch.Tensor, task_ids: torch.Tensor, mode: str) -> torch.Tensor:
+    """Per-sample weights of the KL term (global batch order): 1 (``none``, eq. 9 as written), or (``kl``) the mean over
+    the batch's tasks of their mean trajectory KL, divided by the sample's own task's mean, so each task's samples carry
+    the same share of the signal whatever its teacher's distance from the student. Detached: a reweighting, not a new
+    gradient path."""
+    if mode == "none":
+        return torch.ones_like(trajectory_kl)
+    present = task_ids.unique()
+    means = torch.stack([trajectory_kl[task_ids == t].mean() for t in present]).clamp_min(1e-12)
+    per_sample = means[torch.searchsorted(present, task_ids)]
+    return (means.mean() / per_sample).detach()
+
+
 @dataclasses.dataclass
 class OPDStepLoss:
     loss: torch.Tensor  # [B] per-sample loss at this step
@@ -266,7 +279,9 @@ class OPD(Objective):
         kl_all = trainer.gather_global(kl)
         group_ids = torch.arange(cfg.batch_size) // cfg.group_size
         advantages = step_advantages(opd.objective, kl_all, group_ids)[batch.local].to(trainer.accelerator.device)
-        batch.signal.update(advantages=advantages, v_teacher=v_teacher, v_anchor=v_anchor)
+        task_ids = trainer.gather_global(torch.tensor([sorted(cfg.tasks).index(t) for t in tasks]))
+        task_weight = task_balance_weights(kl_all.sum(1), task_ids, opd.task_balance)[batch.local]
+        batch.signal.update(advantages=advantages, v_teacher=v_teacher, v_anchor=v_anchor, task_weight=task_weight)
         metrics = {"kl_rollout": float(kl_all.sum(1).mean())}
         metrics.update(trainer.per_task(kl_all.sum(1), tasks, "kl"))  # trajectory KL to the routed teacher
         self.last_batch = {"local": batch.local, "kl": kl_all, "advantages": advantages, "tasks": tasks, "routes": routes}
@@ -295,7 +310,7 @@ class OPD(Objective):
         def kl_to(target: torch.Tensor) -> torch.Tensor:
             return per_step_kl(v, target[a:b, k].to(dev), sig[i_step], sig[i_step + 1], scfg.noise_level, scfg.kind, opd.kl_weighting)
 
-        kl = kl_to(batch.signal["v_teacher"])
+        kl = kl_to(batch.signal["v_teacher"]) * batch.signal["task_weight"][a:b].to(dev)
         old = batch.traj.log_probs[a:b, k].to(dev)
         step = opd_step_loss(opd.objective, kl, out.log_prob, old, batch.signal["advantages"][a:b, k], opd.clip_range, x[0].numel())
         loss, mar = step.loss, torch.zeros_like(kl)
