@@ -159,12 +159,15 @@ def per_step_kl(
     code computes: for ``sde`` the exact value times ``|dt|`` (it drops ``|dt|``
     from the denominator: flow_grpo issues 22 and 78), for ``cps`` the exact
     value (its cps KL has no extra factor). The state cancels, so only the velocities enter.
+    ``weighting="velocity"`` (OPD only) weighs every step 1: ``||v_a - v_b||^2``, mean over elements.
     """
     sigma, sigma_next = float(sigma), float(sigma_next)
     _check(kind, sigma, sigma_next, noise_level)
-    if weighting not in WEIGHTINGS:
-        raise ValueError(f"unknown KL weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}")
+    if weighting not in (*WEIGHTINGS, "velocity"):
+        raise ValueError(f"unknown KL weighting {weighting!r}; choose one of {', '.join(WEIGHTINGS)}, velocity")
     dv = (v_a.float() - v_b.float()).flatten(1)
+    if weighting == "velocity":  # w(t) = 1: the velocity regression of flow-matching distillation, not a KL
+        return (dv**2).mean(1)
     if kind == "sde":
         return kl_weight(sigma, sigma_next, noise_level, weighting) * (dv**2).mean(1)  # eq. 9
     # the step's mean is linear in v at a fixed state, so mean_a - mean_b is the mean of (x = 0, v = dv)

@@ -164,8 +164,10 @@ class OPDConfig(BaseModel):
         MINI_ANCHOR, description="the MAR anchor: a teacher name, a shipped weight or a LoRA folder; null: the base model"
     )
     mar_lambda: float = Field(0.02, ge=0, description="MAR weight lambda (eq. 12; paper 0.02, the release 0.04); 0 turns MAR off")
-    kl_weighting: Literal["exact", "flow_grpo"] = Field(
-        "exact", description="eq. 9 exact, or Flow-GRPO's (sde: exact x |dt|; cps: exact, as its code)"
+    kl_weighting: Literal["exact", "flow_grpo", "velocity"] = Field(
+        "exact",
+        description="eq. 9 exact, or Flow-GRPO's (sde: exact x |dt|; cps: exact, as its code), or velocity: every step "
+        "weighted 1, ||v_student - v_teacher||^2 (not a KL: the exact KL weighs the first, layout-setting steps ~1/80 of the last)",
     )
     clip_range: float = Field(1e-4, gt=0, description="ratio clip eps of the kl_pg / paper surrogate")
     task_balance: Literal["none", "kl"] = Field(

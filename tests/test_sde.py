@@ -145,6 +145,16 @@ def test_kl_is_zero_for_equal_policies_and_grows_quadratically():
     torch.testing.assert_close(k2, 4 * k1)
 
 
+@pytest.mark.parametrize("kind", ["sde", "cps"])
+def test_velocity_weighting_is_the_plain_velocity_gap_at_every_step(kind):
+    v, d = rand(2, 3, 4, 4), rand(2, 3, 4, 4, seed=1)
+    for sigma, sigma_next in [(1.0, 0.9), (0.4, 0.3)]:
+        out = per_step_kl(v + d, v, sigma, sigma_next, 0.8, kind, "velocity")
+        torch.testing.assert_close(out, (d**2).flatten(1).mean(1))
+    early, late = (per_step_kl(v + d, v, s, s - 0.1, 0.8, kind) for s in (1.0, 0.4))
+    assert (late > 10 * early).all()  # the exact KL weighs a late step far above the first, layout-setting one
+
+
 def test_last_sde_step_is_finite():
     sigma, sigma_next = STEPS[-1]
     assert sigma_next == 0.0
