@@ -361,7 +361,7 @@ def status_rows(sets: Mapping[str, WeightSet] | None = None, overrides: Mapping[
     """One row per required file: set, file, where it was looked for, how that place was chosen, found or not."""
     rows = []
     overrides = overrides or {}
-    for ws in (sets or WEIGHT_SETS).values():
+    for ws in (WEIGHT_SETS if sets is None else sets).values():  # {} (a reward without weights) lists nothing
         root = ws.path(overrides.get(ws.name))
         for f in ws.files:
             rows.append(

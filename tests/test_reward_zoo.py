@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import torch
 
-from flowopd.reward_models import RewardModel, load_reward, register_reward
+from flowopd.reward_models import RewardModel, get_reward_class, load_reward, register_reward
 from flowopd.reward_models.weights import WEIGHT_SETS, WeightsMissingError, env_var, weights_dir
 
 ZOO = [
@@ -94,7 +94,12 @@ def test_weights_status_lists_files_and_where_they_were_looked_for(empty_weights
     assert all(r["path"].startswith(str(tmp_path / "clip")) and not r["found"] for r in rows)
     assert all(r["chosen_by"] == "$FLOWOPD_WEIGHTS_CLIP_VIT_LARGE_PATCH14" for r in rows)
     res = run_cli("weights", "status", env=env)
-    assert res.returncode == 0 and "imagereward_v1" in res.stdout and "mini_ocr" in res.stdout
+    assert res.returncode == 0 and "imagereward_v1" in res.stdout and "no weight files needed:" in res.stdout
+    assert "mini_ocr" in res.stdout.split("no weight files needed:")[1]
+    rows = json.loads(run_cli("weights", "status", "--format", "json", env=env).stdout)["files"]
+    for row in rows:  # every row belongs to a set its reward uses; a reward without weights has no rows
+        assert row["set"] in get_reward_class(row["reward"]).weight_sets, row
+    assert not [r for r in rows if r["reward"] == "mini_ocr"]
 
 
 def test_weights_download_offline_fails_fast_with_one_line(empty_weights, run_cli):
