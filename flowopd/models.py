@@ -17,6 +17,7 @@ MINI_TEACHERS_DIR = Path(__file__).resolve().parent / "mini" / "assets" / "teach
 MINI_MIX_DIR = Path(__file__).resolve().parent / "mini" / "assets" / "mix"
 MINI_STUDENT_DIR = Path(__file__).resolve().parent / "mini" / "assets" / "student"
 SD3_PREFIX = "sd3:"  # --model sd3:<hub id or folder>
+FLUX_PREFIX = "flux:"  # --model flux:<hub id or folder>
 MINI_SAMPLING = {"steps": 20, "cfg": 3.0, "shift": 1.0}  # chosen by tests/bench/mini_base_scores.py (docs/mini-world.md)
 
 
@@ -82,8 +83,25 @@ KNOWN_WEIGHTS = {
 
 
 def is_sd3(spec: str) -> bool:
-    """An SD3 base: ``sd3:<hub id or folder>`` or a diffusers folder with ``model_index.json``."""
-    return spec.startswith(SD3_PREFIX) or (Path(spec) / "model_index.json").is_file()
+    """An SD3 base: ``sd3:<hub id or folder>`` or a diffusers folder with ``model_index.json`` (not a FLUX one)."""
+    return spec.startswith(SD3_PREFIX) or ((Path(spec) / "model_index.json").is_file() and not is_flux(spec))
+
+
+def is_flux(spec: str) -> bool:
+    """A FLUX.1 base: ``flux:<hub id or folder>`` or a diffusers folder whose ``model_index.json`` names a ``FluxPipeline``."""
+    import json
+
+    if spec.startswith(FLUX_PREFIX):
+        return True
+    try:
+        return json.loads((Path(spec) / "model_index.json").read_text()).get("_class_name") == "FluxPipeline"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def diffusers_source(spec: str) -> str:
+    """The folder or hub id of a diffusers base spec (``sd3:`` / ``flux:`` prefix removed)."""
+    return spec.removeprefix(SD3_PREFIX).removeprefix(FLUX_PREFIX)
 
 
 def prompt_world(spec: str):
@@ -126,6 +144,8 @@ def model_folder(spec: str) -> Path:
 def backbone_kind(spec: str) -> str:
     """``sd3`` for an SD3 base; else the kind of the model folder ``spec`` names (a LoRA's: its base's). A spec that
     names no model folder is taken as a mini one (loading it says what is wrong)."""
+    if is_flux(spec):
+        return "flux"
     if is_sd3(spec):
         return "sd3"
     path = model_folder(spec)
@@ -136,10 +156,14 @@ def backbone_kind(spec: str) -> str:
 
 def load_backbone(spec: str = "mini-base", device: str = "cpu", resolution: int | None = None, dtype=None):
     """``mini-base``, a model folder (``flowopd mini pretrain``), an SD3 base (``sd3:<hub id>`` or a diffusers folder),
-    or a LoRA folder (``flowopd train``: its base with the LoRA fused in) -> a backbone in eval mode.
+    a FLUX.1 base (``flux:<hub id>`` or a FluxPipeline folder), or a LoRA folder (``flowopd train``: its base with the LoRA fused in) -> a backbone in eval mode.
 
-    ``dtype`` sets an SD3 model's weights (default: bf16 on a GPU, float32 on a CPU); the mini model is always float32.
+    ``dtype`` sets an SD3 or FLUX model's weights (default: bf16 on a GPU, float32 on a CPU); the mini model is always float32.
     """
+    if is_flux(spec):
+        from flowopd.flux import FluxBackbone
+
+        return FluxBackbone.from_pretrained(diffusers_source(spec), device=device, resolution=resolution, dtype=dtype)
     if is_sd3(spec):
         from flowopd.sd3 import SD3Backbone
 
@@ -205,10 +229,10 @@ def model_digest(spec: str) -> str:
     Cached per process on the files' names, sizes and modification times, so a
     run that checks its base several times (resume, LoRA loads) reads it once.
     """
-    if is_sd3(spec):  # names, sizes and times of a diffusers folder (hashing gigabytes per run would take minutes); a hub id as is
-        source = Path(spec.removeprefix(SD3_PREFIX))
-        if not source.is_dir():
-            return hashlib.sha256(spec.removeprefix(SD3_PREFIX).encode()).hexdigest()
+    if is_sd3(spec) or is_flux(spec):  # names, sizes and times of a diffusers folder (hashing gigabytes per run would take minutes)
+        source = Path(diffusers_source(spec))
+        if not source.is_dir():  # a hub id as is
+            return hashlib.sha256(diffusers_source(spec).encode()).hexdigest()
         stats = [f"{f.relative_to(source)}:{f.stat().st_size}:{f.stat().st_mtime_ns}" for f in sorted(source.rglob("*")) if f.is_file()]
         return hashlib.sha256("|".join(stats).encode()).hexdigest()
     path = Path(KNOWN_WEIGHTS[spec].path if spec in KNOWN_WEIGHTS else spec).resolve()
@@ -249,6 +273,10 @@ class ModelRef:
         """The backbone, in eval mode."""
         if self.sd3_source is None:
             return load_backbone(self.spec, device)
+        if is_flux(self.spec):
+            from flowopd.flux import FluxBackbone
+
+            return FluxBackbone.from_pretrained(self.sd3_source, lora=str(self.lora) if self.lora else None, device=device)
         from flowopd.sd3 import SD3Backbone
 
         return SD3Backbone.from_pretrained(self.sd3_source, lora=str(self.lora) if self.lora else None, device=device)
@@ -312,10 +340,10 @@ def lora_label(path: Path) -> str:
 
 def resolve_model(spec: str, lora: str | Path | None = None) -> ModelRef:
     """``--model SPEC [--lora DIR]`` -> a :class:`ModelRef`, with a one-line error naming the fix for a bad spec."""
-    if spec.startswith(SD3_PREFIX) or (Path(spec) / "model_index.json").is_file():
-        source = spec[len(SD3_PREFIX) :] if spec.startswith(SD3_PREFIX) else spec
+    if spec.startswith((SD3_PREFIX, FLUX_PREFIX)) or (Path(spec) / "model_index.json").is_file():
+        source = diffusers_source(spec)
         if not source:
-            raise FlowOPDError("--model sd3: needs a hub id or a folder, e.g. sd3:stabilityai/stable-diffusion-3.5-medium")
+            raise FlowOPDError(f"--model {spec} needs a hub id or a folder, e.g. sd3:stabilityai/stable-diffusion-3.5-medium or flux:DIR")
         lora_path = Path(lora) if lora else None
         if lora_path is not None and not (lora_path / LORA_FILE).is_file():
             raise FlowOPDError(f"--lora {lora_path} has no {LORA_FILE}; pass a diffusers-format LoRA folder")
@@ -332,7 +360,7 @@ def resolve_model(spec: str, lora: str | Path | None = None) -> ModelRef:
     path = Path(spec)
     if (path / LORA_FILE).is_file():
         base = read_lora_base(path)
-        if base.startswith(SD3_PREFIX) or (Path(base) / "model_index.json").is_file():
+        if base.startswith((SD3_PREFIX, FLUX_PREFIX)) or (Path(base) / "model_index.json").is_file():
             return resolve_model(base, lora=path)
         resolve_model(base)  # the base must resolve too
         return ModelRef(spec, "mini", lora_label(path))

@@ -44,6 +44,9 @@ def guided_velocity(
     extra = {} if transformer is None else {"transformer": transformer}  # a backbone that never trains need not take it
     if uncond is None or cfg == 1.0:
         return backbone.velocity(x, sigma, cond, **extra)
+    check = getattr(backbone, "check_cfg", None)  # a backbone whose cfg means something else refuses it (FLUX.1-dev)
+    if check is not None:
+        check(cfg)
     if detach_uncond and torch.is_grad_enabled():
         with torch.no_grad():
             v_uncond = backbone.velocity(x, sigma, uncond, **extra)

@@ -21,6 +21,7 @@ from typing import Any
 import torch
 
 from flowopd.backbone import PromptEmbeds
+from flowopd.diffusers_backbone import DiffusersBackbone, first_line, fuse_lora, looks_like_hub_id
 from flowopd.errors import ConfigError, FlowOPDError
 from flowopd.lora import LORA_FILE
 
@@ -33,23 +34,10 @@ MAX_SEQUENCE_LENGTH = 256  # the pipeline's default T5 length
 EMBED_CACHE = 64  # prompt embeddings kept on the device (SD3.5: 333 x 4096 values each, 2.7 MB in bf16): a step's prompts + the negative
 
 
-def _first_line(exc: BaseException) -> str:
-    text = str(exc).strip()
-    return text.splitlines()[0] if text else type(exc).__name__
-
-
-def _looks_like_hub_id(source: str) -> bool:
-    """``owner/name`` with no path syntax: a hub repository, not a (missing) local folder."""
-    if source.startswith(("/", ".", "~")) or "\\" in source or source.count("/") != 1:
-        return False
-    owner, name = source.split("/")
-    return bool(owner) and bool(name)
-
-
-class SD3Backbone:
+class SD3Backbone(DiffusersBackbone):
     """SD3 / SD3.5 (diffusers components) behind the :class:`flowopd.backbone.Backbone` interface."""
 
-    world = "real"
+    text_encoder_names = ("text_encoder", "text_encoder_2", "text_encoder_3")
 
     def __init__(self, pipe: Any, resolution: int | None = None, max_sequence_length: int = MAX_SEQUENCE_LENGTH):
         self.pipe = pipe
@@ -89,7 +77,7 @@ class SD3Backbone:
                 )
             source = str(path)
             _precheck_resolution(path, resolution)  # a bad size fails before gigabytes load
-        elif path.exists() or not _looks_like_hub_id(source):
+        elif path.exists() or not looks_like_hub_id(source):
             raise FlowOPDError(
                 f"SD3 model {source!r} is not an existing folder; pass a diffusers SD3 folder or a hub id such as {SD35M_HUB_ID}"
             )
@@ -109,7 +97,7 @@ class SD3Backbone:
         except Exception as exc:  # hub, network, access and format errors all arrive here: one line for the CLI
             where = "folder" if path.is_dir() else "hub id"
             raise FlowOPDError(
-                f"could not load SD3 {where} {source!r}: {_first_line(exc)}; "
+                f"could not load SD3 {where} {source!r}: {first_line(exc)}; "
                 "pass a complete diffusers SD3 folder, or for a hub id check the network and `huggingface-cli login`"
             ) from None
         finally:
@@ -119,7 +107,7 @@ class SD3Backbone:
         pipe.set_progress_bar_config(disable=True)
         pipe.to(device)
         if lora is not None:
-            _fuse_lora(pipe, Path(lora))
+            fuse_lora(pipe, Path(lora), "SD3")
         for name in ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
             module = getattr(pipe, name, None)
             if module is not None:
@@ -127,40 +115,7 @@ class SD3Backbone:
                 module.requires_grad_(False)
         return cls(pipe, resolution=resolution)
 
-    def to(self, device: str | torch.device) -> SD3Backbone:
-        """Move every component to ``device``."""
-        self.pipe.to(device)
-        self._embeds.clear()
-        return self
-
-    def requires_grad_(self, flag: bool = True) -> SD3Backbone:
-        """Text encoders and VAE stay frozen whatever ``flag`` says (they are off the training path); the transformer follows it."""
-        self.transformer.requires_grad_(flag)
-        return self
-
-    def parameters(self):
-        return self.transformer.parameters()
-
-    def eval(self) -> SD3Backbone:
-        """Every component in eval mode (sampling)."""
-        for module in (self.transformer, self.vae, self.pipe.text_encoder, self.pipe.text_encoder_2, self.pipe.text_encoder_3):
-            if module is not None:
-                module.eval()
-        return self
-
-    def enable_gradient_checkpointing(self) -> None:
-        """Recompute the transformer blocks' activations in backward (diffusers' own switch): memory for time."""
-        self.transformer.enable_gradient_checkpointing()
-
     # -------------------------------------------------------------- resolution and defaults
-
-    @property
-    def device(self) -> torch.device:
-        return next(self.transformer.parameters()).device
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return next(self.transformer.parameters()).dtype
 
     def set_resolution(self, px: int) -> None:
         """Sample square ``px`` x ``px`` images: ``latent_shape`` becomes ``(C, px / f, px / f)`` with ``f`` the VAE factor."""
@@ -201,14 +156,6 @@ class SD3Backbone:
                 self._embeds.popitem(last=False)
         return PromptEmbeds(torch.stack([self._embeds[p][0] for p in prompts]), torch.stack([self._embeds[p][1] for p in prompts]))
 
-    @torch.no_grad()
-    def encode_images(self, images: torch.Tensor) -> torch.Tensor:
-        """Images ``[B, 3, H, W]`` in [0, 1] -> the transformer's latent space (the VAE's mean, shifted and scaled): what a
-        flow-matching (SFT) loss trains on; the inverse of :meth:`decode`."""
-        config = self.vae.config
-        posterior = self.vae.encode((images * 2.0 - 1.0).to(self.vae.device, self.vae.dtype)).latent_dist
-        return ((posterior.mean - (config.shift_factor or 0.0)) * config.scaling_factor).float()
-
     def velocity(
         self, x: torch.Tensor, sigma: torch.Tensor, cond: PromptEmbeds, transformer: torch.nn.Module | None = None
     ) -> torch.Tensor:
@@ -225,13 +172,6 @@ class SD3Backbone:
             return_dict=False,
         )[0]
         return out.to(x.dtype)
-
-    def decode(self, x: torch.Tensor) -> torch.Tensor:
-        """Latents -> images ``[B, 3, H, W]`` float32 in [0, 1], as the pipeline's decode and postprocess."""
-        config = self.vae.config
-        latents = x.to(self.vae.dtype) / config.scaling_factor + (config.shift_factor or 0.0)
-        image = self.vae.decode(latents, return_dict=False)[0]
-        return (image.float() / 2 + 0.5).clamp(0, 1)
 
 
 def _check_resolution(px: Any, vae_scale_factor: int, patch_size: int, pos_embed_max_size: int | None) -> None:
@@ -283,16 +223,6 @@ def _check_scheduler(scheduler: Any, source: str) -> None:
             f"(shift {config.get('shift')}), so its images differ from this model's diffusers pipeline",
             stacklevel=3,
         )
-
-
-def _fuse_lora(pipe: Any, folder: Path) -> None:
-    """Load a diffusers-format LoRA, fuse it into the weights (``W + s B A``) and drop the adapter: base-model speed."""
-    try:
-        pipe.load_lora_weights(str(folder), weight_name=LORA_FILE, adapter_name="default")
-    except Exception as exc:  # peft / diffusers raise several types for a LoRA that does not fit
-        raise FlowOPDError(f"LoRA {folder} does not fit this SD3 model: {_first_line(exc)}") from None
-    pipe.fuse_lora(lora_scale=1.0)
-    pipe.unload_lora_weights()
 
 
 def load_sd3_backbone(spec_source: str, lora: str | None = None, device: str = "cpu") -> SD3Backbone:

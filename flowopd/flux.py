@@ -1,0 +1,253 @@
+"""FLUX.1 as a flowopd backbone: the components of diffusers' ``FluxPipeline``.
+
+What differs from SD3 (:mod:`flowopd.sd3`), and how each is handled here:
+
+* **Text**: the pipeline's own ``encode_prompt``: T5 per-token states are the
+  joint-attention tokens, CLIP-L's pooled output is the pooled vector; the text
+  ids are all zeros (the pipeline's), so they are rebuilt from the sequence
+  length and need no place in :class:`flowopd.backbone.PromptEmbeds`.
+* **Packed latents**: the sampler, the SDE step and the objectives see
+  unpacked latents ``[B, 16, H/f, W/f]`` (``latent_shape``); :meth:`velocity`
+  packs them into 2x2 patches ``[B, HW/4f^2, 64]`` with the image ids, runs the
+  transformer and unpacks its output. Packing is a permutation, so an
+  elementwise Euler or SDE step is the same on either layout.
+* **Schedule shift**: FLUX shifts its schedule by ``mu`` from the image
+  sequence length (diffusers' ``calculate_shift``). With the exponential time
+  shift, ``exp(mu) / (exp(mu) + 1/t - 1)`` is the plain shift
+  ``s t / (1 + (s - 1) t)`` with ``s = exp(mu)``, so :attr:`shift` (and
+  ``default_sampling["shift"]``) gives the shared sampler ``exp(mu)`` for the
+  current resolution. The shared schedule's unshifted points are SD3's
+  (``linspace(1, sigma_min)``), not ``FluxPipeline``'s default
+  ``linspace(1, 1/T)``: our images equal the pipeline's when it is given the
+  same points (``sigmas=`` argument; tests/test_flux_backbone.py checks it).
+* **Guidance**: a guidance-distilled model (FLUX.1-dev, ``guidance_embeds``)
+  takes the embedded guidance value :attr:`guidance` (3.5 by default, the
+  pipeline's ``guidance_scale``) on every forward. The sampler's ``cfg`` is
+  FLUX's *true* CFG (``true_cfg_scale`` with the sampler's negative prompt,
+  two branches per step), off at ``cfg = 1`` (the default protocol). On a
+  guidance-distilled model true CFG must be asked for (``true_cfg=True``);
+  without it a ``cfg`` other than 1 is a :class:`ConfigError`, not a silent
+  change (:meth:`check_cfg`, called by ``sampling.guided_velocity``).
+"""
+
+from __future__ import annotations
+
+import math
+import warnings
+from collections import OrderedDict
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from flowopd.backbone import PromptEmbeds
+from flowopd.diffusers_backbone import DiffusersBackbone, first_line, fuse_lora, looks_like_hub_id
+from flowopd.errors import ConfigError, FlowOPDError
+from flowopd.lora import LORA_FILE, SD3_LORA_TARGETS
+
+FLUX_DEV_HUB_ID = "black-forest-labs/FLUX.1-dev"
+ALIASES = {"flux-dev": FLUX_DEV_HUB_ID, "flux1-dev": FLUX_DEV_HUB_ID}
+EVAL_STEPS = 28  # FluxPipeline's default and Flow-GRPO's FLUX evaluation
+EVAL_RESOLUTION = 512
+GUIDANCE = 3.5  # FluxPipeline's default guidance_scale (the embedded guidance of FLUX.1-dev)
+MAX_SEQUENCE_LENGTH = 512  # FluxPipeline's default T5 length
+EMBED_CACHE = 64
+# The joint blocks' attention projections of both streams (Flow-GRPO's FLUX targets); in the single-stream blocks
+# `attn.to_q/k/v` match too (they have no `to_out`). Keys `transformer.<module>.lora_A/B.weight`: FluxPipeline's format.
+FLUX_LORA_TARGETS = SD3_LORA_TARGETS
+
+
+class FluxBackbone(DiffusersBackbone):
+    """FLUX.1 (diffusers components) behind the :class:`flowopd.backbone.Backbone` interface."""
+
+    kind = "flux"
+
+    def __init__(
+        self,
+        pipe: Any,
+        resolution: int | None = None,
+        max_sequence_length: int = MAX_SEQUENCE_LENGTH,
+        guidance: float = GUIDANCE,
+        true_cfg: bool = False,
+    ):
+        self.pipe = pipe
+        self.transformer = pipe.transformer
+        self.vae = pipe.vae
+        self.scheduler = pipe.scheduler
+        self.vae_scale_factor = int(pipe.vae_scale_factor)
+        self.max_sequence_length = max_sequence_length
+        self.latent_channels = int(self.transformer.config.in_channels) // 4
+        self.guidance_distilled = bool(self.transformer.config.guidance_embeds)
+        self.guidance = float(guidance)
+        self.true_cfg = bool(true_cfg) or not self.guidance_distilled
+        self.native_resolution = int(pipe.default_sample_size) * self.vae_scale_factor
+        self.resolution = self.native_resolution
+        self.latent_shape: tuple[int, int, int] = (self.latent_channels, 0, 0)
+        self._embeds: OrderedDict[str, tuple[torch.Tensor, torch.Tensor]] = OrderedDict()
+        self.set_resolution(resolution if resolution is not None else min(EVAL_RESOLUTION, self.native_resolution))
+
+    # -------------------------------------------------------------- loading
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | Path,
+        lora: str | Path | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        resolution: int | None = None,
+        **options: Any,
+    ) -> FluxBackbone:
+        """Load a diffusers FLUX folder (``model_index.json``) or hub id; ``lora`` (a diffusers-format LoRA folder) is
+        fused in; ``options``: ``max_sequence_length``, ``guidance``, ``true_cfg`` (see the module's docstring)."""
+        source = ALIASES.get(str(source), str(source))
+        path = Path(source).expanduser()
+        if path.is_dir():
+            if not (path / "model_index.json").is_file():
+                raise FlowOPDError(
+                    f"{path} has no model_index.json; pass a diffusers FLUX folder (e.g. `FluxPipeline.save_pretrained(DIR)`)"
+                )
+            source = str(path)
+        elif path.exists() or not looks_like_hub_id(source):
+            raise FlowOPDError(
+                f"FLUX model {source!r} is not an existing folder; pass a diffusers FLUX folder or a hub id such as {FLUX_DEV_HUB_ID}"
+            )
+        if lora is not None and not (Path(lora) / LORA_FILE).is_file():
+            raise FlowOPDError(f"{lora} is not a LoRA folder (no {LORA_FILE}); pass a folder holding a diffusers-format FLUX LoRA")
+        device = torch.device(device)
+        if dtype is None:
+            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+        pipe = _load_pipeline(source, dtype, "folder" if path.is_dir() else "hub id")
+        pipe.set_progress_bar_config(disable=True)
+        pipe.to(device)
+        if lora is not None:
+            fuse_lora(pipe, Path(lora), "FLUX")
+        for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
+            module = getattr(pipe, name, None)
+            if module is not None:
+                module.eval()
+                module.requires_grad_(False)
+        return cls(pipe, resolution=resolution, **options)
+
+    # -------------------------------------------------------------- resolution, shift and defaults
+
+    def set_resolution(self, px: int) -> None:
+        """Sample square ``px`` x ``px`` images: ``latent_shape`` becomes ``(16, px / f, px / f)``; :attr:`shift` follows."""
+        step = self.vae_scale_factor * 2  # 2x2 packing
+        if isinstance(px, bool) or not isinstance(px, int) or px <= 0 or px % step:
+            raise ConfigError(f"resolution must be a positive multiple of {step} (VAE factor x 2 for packing) for this model, got {px!r}")
+        self.resolution = px
+        self.latent_shape = (self.latent_channels, px // self.vae_scale_factor, px // self.vae_scale_factor)
+
+    @property
+    def image_seq_len(self) -> int:
+        """Packed image tokens at the current resolution (what ``mu`` is computed from)."""
+        return (self.latent_shape[1] // 2) * (self.latent_shape[2] // 2)
+
+    @property
+    def shift(self) -> float:
+        """The shared sampler's ``shift`` equal to the pipeline's resolution-dependent one: ``exp(mu)`` (exponential time
+        shift) or ``mu`` (linear), ``mu`` by ``calculate_shift``; the scheduler's fixed ``shift`` without dynamic shifting."""
+        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+        config = self.scheduler.config
+        if not config.get("use_dynamic_shifting"):
+            return float(config.get("shift", 1.0))
+        mu = calculate_shift(
+            self.image_seq_len,
+            config.get("base_image_seq_len", 256),
+            config.get("max_image_seq_len", 4096),
+            config.get("base_shift", 0.5),
+            config.get("max_shift", 1.15),
+        )
+        return float(math.exp(mu) if config.get("time_shift_type", "exponential") == "exponential" else mu)
+
+    @property
+    def default_sampling(self) -> dict[str, Any]:
+        """The protocol's sampler settings: 28 steps, no true CFG (``cfg`` 1; the embedded guidance is :attr:`guidance`),
+        the resolution-dependent shift at 512 px or the native size when smaller."""
+        size = min(EVAL_RESOLUTION, self.native_resolution)
+        return {"steps": EVAL_STEPS, "cfg": 1.0, "shift": self.shift, "resolution": size, "guidance": self.guidance}
+
+    def check_cfg(self, cfg: float) -> None:
+        """``cfg`` other than 1 is FLUX's true CFG; refused on a guidance-distilled model unless ``true_cfg`` was asked for."""
+        if cfg != 1.0 and not self.true_cfg:
+            raise ConfigError(
+                f"cfg {cfg} on a guidance-distilled FLUX model: its guidance is the embedded value (guidance {self.guidance}), "
+                "not CFG; set cfg 1, or ask for true CFG with a negative prompt (true_cfg: true; two forwards per step)"
+            )
+
+    # -------------------------------------------------------------- backbone interface
+
+    @torch.no_grad()
+    def encode_prompts(self, prompts: list[str]) -> PromptEmbeds:
+        """T5 states ``[B, max_sequence_length, D_t5]`` and CLIP-L pooled output ``[B, D_clip]`` (the pipeline's); the last
+        ``EMBED_CACHE`` prompts' embeddings are kept."""
+        todo = list(dict.fromkeys(p for p in prompts if p not in self._embeds))
+        if todo:
+            tokens, pooled, _ = self.pipe.encode_prompt(
+                prompt=todo, prompt_2=None, device=self.device, max_sequence_length=self.max_sequence_length
+            )
+            for k, p in enumerate(todo):
+                self._embeds[p] = (tokens[k], pooled[k])
+                self._embeds.move_to_end(p)
+            while len(self._embeds) > EMBED_CACHE:
+                self._embeds.popitem(last=False)
+        return PromptEmbeds(torch.stack([self._embeds[p][0] for p in prompts]), torch.stack([self._embeds[p][1] for p in prompts]))
+
+    def velocity(
+        self, x: torch.Tensor, sigma: torch.Tensor, cond: PromptEmbeds, transformer: torch.nn.Module | None = None
+    ) -> torch.Tensor:
+        """v(x, sigma, c) on unpacked latents ``[B, C, H, W]``: packed, run with image / text ids and the embedded guidance
+        (timestep ``sigma * 1000 / 1000`` as the pipeline passes it), unpacked."""
+        b, c, h, w = x.shape
+        sigma = torch.as_tensor(sigma, device=x.device)
+        timestep = (sigma.float() * 1000.0).expand(b) if sigma.ndim == 0 else sigma.float() * 1000.0
+        dtype = self.dtype
+        packed = self.pipe._pack_latents(x.to(dtype), b, c, h, w)
+        img_ids = self.pipe._prepare_latent_image_ids(b, h // 2, w // 2, x.device, dtype)
+        txt_ids = torch.zeros(cond.tokens.shape[1], 3, device=x.device, dtype=dtype)
+        guidance = torch.full((b,), self.guidance, device=x.device, dtype=torch.float32) if self.guidance_distilled else None
+        out = (transformer or self.transformer)(
+            hidden_states=packed,
+            timestep=timestep.to(dtype) / 1000,
+            guidance=guidance,
+            pooled_projections=cond.pooled.to(dtype),
+            encoder_hidden_states=cond.tokens.to(dtype),
+            txt_ids=txt_ids,
+            img_ids=img_ids,
+            return_dict=False,
+        )[0]
+        return _unpack(out, c, h, w).to(x.dtype)
+
+
+def _unpack(packed: torch.Tensor, c: int, h: int, w: int) -> torch.Tensor:
+    """``[B, HW/4, 4C]`` -> ``[B, C, H, W]``: the inverse of ``FluxPipeline._pack_latents`` (its ``_unpack_latents``)."""
+    b = packed.shape[0]
+    return packed.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+
+
+def _load_pipeline(source: str, dtype: torch.dtype, where: str) -> Any:
+    """``FluxPipeline.from_pretrained`` with one-line errors and the loading bar off."""
+    from diffusers import FluxPipeline
+    from diffusers.utils import logging as diffusers_logging
+
+    bar = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+            return FluxPipeline.from_pretrained(source, torch_dtype=dtype)
+    except Exception as exc:  # hub, network, access and format errors all arrive here: one line for the CLI
+        raise FlowOPDError(
+            f"could not load FLUX {where} {source!r}: {first_line(exc)}; "
+            "pass a complete diffusers FLUX folder, or for a hub id check the network and `huggingface-cli login`"
+        ) from None
+    finally:
+        if bar:
+            diffusers_logging.enable_progress_bar()
+
+
+def load_flux_backbone(spec_source: str, lora: str | None = None, device: str = "cpu", **options: Any) -> FluxBackbone:
+    """A FLUX backbone from a folder, hub id or alias (``flux-dev``), with an optional LoRA fused in, in eval mode."""
+    return FluxBackbone.from_pretrained(spec_source, lora=lora, device=device, **options)
