@@ -265,15 +265,17 @@ class TrainConfig(BaseModel):
     @classmethod
     def _sampler_follows_the_model(cls, values: Any) -> Any:
         """A mini model's recipe that leaves ``sampler.cfg`` / ``shift`` unset gets the mini world's protocol
-        (CFG 3, shift 1: ``models.MINI_SAMPLING``), not SD3.5's 4.5 and 3 (an empty recipe trained with those)."""
-        from flowopd.models import MINI_SAMPLING, is_sd3
+        (CFG 3, shift 1: ``models.MINI_SAMPLING``), not SD3.5's 4.5 and 3 (an empty recipe trained with those); a FLUX.1
+        model's gets ``cfg`` 1 (guidance-distilled: its guidance is embedded, true CFG is opt-in)."""
+        from flowopd.models import MINI_SAMPLING, is_flux, is_sd3
 
         if not isinstance(values, dict):
             return values
         sampler = dict(values.get("sampler") or {})
-        if values.get("nft") is not None:  # DiffusionNFT samples and trains CFG-free unless told otherwise (the paper)
+        model = str(values.get("model", "mini-base"))
+        if values.get("nft") is not None or is_flux(model):  # NFT trains CFG-free (the paper); FLUX.1 is guidance-distilled
             sampler.setdefault("cfg", 1.0)
-        if not is_sd3(str(values.get("model", "mini-base"))):
+        if not (is_sd3(model) or is_flux(model)):
             for key in ("cfg", "shift"):
                 sampler.setdefault(key, MINI_SAMPLING[key])
         return {**values, "sampler": sampler}
