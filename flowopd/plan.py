@@ -35,7 +35,7 @@ def resolve_processes(processes: int | None = None) -> tuple[int, str]:
 def train_plan(cfg: TrainConfig, processes: int | None = None, command: str = "train", recipe: str | None = None) -> dict[str, Any]:
     """Everything ``flowopd train`` would do with ``cfg`` on ``processes`` processes, checked; loads no model."""
     from flowopd.errors import FlowOPDError
-    from flowopd.models import is_sd3
+    from flowopd.models import is_flux, is_sd3
     from flowopd.objectives.base import objective_class
     from flowopd.plan_checks import check_arithmetic
 
@@ -51,7 +51,7 @@ def train_plan(cfg: TrainConfig, processes: int | None = None, command: str = "t
         "command": command,
         "recipe": recipe,
         "model": cfg.model,
-        "backbone": "sd3" if is_sd3(cfg.model) else "mini",
+        "backbone": "flux" if is_flux(cfg.model) else "sd3" if is_sd3(cfg.model) else "mini",
         "processes": n,
         "processes_from": source,
         "batch_size": b,
@@ -166,11 +166,11 @@ def _inputs(cfg: TrainConfig) -> dict[str, Any]:
 def _model_item(spec: str) -> dict[str, Any]:
     from pathlib import Path
 
-    from flowopd.models import KNOWN_WEIGHTS, SD3_PREFIX, is_sd3
+    from flowopd.models import FLUX_PREFIX, KNOWN_WEIGHTS, SD3_PREFIX, is_flux, is_sd3
 
     item = {"kind": "model", "name": spec, "ok": False, "detail": ""}
-    if is_sd3(spec):
-        source = spec.removeprefix(SD3_PREFIX)
+    if is_sd3(spec) or is_flux(spec):
+        source = spec.removeprefix(SD3_PREFIX).removeprefix(FLUX_PREFIX)
         if (Path(source).expanduser() / "model_index.json").is_file():
             item.update(ok=True, detail="diffusers folder")
             return item

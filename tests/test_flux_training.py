@@ -111,3 +111,9 @@ def test_a_flux_run_samples_without_cfg_unless_told(flux_spec, prompt_file):
     cfg = tiny_config(flux_spec, **values, sampler={"steps": 4, "kind": "sde"}, resolution=PX)
     assert cfg.sampler.cfg == 1.0
     check_plan(cfg)
+    from flowopd.plan import train_plan
+
+    plan = train_plan(cfg, processes=1)
+    assert plan["backbone"] == "flux"
+    model = next(i for i in plan["inputs"]["items"] if i["kind"] == "model")
+    assert model["ok"] and model["detail"] == "diffusers folder", model
