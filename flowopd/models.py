@@ -196,6 +196,7 @@ def check_base(folder: str | Path, base: str, digest: str | None = None) -> dict
     rebuilds it on this base, never used as it is."""
     from flowopd.lora import check_lora_base
 
+    check_lora_backbone(folder, base)
     try:
         return check_lora_base(folder, digest or model_digest(base), base)
     except FlowOPDError:
@@ -206,6 +207,23 @@ def check_base(folder: str | Path, base: str, digest: str | None = None) -> dict
             f"the shipped {shipped.name} was trained on another {base} than the one installed (the base changed since); "
             f"rebuild it with: {shipped.how_to_get}"
         ) from None
+
+
+def check_lora_backbone(folder: str | Path, base: str) -> None:
+    """Refuse, in one line naming both backbones, a LoRA whose ``lora_info.json`` records a base of another backbone kind
+    (a FLUX LoRA on SD3, an SD3 one on FLUX, a mini one on either)."""
+    from flowopd.lora import read_lora_info
+
+    theirs = read_lora_info(folder).get("base")
+    if not theirs or not (theirs.startswith((SD3_PREFIX, FLUX_PREFIX)) or model_folder(theirs).exists()):
+        return  # no base recorded, or one no longer here to tell its kind (the digest check still applies)
+    kinds = {"sd3": "SD3", "flux": "FLUX"}
+    their_kind, our_kind = (kinds.get(k, k) for k in (backbone_kind(theirs), backbone_kind(base)))
+    if their_kind != our_kind:
+        raise FlowOPDError(
+            f"LoRA {folder} was trained on a {their_kind} model ({theirs}), not on this {our_kind} model ({base}); "
+            f"pass a LoRA trained on {base}"
+        )
 
 
 def _load_with_lora(folder: Path, device: str):
@@ -347,6 +365,8 @@ def resolve_model(spec: str, lora: str | Path | None = None) -> ModelRef:
         lora_path = Path(lora) if lora else None
         if lora_path is not None and not (lora_path / LORA_FILE).is_file():
             raise FlowOPDError(f"--lora {lora_path} has no {LORA_FILE}; pass a diffusers-format LoRA folder")
+        if lora_path is not None:
+            check_lora_backbone(lora_path, spec)
         name = Path(source.rstrip("/")).name or source
         label = name + (f"+{lora_path.name if lora_path.name != 'lora' else lora_path.parent.name}" if lora_path else "")
         return ModelRef(spec, "real", label, sd3_source=source, lora=lora_path)
