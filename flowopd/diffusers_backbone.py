@@ -38,6 +38,68 @@ def fuse_lora(pipe: Any, folder: Path, family: str) -> None:
     pipe.unload_lora_weights()
 
 
+def resolve_source(source: str | Path, aliases: dict[str, str], family: str, pipeline: str, hub_example: str) -> tuple[str, bool]:
+    """(what ``from_pretrained`` should load, whether it is a local folder): an alias expanded, a folder checked for
+    ``model_index.json``, anything else accepted only if it looks like a hub id; each refusal is one line naming the fix."""
+    source = aliases.get(str(source), str(source))
+    path = Path(source).expanduser()
+    if path.is_dir():
+        if not (path / "model_index.json").is_file():
+            raise FlowOPDError(f"{path} has no model_index.json; pass a diffusers {family} folder (e.g. `{pipeline}.save_pretrained(DIR)`)")
+        return str(path), True
+    if path.exists() or not looks_like_hub_id(source):
+        raise FlowOPDError(
+            f"{family} model {source!r} is not an existing folder; pass a diffusers {family} folder or a hub id such as {hub_example}"
+        )
+    return source, False
+
+
+def check_lora_folder(lora: str | Path | None, family: str) -> None:
+    """A ``lora`` to fuse must hold a diffusers-format LoRA file (checked before any weight loads)."""
+    if lora is not None and not (Path(lora) / LORA_FILE).is_file():
+        raise FlowOPDError(f"{lora} is not a LoRA folder (no {LORA_FILE}); pass a folder holding a diffusers-format {family} LoRA")
+
+
+def load_pipeline(pipeline_cls: Any, source: str, is_folder: bool, device: torch.device, dtype: torch.dtype | None, family: str) -> Any:
+    """``pipeline_cls.from_pretrained`` in ``dtype`` (default: bf16 on a GPU, float32 on a CPU) with one-line errors and
+    diffusers' loading bar off (the caller shows its own progress)."""
+    import warnings
+
+    from diffusers.utils import logging as diffusers_logging
+
+    if dtype is None:
+        dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
+    bar = diffusers_logging.is_progress_bar_enabled()
+    diffusers_logging.disable_progress_bar()
+    try:
+        with warnings.catch_warnings():  # newer diffusers call it `dtype`; `torch_dtype` works in every supported version
+            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
+            return pipeline_cls.from_pretrained(source, torch_dtype=dtype)
+    except Exception as exc:  # hub, network, access and format errors all arrive here: one line for the CLI
+        raise FlowOPDError(
+            f"could not load {family} {'folder' if is_folder else 'hub id'} {source!r}: {first_line(exc)}; "
+            f"pass a complete diffusers {family} folder, or for a hub id check the network and `huggingface-cli login`"
+        ) from None
+    finally:
+        if bar:
+            diffusers_logging.enable_progress_bar()
+
+
+def prepare_pipeline(pipe: Any, device: torch.device, lora: str | Path | None, family: str, modules: tuple[str, ...]) -> Any:
+    """A loaded pipeline made ready to sample: no progress bar, on ``device``, ``lora`` fused in, ``modules`` in eval mode
+    and frozen (a trainer adds its own LoRA on top)."""
+    pipe.set_progress_bar_config(disable=True)
+    pipe.to(device)
+    if lora is not None:
+        fuse_lora(pipe, Path(lora), family)
+    for name in modules:
+        module = getattr(pipe, name, None)
+        if module is not None:
+            module.eval()
+            module.requires_grad_(False)
+    return pipe
+
+
 class DiffusersBackbone:
     """The shared half of a diffusers-components backbone; subclasses set ``pipe``, ``transformer``, ``vae``, ``_embeds``."""
 

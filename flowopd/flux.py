@@ -33,7 +33,6 @@ What differs from SD3 (:mod:`flowopd.sd3`), and how each is handled here:
 from __future__ import annotations
 
 import math
-import warnings
 from collections import OrderedDict
 from pathlib import Path
 from typing import Any
@@ -41,9 +40,9 @@ from typing import Any
 import torch
 
 from flowopd.backbone import PromptEmbeds
-from flowopd.diffusers_backbone import DiffusersBackbone, first_line, fuse_lora, looks_like_hub_id
-from flowopd.errors import ConfigError, FlowOPDError
-from flowopd.lora import LORA_FILE, SD3_LORA_TARGETS
+from flowopd.diffusers_backbone import DiffusersBackbone, check_lora_folder, load_pipeline, prepare_pipeline, resolve_source
+from flowopd.errors import ConfigError
+from flowopd.lora import SD3_LORA_TARGETS
 
 FLUX_DEV_HUB_ID = "black-forest-labs/FLUX.1-dev"
 ALIASES = {"flux-dev": FLUX_DEV_HUB_ID, "flux1-dev": FLUX_DEV_HUB_ID}
@@ -100,33 +99,13 @@ class FluxBackbone(DiffusersBackbone):
     ) -> FluxBackbone:
         """Load a diffusers FLUX folder (``model_index.json``) or hub id; ``lora`` (a diffusers-format LoRA folder) is
         fused in; ``options``: ``max_sequence_length``, ``guidance``, ``true_cfg`` (see the module's docstring)."""
-        source = ALIASES.get(str(source), str(source))
-        path = Path(source).expanduser()
-        if path.is_dir():
-            if not (path / "model_index.json").is_file():
-                raise FlowOPDError(
-                    f"{path} has no model_index.json; pass a diffusers FLUX folder (e.g. `FluxPipeline.save_pretrained(DIR)`)"
-                )
-            source = str(path)
-        elif path.exists() or not looks_like_hub_id(source):
-            raise FlowOPDError(
-                f"FLUX model {source!r} is not an existing folder; pass a diffusers FLUX folder or a hub id such as {FLUX_DEV_HUB_ID}"
-            )
-        if lora is not None and not (Path(lora) / LORA_FILE).is_file():
-            raise FlowOPDError(f"{lora} is not a LoRA folder (no {LORA_FILE}); pass a folder holding a diffusers-format FLUX LoRA")
+        from diffusers import FluxPipeline
+
+        source, is_folder = resolve_source(source, ALIASES, "FLUX", "FluxPipeline", FLUX_DEV_HUB_ID)
+        check_lora_folder(lora, "FLUX")
         device = torch.device(device)
-        if dtype is None:
-            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        pipe = _load_pipeline(source, dtype, "folder" if path.is_dir() else "hub id")
-        pipe.set_progress_bar_config(disable=True)
-        pipe.to(device)
-        if lora is not None:
-            fuse_lora(pipe, Path(lora), "FLUX")
-        for name in ("transformer", "vae", "text_encoder", "text_encoder_2"):
-            module = getattr(pipe, name, None)
-            if module is not None:
-                module.eval()
-                module.requires_grad_(False)
+        pipe = load_pipeline(FluxPipeline, source, is_folder, device, dtype, "FLUX")
+        prepare_pipeline(pipe, device, lora, "FLUX", ("transformer", "vae", *cls.text_encoder_names))
         return cls(pipe, resolution=resolution, **options)
 
     # -------------------------------------------------------------- resolution, shift and defaults
@@ -225,27 +204,6 @@ def _unpack(packed: torch.Tensor, c: int, h: int, w: int) -> torch.Tensor:
     """``[B, HW/4, 4C]`` -> ``[B, C, H, W]``: the inverse of ``FluxPipeline._pack_latents`` (its ``_unpack_latents``)."""
     b = packed.shape[0]
     return packed.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
-
-
-def _load_pipeline(source: str, dtype: torch.dtype, where: str) -> Any:
-    """``FluxPipeline.from_pretrained`` with one-line errors and the loading bar off."""
-    from diffusers import FluxPipeline
-    from diffusers.utils import logging as diffusers_logging
-
-    bar = diffusers_logging.is_progress_bar_enabled()
-    diffusers_logging.disable_progress_bar()
-    try:
-        with warnings.catch_warnings():
-            warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-            return FluxPipeline.from_pretrained(source, torch_dtype=dtype)
-    except Exception as exc:  # hub, network, access and format errors all arrive here: one line for the CLI
-        raise FlowOPDError(
-            f"could not load FLUX {where} {source!r}: {first_line(exc)}; "
-            "pass a complete diffusers FLUX folder, or for a hub id check the network and `huggingface-cli login`"
-        ) from None
-    finally:
-        if bar:
-            diffusers_logging.enable_progress_bar()
 
 
 def load_flux_backbone(spec_source: str, lora: str | None = None, device: str = "cpu", **options: Any) -> FluxBackbone:

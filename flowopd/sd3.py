@@ -21,9 +21,8 @@ from typing import Any
 import torch
 
 from flowopd.backbone import PromptEmbeds
-from flowopd.diffusers_backbone import DiffusersBackbone, first_line, fuse_lora, looks_like_hub_id
-from flowopd.errors import ConfigError, FlowOPDError
-from flowopd.lora import LORA_FILE
+from flowopd.diffusers_backbone import DiffusersBackbone, check_lora_folder, load_pipeline, prepare_pipeline, resolve_source
+from flowopd.errors import ConfigError
 
 SD35M_HUB_ID = "stabilityai/stable-diffusion-3.5-medium"
 ALIASES = {"sd35m": SD35M_HUB_ID, "sd3.5-medium": SD35M_HUB_ID}
@@ -68,51 +67,14 @@ class SD3Backbone(DiffusersBackbone):
         """Load a diffusers SD3 folder (``model_index.json``) or hub id; ``lora`` (a diffusers-format LoRA folder) is fused in."""
         from diffusers import StableDiffusion3Pipeline
 
-        source = ALIASES.get(str(source), str(source))
-        path = Path(source).expanduser()
-        if path.is_dir():
-            if not (path / "model_index.json").is_file():
-                raise FlowOPDError(
-                    f"{path} has no model_index.json; pass a diffusers SD3 folder (e.g. `StableDiffusion3Pipeline.save_pretrained(DIR)`)"
-                )
-            source = str(path)
-            _precheck_resolution(path, resolution)  # a bad size fails before gigabytes load
-        elif path.exists() or not looks_like_hub_id(source):
-            raise FlowOPDError(
-                f"SD3 model {source!r} is not an existing folder; pass a diffusers SD3 folder or a hub id such as {SD35M_HUB_ID}"
-            )
-        if lora is not None and not (Path(lora) / LORA_FILE).is_file():
-            raise FlowOPDError(f"{lora} is not a LoRA folder (no {LORA_FILE}); pass a folder holding a diffusers-format SD3 LoRA")
+        source, is_folder = resolve_source(source, ALIASES, "SD3", "StableDiffusion3Pipeline", SD35M_HUB_ID)
+        if is_folder:
+            _precheck_resolution(Path(source), resolution)  # a bad size fails before gigabytes load
+        check_lora_folder(lora, "SD3")
         device = torch.device(device)
-        if dtype is None:
-            dtype = torch.bfloat16 if device.type == "cuda" else torch.float32
-        from diffusers.utils import logging as diffusers_logging
-
-        bar = diffusers_logging.is_progress_bar_enabled()
-        diffusers_logging.disable_progress_bar()  # "Loading pipeline components": the caller shows its own progress
-        try:
-            with warnings.catch_warnings():  # newer diffusers call it `dtype`; `torch_dtype` works in every supported version
-                warnings.filterwarnings("ignore", message=".*torch_dtype.*", category=FutureWarning)
-                pipe = StableDiffusion3Pipeline.from_pretrained(source, torch_dtype=dtype)
-        except Exception as exc:  # hub, network, access and format errors all arrive here: one line for the CLI
-            where = "folder" if path.is_dir() else "hub id"
-            raise FlowOPDError(
-                f"could not load SD3 {where} {source!r}: {first_line(exc)}; "
-                "pass a complete diffusers SD3 folder, or for a hub id check the network and `huggingface-cli login`"
-            ) from None
-        finally:
-            if bar:
-                diffusers_logging.enable_progress_bar()
+        pipe = load_pipeline(StableDiffusion3Pipeline, source, is_folder, device, dtype, "SD3")
         _check_scheduler(pipe.scheduler, source)
-        pipe.set_progress_bar_config(disable=True)
-        pipe.to(device)
-        if lora is not None:
-            fuse_lora(pipe, Path(lora), "SD3")
-        for name in ("transformer", "vae", "text_encoder", "text_encoder_2", "text_encoder_3"):
-            module = getattr(pipe, name, None)
-            if module is not None:
-                module.eval()
-                module.requires_grad_(False)
+        prepare_pipeline(pipe, device, lora, "SD3", ("transformer", "vae", *cls.text_encoder_names))
         return cls(pipe, resolution=resolution)
 
     # -------------------------------------------------------------- resolution and defaults
