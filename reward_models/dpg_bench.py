@@ -37,7 +37,7 @@ from typing import Any
 import numpy as np
 
 from flowopd.reward_models.chat_client import ChatRequest
-from flowopd.reward_models.judges import ServedReward, first_failed_question
+from flowopd.reward_models.judges import ServedReward, checked_question_graph, first_failed_question
 
 CSV_COLUMNS = (
     "item_id", "text", "keywords", "proposition_id", "dependency",
@@ -192,16 +192,7 @@ def answer_is_yes(reply: str) -> bool | None:
 
 def check_dpg_metadata(meta: Any) -> list[Mapping[str, Any]]:
     """An image's questions from its metadata, or a ``ValueError`` saying what the metadata must hold."""
-    questions = meta.get("questions") if isinstance(meta, Mapping) else None
-    if not isinstance(questions, list) or not questions:
-        raise ValueError(f"no DPG-Bench questions; {QUESTIONS_FORMAT} (prompt set dpg-bench)")
-    ids = {q.get("id") for q in questions if isinstance(q, Mapping)}
-    for k, q in enumerate(questions, 1):
-        if not isinstance(q, Mapping) or not isinstance(q.get("question"), str) or not isinstance(q.get("parents"), list):
-            raise ValueError(f"question {k} is {q!r}; {QUESTIONS_FORMAT}")
-        if any(p not in ids for p in q["parents"]):
-            raise ValueError(f"question {k} depends on a question the image does not have ({q['parents']}); {QUESTIONS_FORMAT}")
-    return questions
+    return checked_question_graph(meta, f"no DPG-Bench questions; {QUESTIONS_FORMAT} (prompt set dpg-bench)", QUESTIONS_FORMAT)
 
 
 # ----------------------------------------------------------------------------- the served reward

@@ -163,6 +163,22 @@ def first_failed_question(questions: Sequence[str], results: Sequence[Any]) -> s
     return None if failed is None else f"question {failed + 1} ({questions[failed]!r}): {results[failed].error}"
 
 
+def checked_question_graph(meta: Any, missing: str, fmt: str, root: int | None = None) -> list[Mapping[str, Any]]:
+    """An image's dependency-graph questions (``{"id", "parents", "question"}``, DPG-Bench's and OneIG's) from its
+    metadata, or a ``ValueError``: ``missing`` when there are none, ``fmt`` (the expected layout) for a malformed one or
+    a parent the image does not have; ``root`` is a parent id that means "no parent" (OneIG's 0)."""
+    questions = meta.get("questions") if isinstance(meta, Mapping) else None
+    if not isinstance(questions, list) or not questions:
+        raise ValueError(missing)
+    known = {q.get("id") for q in questions if isinstance(q, Mapping)} | ({root} if root is not None else set())
+    for k, q in enumerate(questions, 1):
+        if not isinstance(q, Mapping) or not isinstance(q.get("question"), str) or not isinstance(q.get("parents"), list):
+            raise ValueError(f"question {k} is {q!r}; {fmt}")
+        if any(p not in known for p in q["parents"]):
+            raise ValueError(f"question {k} depends on a question the image does not have ({q['parents']}); {fmt}")
+    return questions
+
+
 class _ChatJudge(ServedReward):
     """A reward that asks a served VLM one templated question per image and parses a 1-5 score."""
 

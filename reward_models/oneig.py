@@ -40,7 +40,7 @@ from typing import Any
 import numpy as np
 
 from flowopd.reward_models.chat_client import ChatRequest
-from flowopd.reward_models.judges import ServedReward, first_failed_question
+from flowopd.reward_models.judges import ServedReward, checked_question_graph, first_failed_question
 
 SERVED_MODEL = "Qwen/Qwen2.5-VL-7B-Instruct"
 ALIGNMENT_SUFFIX = "Please answer 'Yes' or 'No' only."
@@ -102,16 +102,7 @@ def dependency_filtered(raw: Sequence[int], questions: Sequence[Mapping[str, Any
 
 def check_questions(meta: Any) -> list[Mapping[str, Any]]:
     """An image's alignment questions from its metadata, or a ``ValueError`` saying what the metadata must hold."""
-    questions = meta.get("questions") if isinstance(meta, Mapping) else None
-    if not isinstance(questions, list) or not questions:
-        raise ValueError(f"no OneIG alignment questions; {QUESTIONS_FORMAT}")
-    ids = {q.get("id") for q in questions if isinstance(q, Mapping)}
-    for k, q in enumerate(questions, 1):
-        if not isinstance(q, Mapping) or not isinstance(q.get("question"), str) or not isinstance(q.get("parents"), list):
-            raise ValueError(f"question {k} is {q!r}; {QUESTIONS_FORMAT}")
-        if any(p != 0 and p not in ids for p in q["parents"]):
-            raise ValueError(f"question {k} depends on a question the image does not have ({q['parents']}); {QUESTIONS_FORMAT}")
-    return questions
+    return checked_question_graph(meta, f"no OneIG alignment questions; {QUESTIONS_FORMAT}", QUESTIONS_FORMAT, root=0)
 
 
 # ----------------------------------------------------------------------------- text
