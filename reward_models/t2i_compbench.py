@@ -211,7 +211,8 @@ class _T2IDetectionReward(RewardModel):
         return None
 
     def _score_one(self, image: np.ndarray, prompt: str, extra: Any) -> tuple[float, dict[str, Any]]:
-        raise NotImplementedError
+        """One image's score and details; every category's reward (spatial, 3d_spatial, numeracy, complex) defines it."""
+        raise NotImplementedError(f"{type(self).__name__} must implement _score_one")
 
 
 def _detections(dets: Sequence[Det], limit: int = 10) -> list[dict[str, Any]]:
