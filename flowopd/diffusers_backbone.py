@@ -1,9 +1,10 @@
-"""What every backbone built from a diffusers pipeline's components shares (SD3 / SD3.5, FLUX.1): the frozen text
-encoders and VAE, the transformer as the only trainable part, the VAE's latent encode / decode, and fusing a LoRA
-through the pipeline's own ``load_lora_weights``. Each model's module adds its prompt encoding, velocity and schedule."""
+"""What every backbone built from a diffusers pipeline's components shares (SD3 / SD3.5, FLUX.1, Qwen-Image): the
+frozen text encoders and VAE, the transformer as the only trainable part, the VAE's latent encode / decode, and fusing a
+LoRA through the pipeline's own ``load_lora_weights``. Each model's module adds its prompt encoding, velocity and schedule."""
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 from typing import Any
 
@@ -100,6 +101,31 @@ def prepare_pipeline(pipe: Any, device: torch.device, lora: str | Path | None, f
     return pipe
 
 
+def resolution_shift(config: Any, image_seq_len: int) -> float:
+    """The shared sampler's ``shift`` equal to a pipeline's resolution-dependent one (FLUX.1, Qwen-Image): ``exp(mu)``
+    (exponential time shift) or ``mu`` (linear), ``mu`` by diffusers' ``calculate_shift`` on the packed image tokens with
+    the scheduler ``config``'s bounds; its fixed ``shift`` without dynamic shifting."""
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    if not config.get("use_dynamic_shifting"):
+        return float(config.get("shift", 1.0))
+    mu = calculate_shift(
+        image_seq_len,
+        config.get("base_image_seq_len", 256),
+        config.get("max_image_seq_len", 4096),
+        config.get("base_shift", 0.5),
+        config.get("max_shift", 1.15),
+    )
+    return float(math.exp(mu) if config.get("time_shift_type", "exponential") == "exponential" else mu)
+
+
+def unpack_latents(packed: torch.Tensor, c: int, h: int, w: int) -> torch.Tensor:
+    """``[B, HW/4, 4C]`` -> ``[B, C, H, W]``: the inverse of the 2x2 packing of FLUX's and Qwen-Image's ``_pack_latents``
+    (their ``_unpack_latents``, without Qwen-Image's frame axis)."""
+    b = packed.shape[0]
+    return packed.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+
+
 class DiffusersBackbone:
     """The shared half of a diffusers-components backbone; subclasses set ``pipe``, ``transformer``, ``vae``, ``_embeds``."""
 
@@ -158,3 +184,58 @@ class DiffusersBackbone:
         latents = x.to(self.vae.dtype) / config.scaling_factor + (config.shift_factor or 0.0)
         image = self.vae.decode(latents, return_dict=False)[0]
         return (image.float() / 2 + 0.5).clamp(0, 1)
+
+
+class PackedBackbone(DiffusersBackbone):
+    """A backbone whose transformer takes 2x2-packed latents (FLUX.1, Qwen-Image): the resolution steps by VAE factor x 2,
+    and the resolution-dependent shift follows the packed sequence length."""
+
+    vae_scale_factor: int
+    latent_channels: int
+    scheduler: Any
+
+    def set_resolution(self, px: int) -> None:
+        """Sample square ``px`` x ``px`` images: ``latent_shape`` becomes ``(C, px / f, px / f)``; :attr:`shift` follows."""
+        from flowopd.errors import ConfigError
+
+        step = self.vae_scale_factor * 2  # 2x2 packing
+        if isinstance(px, bool) or not isinstance(px, int) or px <= 0 or px % step:
+            raise ConfigError(f"resolution must be a positive multiple of {step} (VAE factor x 2 for packing) for this model, got {px!r}")
+        self.resolution = px
+        self.latent_shape = (self.latent_channels, px // self.vae_scale_factor, px // self.vae_scale_factor)
+
+    family: str  # the name in messages ("FLUX", "Qwen-Image")
+    pipeline_class: str  # diffusers' pipeline class name
+    hub_id: str  # the example hub id in messages
+    aliases: dict[str, str]
+
+    @classmethod
+    def from_pretrained(
+        cls,
+        source: str | Path,
+        lora: str | Path | None = None,
+        device: str | torch.device = "cpu",
+        dtype: torch.dtype | None = None,
+        resolution: int | None = None,
+        **options: Any,
+    ) -> Any:
+        """Load a diffusers folder (``model_index.json``) or hub id of this family; ``lora`` (a diffusers-format LoRA
+        folder) is fused in; ``options`` go to the backbone's constructor (see each family's module)."""
+        import diffusers
+
+        source, is_folder = resolve_source(source, cls.aliases, cls.family, cls.pipeline_class, cls.hub_id)
+        check_lora_folder(lora, cls.family)
+        device = torch.device(device)
+        pipe = load_pipeline(getattr(diffusers, cls.pipeline_class), source, is_folder, device, dtype, cls.family)
+        prepare_pipeline(pipe, device, lora, cls.family, ("transformer", "vae", *cls.text_encoder_names))
+        return cls(pipe, resolution=resolution, **options)
+
+    @property
+    def image_seq_len(self) -> int:
+        """Packed image tokens at the current resolution (what ``mu`` is computed from)."""
+        return (self.latent_shape[1] // 2) * (self.latent_shape[2] // 2)
+
+    @property
+    def shift(self) -> float:
+        """The shared sampler's ``shift`` equal to the pipeline's resolution-dependent one (:func:`resolution_shift`)."""
+        return resolution_shift(self.scheduler.config, self.image_seq_len)

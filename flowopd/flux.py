@@ -32,15 +32,16 @@ What differs from SD3 (:mod:`flowopd.sd3`), and how each is handled here:
 
 from __future__ import annotations
 
-import math
 from collections import OrderedDict
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from flowopd.backbone import PromptEmbeds
-from flowopd.diffusers_backbone import DiffusersBackbone, check_lora_folder, load_pipeline, prepare_pipeline, resolve_source
+from flowopd.diffusers_backbone import (
+    PackedBackbone,
+    unpack_latents,
+)
 from flowopd.errors import ConfigError
 from flowopd.lora import SD3_LORA_TARGETS
 
@@ -56,10 +57,14 @@ EMBED_CACHE = 64
 FLUX_LORA_TARGETS = SD3_LORA_TARGETS
 
 
-class FluxBackbone(DiffusersBackbone):
+class FluxBackbone(PackedBackbone):
     """FLUX.1 (diffusers components) behind the :class:`flowopd.backbone.Backbone` interface."""
 
     kind = "flux"
+    family = "FLUX"
+    pipeline_class = "FluxPipeline"
+    hub_id = FLUX_DEV_HUB_ID
+    aliases = ALIASES
 
     def __init__(
         self,
@@ -87,59 +92,7 @@ class FluxBackbone(DiffusersBackbone):
 
     # -------------------------------------------------------------- loading
 
-    @classmethod
-    def from_pretrained(
-        cls,
-        source: str | Path,
-        lora: str | Path | None = None,
-        device: str | torch.device = "cpu",
-        dtype: torch.dtype | None = None,
-        resolution: int | None = None,
-        **options: Any,
-    ) -> FluxBackbone:
-        """Load a diffusers FLUX folder (``model_index.json``) or hub id; ``lora`` (a diffusers-format LoRA folder) is
-        fused in; ``options``: ``max_sequence_length``, ``guidance``, ``true_cfg`` (see the module's docstring)."""
-        from diffusers import FluxPipeline
-
-        source, is_folder = resolve_source(source, ALIASES, "FLUX", "FluxPipeline", FLUX_DEV_HUB_ID)
-        check_lora_folder(lora, "FLUX")
-        device = torch.device(device)
-        pipe = load_pipeline(FluxPipeline, source, is_folder, device, dtype, "FLUX")
-        prepare_pipeline(pipe, device, lora, "FLUX", ("transformer", "vae", *cls.text_encoder_names))
-        return cls(pipe, resolution=resolution, **options)
-
     # -------------------------------------------------------------- resolution, shift and defaults
-
-    def set_resolution(self, px: int) -> None:
-        """Sample square ``px`` x ``px`` images: ``latent_shape`` becomes ``(16, px / f, px / f)``; :attr:`shift` follows."""
-        step = self.vae_scale_factor * 2  # 2x2 packing
-        if isinstance(px, bool) or not isinstance(px, int) or px <= 0 or px % step:
-            raise ConfigError(f"resolution must be a positive multiple of {step} (VAE factor x 2 for packing) for this model, got {px!r}")
-        self.resolution = px
-        self.latent_shape = (self.latent_channels, px // self.vae_scale_factor, px // self.vae_scale_factor)
-
-    @property
-    def image_seq_len(self) -> int:
-        """Packed image tokens at the current resolution (what ``mu`` is computed from)."""
-        return (self.latent_shape[1] // 2) * (self.latent_shape[2] // 2)
-
-    @property
-    def shift(self) -> float:
-        """The shared sampler's ``shift`` equal to the pipeline's resolution-dependent one: ``exp(mu)`` (exponential time
-        shift) or ``mu`` (linear), ``mu`` by ``calculate_shift``; the scheduler's fixed ``shift`` without dynamic shifting."""
-        from diffusers.pipelines.flux.pipeline_flux import calculate_shift
-
-        config = self.scheduler.config
-        if not config.get("use_dynamic_shifting"):
-            return float(config.get("shift", 1.0))
-        mu = calculate_shift(
-            self.image_seq_len,
-            config.get("base_image_seq_len", 256),
-            config.get("max_image_seq_len", 4096),
-            config.get("base_shift", 0.5),
-            config.get("max_shift", 1.15),
-        )
-        return float(math.exp(mu) if config.get("time_shift_type", "exponential") == "exponential" else mu)
 
     @property
     def default_sampling(self) -> dict[str, Any]:
@@ -197,13 +150,7 @@ class FluxBackbone(DiffusersBackbone):
             img_ids=img_ids,
             return_dict=False,
         )[0]
-        return _unpack(out, c, h, w).to(x.dtype)
-
-
-def _unpack(packed: torch.Tensor, c: int, h: int, w: int) -> torch.Tensor:
-    """``[B, HW/4, 4C]`` -> ``[B, C, H, W]``: the inverse of ``FluxPipeline._pack_latents`` (its ``_unpack_latents``)."""
-    b = packed.shape[0]
-    return packed.view(b, h // 2, w // 2, c, 2, 2).permute(0, 3, 1, 4, 2, 5).reshape(b, c, h, w)
+        return unpack_latents(out, c, h, w).to(x.dtype)
 
 
 def load_flux_backbone(spec_source: str, lora: str | None = None, device: str = "cpu", **options: Any) -> FluxBackbone:

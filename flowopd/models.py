@@ -18,6 +18,7 @@ MINI_MIX_DIR = Path(__file__).resolve().parent / "mini" / "assets" / "mix"
 MINI_STUDENT_DIR = Path(__file__).resolve().parent / "mini" / "assets" / "student"
 SD3_PREFIX = "sd3:"  # --model sd3:<hub id or folder>
 FLUX_PREFIX = "flux:"  # --model flux:<hub id or folder>
+QWEN_IMAGE_PREFIX = "qwen-image:"  # --model qwen-image:<hub id or folder>
 MINI_SAMPLING = {"steps": 20, "cfg": 3.0, "shift": 1.0}  # chosen by tests/bench/mini_base_scores.py (docs/mini-world.md)
 
 
@@ -82,26 +83,88 @@ KNOWN_WEIGHTS = {
 }
 
 
+@dataclasses.dataclass(frozen=True)
+class DiffusersFamily:
+    """A model family loaded from a diffusers pipeline's components: how a spec names it and which backbone loads it."""
+
+    kind: str  # the backbone kind (``backbone_kind``, the plan's "backbone")
+    name: str  # in messages: "SD3", "FLUX", "Qwen-Image"
+    prefix: str  # ``--model PREFIX<hub id or folder>``
+    pipeline: str  # the ``_class_name`` of a folder's ``model_index.json``
+    backbone: str  # ``module:class`` with ``from_pretrained(source, lora=, device=, dtype=, resolution=)``
+    train_cfg: float | None  # a recipe's ``sampler.cfg`` when it sets none (None: the field's default, SD3.5's 4.5)
+    example: str  # a spec, for error messages
+
+
+DIFFUSERS_FAMILIES = (
+    DiffusersFamily("sd3", "SD3", SD3_PREFIX, "StableDiffusion3Pipeline", "flowopd.sd3:SD3Backbone", None,
+                    "sd3:stabilityai/stable-diffusion-3.5-medium"),
+    # FLUX.1-dev is guidance-distilled: its guidance is embedded, true CFG is opt-in (cfg 1)
+    DiffusersFamily("flux", "FLUX", FLUX_PREFIX, "FluxPipeline", "flowopd.flux:FluxBackbone", 1.0, "flux:black-forest-labs/FLUX.1-dev"),
+    # Qwen-Image samples with true CFG 4 (QwenImagePipeline's true_cfg_scale)
+    DiffusersFamily("qwen-image", "Qwen-Image", QWEN_IMAGE_PREFIX, "QwenImagePipeline", "flowopd.qwen_image:QwenImageBackbone", 4.0,
+                    "qwen-image:Qwen/Qwen-Image"),
+)  # fmt: skip
+DIFFUSERS_PREFIXES = tuple(f.prefix for f in DIFFUSERS_FAMILIES)
+
+
+def diffusers_family(spec: str) -> DiffusersFamily | None:
+    """The family of a diffusers base spec: by its prefix, else by the pipeline a folder's ``model_index.json`` names (a
+    folder naming no known pipeline is taken as SD3's, as before FLUX); None for anything else (a mini model, a LoRA)."""
+    import json
+
+    for family in DIFFUSERS_FAMILIES:
+        if spec.startswith(family.prefix):
+            return family
+    index = Path(spec) / "model_index.json"
+    if not index.is_file():
+        return None
+    try:
+        pipeline = json.loads(index.read_text()).get("_class_name")
+    except (OSError, ValueError, AttributeError):
+        pipeline = None
+    return next((f for f in DIFFUSERS_FAMILIES if f.pipeline == pipeline), DIFFUSERS_FAMILIES[0])
+
+
+def is_diffusers(spec: str) -> bool:
+    """A base loaded from a diffusers pipeline's components (SD3, FLUX.1, Qwen-Image)."""
+    return diffusers_family(spec) is not None
+
+
 def is_sd3(spec: str) -> bool:
-    """An SD3 base: ``sd3:<hub id or folder>`` or a diffusers folder with ``model_index.json`` (not a FLUX one)."""
-    return spec.startswith(SD3_PREFIX) or ((Path(spec) / "model_index.json").is_file() and not is_flux(spec))
+    """An SD3 base: ``sd3:<hub id or folder>`` or a diffusers folder with ``model_index.json`` of no other family."""
+    family = diffusers_family(spec)
+    return family is not None and family.kind == "sd3"
 
 
 def is_flux(spec: str) -> bool:
     """A FLUX.1 base: ``flux:<hub id or folder>`` or a diffusers folder whose ``model_index.json`` names a ``FluxPipeline``."""
-    import json
+    family = diffusers_family(spec)
+    return family is not None and family.kind == "flux"
 
-    if spec.startswith(FLUX_PREFIX):
-        return True
-    try:
-        return json.loads((Path(spec) / "model_index.json").read_text()).get("_class_name") == "FluxPipeline"
-    except (OSError, ValueError, AttributeError):
-        return False
+
+def is_qwen_image(spec: str) -> bool:
+    """A Qwen-Image base: ``qwen-image:<hub id or folder>`` or a folder whose ``model_index.json`` names ``QwenImagePipeline``."""
+    family = diffusers_family(spec)
+    return family is not None and family.kind == "qwen-image"
 
 
 def diffusers_source(spec: str) -> str:
-    """The folder or hub id of a diffusers base spec (``sd3:`` / ``flux:`` prefix removed)."""
-    return spec.removeprefix(SD3_PREFIX).removeprefix(FLUX_PREFIX)
+    """The folder or hub id of a diffusers base spec (its family's prefix removed)."""
+    family = diffusers_family(spec)
+    return spec.removeprefix(family.prefix) if family is not None else spec
+
+
+def load_diffusers(spec: str, lora: str | Path | None = None, **options: Any):
+    """The backbone of a diffusers base spec (its family's class), ``lora`` fused in; ``options`` go to ``from_pretrained``."""
+    import importlib
+
+    family = diffusers_family(spec)
+    if family is None:
+        raise FlowOPDError(f"{spec!r} is not a diffusers base; pass e.g. {', '.join(f.example for f in DIFFUSERS_FAMILIES)}")
+    module, name = family.backbone.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    return cls.from_pretrained(diffusers_source(spec), lora=str(lora) if lora else None, **options)
 
 
 def prompt_world(spec: str):
@@ -142,12 +205,11 @@ def model_folder(spec: str) -> Path:
 
 
 def backbone_kind(spec: str) -> str:
-    """``sd3`` for an SD3 base; else the kind of the model folder ``spec`` names (a LoRA's: its base's). A spec that
-    names no model folder is taken as a mini one (loading it says what is wrong)."""
-    if is_flux(spec):
-        return "flux"
-    if is_sd3(spec):
-        return "sd3"
+    """A diffusers base's family kind (``sd3``, ``flux``, ``qwen-image``); else the kind of the model folder ``spec``
+    names (a LoRA's: its base's). A spec that names no model folder is taken as a mini one (loading it says what is wrong)."""
+    family = diffusers_family(spec)
+    if family is not None:
+        return family.kind
     path = model_folder(spec)
     if (path / LORA_FILE).is_file():
         return backbone_kind(read_lora_base(path))
@@ -155,19 +217,14 @@ def backbone_kind(spec: str) -> str:
 
 
 def load_backbone(spec: str = "mini-base", device: str = "cpu", resolution: int | None = None, dtype=None):
-    """``mini-base``, a model folder (``flowopd mini pretrain``), an SD3 base (``sd3:<hub id>`` or a diffusers folder),
-    a FLUX.1 base (``flux:<hub id>`` or a FluxPipeline folder), or a LoRA folder (``flowopd train``: its base with the LoRA fused in) -> a backbone in eval mode.
+    """``mini-base``, a model folder (``flowopd mini pretrain``), a diffusers base (``sd3:`` / ``flux:`` /
+    ``qwen-image:<hub id>``, or a diffusers folder: its ``model_index.json`` names the pipeline), or a LoRA folder
+    (``flowopd train``: its base with the LoRA fused in) -> a backbone in eval mode.
 
-    ``dtype`` sets an SD3 or FLUX model's weights (default: bf16 on a GPU, float32 on a CPU); the mini model is always float32.
+    ``dtype`` sets a diffusers model's weights (default: bf16 on a GPU, float32 on a CPU); the mini model is always float32.
     """
-    if is_flux(spec):
-        from flowopd.flux import FluxBackbone
-
-        return FluxBackbone.from_pretrained(diffusers_source(spec), device=device, resolution=resolution, dtype=dtype)
-    if is_sd3(spec):
-        from flowopd.sd3 import SD3Backbone
-
-        return SD3Backbone.from_pretrained(spec.removeprefix(SD3_PREFIX), device=device, resolution=resolution, dtype=dtype)
+    if is_diffusers(spec):
+        return load_diffusers(spec, device=device, resolution=resolution, dtype=dtype)
     if spec not in KNOWN_WEIGHTS and (Path(spec) / LORA_FILE).is_file():
         return _load_with_lora(Path(spec), device)
     if spec in KNOWN_WEIGHTS:
@@ -211,13 +268,13 @@ def check_base(folder: str | Path, base: str, digest: str | None = None) -> dict
 
 def check_lora_backbone(folder: str | Path, base: str) -> None:
     """Refuse, in one line naming both backbones, a LoRA whose ``lora_info.json`` records a base of another backbone kind
-    (a FLUX LoRA on SD3, an SD3 one on FLUX, a mini one on either)."""
+    (a FLUX LoRA on SD3, a Qwen-Image one on FLUX, a mini one on any)."""
     from flowopd.lora import read_lora_info
 
     theirs = read_lora_info(folder).get("base")
-    if not theirs or not (theirs.startswith((SD3_PREFIX, FLUX_PREFIX)) or model_folder(theirs).exists()):
+    if not theirs or not (theirs.startswith(DIFFUSERS_PREFIXES) or model_folder(theirs).exists()):
         return  # no base recorded, or one no longer here to tell its kind (the digest check still applies)
-    kinds = {"sd3": "SD3", "flux": "FLUX"}
+    kinds = {f.kind: f.name for f in DIFFUSERS_FAMILIES}
     their_kind, our_kind = (kinds.get(k, k) for k in (backbone_kind(theirs), backbone_kind(base)))
     if their_kind != our_kind:
         raise FlowOPDError(
@@ -247,7 +304,7 @@ def model_digest(spec: str) -> str:
     Cached per process on the files' names, sizes and modification times, so a
     run that checks its base several times (resume, LoRA loads) reads it once.
     """
-    if is_sd3(spec) or is_flux(spec):  # names, sizes and times of a diffusers folder (hashing gigabytes per run would take minutes)
+    if is_diffusers(spec):  # names, sizes and times of a diffusers folder (hashing gigabytes per run would take minutes)
         source = Path(diffusers_source(spec))
         if not source.is_dir():  # a hub id as is
             return hashlib.sha256(diffusers_source(spec).encode()).hexdigest()
@@ -276,9 +333,10 @@ class ModelRef:
 
     SPEC is a mini model (``mini-base``, a shipped teacher or student, a
     ``flowopd mini pretrain`` folder), a LoRA folder written by ``flowopd
-    train`` (its base is read from ``lora_info.json``), a diffusers SD3 folder
-    (``model_index.json``), or ``sd3:<hub id or folder>``; ``lora`` puts a
-    diffusers-format LoRA on an SD3 base.
+    train`` (its base is read from ``lora_info.json``), a diffusers folder
+    (``model_index.json``: SD3, FLUX.1 or Qwen-Image), or ``sd3:`` / ``flux:`` /
+    ``qwen-image:<hub id or folder>``; ``lora`` puts a diffusers-format LoRA on
+    such a base.
     """
 
     spec: str
@@ -291,13 +349,7 @@ class ModelRef:
         """The backbone, in eval mode."""
         if self.sd3_source is None:
             return load_backbone(self.spec, device)
-        if is_flux(self.spec):
-            from flowopd.flux import FluxBackbone
-
-            return FluxBackbone.from_pretrained(self.sd3_source, lora=str(self.lora) if self.lora else None, device=device)
-        from flowopd.sd3 import SD3Backbone
-
-        return SD3Backbone.from_pretrained(self.sd3_source, lora=str(self.lora) if self.lora else None, device=device)
+        return load_diffusers(self.spec, lora=self.lora, device=device)
 
     def digest(self) -> str:
         """Identifies the weights: images made by another model never count as this one's."""
@@ -358,10 +410,10 @@ def lora_label(path: Path) -> str:
 
 def resolve_model(spec: str, lora: str | Path | None = None) -> ModelRef:
     """``--model SPEC [--lora DIR]`` -> a :class:`ModelRef`, with a one-line error naming the fix for a bad spec."""
-    if spec.startswith((SD3_PREFIX, FLUX_PREFIX)) or (Path(spec) / "model_index.json").is_file():
+    if is_diffusers(spec):
         source = diffusers_source(spec)
         if not source:
-            raise FlowOPDError(f"--model {spec} needs a hub id or a folder, e.g. sd3:stabilityai/stable-diffusion-3.5-medium or flux:DIR")
+            raise FlowOPDError(f"--model {spec} needs a hub id or a folder, e.g. {', '.join(f.example for f in DIFFUSERS_FAMILIES)}")
         lora_path = Path(lora) if lora else None
         if lora_path is not None and not (lora_path / LORA_FILE).is_file():
             raise FlowOPDError(f"--lora {lora_path} has no {LORA_FILE}; pass a diffusers-format LoRA folder")
@@ -371,7 +423,10 @@ def resolve_model(spec: str, lora: str | Path | None = None) -> ModelRef:
         label = name + (f"+{lora_path.name if lora_path.name != 'lora' else lora_path.parent.name}" if lora_path else "")
         return ModelRef(spec, "real", label, sd3_source=source, lora=lora_path)
     if lora is not None:
-        raise FlowOPDError("--lora applies to an SD3 base (--model sd3:...); for a mini LoRA pass its folder as --model")
+        raise FlowOPDError(
+            "--lora applies to an SD3 base (--model sd3:...) or another diffusers base (flux:, qwen-image:); "
+            "for a mini LoRA pass its folder as --model"
+        )
     if spec in KNOWN_WEIGHTS:
         ws = KNOWN_WEIGHTS[spec]
         if not ws.present:
@@ -380,7 +435,7 @@ def resolve_model(spec: str, lora: str | Path | None = None) -> ModelRef:
     path = Path(spec)
     if (path / LORA_FILE).is_file():
         base = read_lora_base(path)
-        if base.startswith((SD3_PREFIX, FLUX_PREFIX)) or (Path(base) / "model_index.json").is_file():
+        if is_diffusers(base):
             return resolve_model(base, lora=path)
         resolve_model(base)  # the base must resolve too
         return ModelRef(spec, "mini", lora_label(path))
@@ -389,10 +444,10 @@ def resolve_model(spec: str, lora: str | Path | None = None) -> ModelRef:
     if path.exists():
         raise FlowOPDError(
             f"{path} is not a model folder (no model_info.json, model_index.json or {LORA_FILE}); "
-            "pass a mini model, a LoRA folder from `flowopd train`, or a diffusers SD3 folder"
+            "pass a mini model, a LoRA folder from `flowopd train`, or a diffusers SD3 / FLUX / Qwen-Image folder"
         )
     known = ", ".join(KNOWN_WEIGHTS)
     raise FlowOPDError(
-        f"model {spec!r} is neither a known model ({known}), an existing folder, nor sd3:<hub id>; "
-        "pass --model mini-base, a folder, or sd3:stabilityai/stable-diffusion-3.5-medium"
+        f"model {spec!r} is neither a known model ({known}), an existing folder, nor sd3: / flux: / qwen-image:<hub id>; "
+        f"pass --model mini-base, a folder, or one of {', '.join(f.example for f in DIFFUSERS_FAMILIES)}"
     )

@@ -62,7 +62,7 @@ def check_inputs(cfg: TrainConfig) -> None:
 def _check_prompts(cfg: TrainConfig) -> None:
     """Every trained task needs a prompt file or a prompt world that draws it: an SD3 base has none (the mini world's
     generator speaks only the mini vocabulary), so it needs a prompt file for every task."""
-    from flowopd.models import is_flux, is_sd3, prompt_world
+    from flowopd.models import is_diffusers, prompt_world
 
     world = prompt_world(cfg.model)
     missing = [t for t, w in cfg.tasks.items() if w > 0 and t not in cfg.prompts and (world is None or t not in world.tasks)]
@@ -71,7 +71,7 @@ def _check_prompts(cfg: TrainConfig) -> None:
             f"tasks {missing} have no training prompts for {cfg.model}; add e.g. prompts: {{{missing[0]}: "
             f"{ {'compose': 'geneval-train', 'text': 'ocr-train'}.get(missing[0], 'pickscore-train') }}} (a named set or a file)"
         )
-    if not (is_sd3(cfg.model) or is_flux(cfg.model)) and cfg.resolution not in (None, 32):
+    if not is_diffusers(cfg.model) and cfg.resolution not in (None, 32):
         raise ConfigError(f"resolution {cfg.resolution}: the mini world is 32 px; leave resolution unset for a mini model")
     for task, spec in cfg.prompts.items():
         if cfg.tasks.get(task, 0) > 0:

@@ -21,7 +21,7 @@ def sigma_schedule(num_steps: int, shift: float = 1.0) -> torch.Tensor:
         raise ValueError(f"steps must be at least 1, got {num_steps}")
     sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
     sched.set_timesteps(num_steps)
-    return sched.sigmas.float().clone()
+    return sched.sigmas.float().clone().clamp_(max=1.0)  # a shift such as FLUX's exp(mu) puts sigma_0 at 1 + 1 ulp
 
 
 def guided_velocity(
@@ -36,7 +36,9 @@ def guided_velocity(
 ) -> torch.Tensor:
     """``v = v_uncond + s * (v_cond - v_uncond)``; one batched forward for both branches.
 
-    ``transformer`` runs instead of the backbone's own (the trainer passes its
+    A backbone with a ``combine_cfg(v_uncond, v_cond, cfg)`` method combines the
+    branches its own way (Qwen-Image rescales the result to the conditional
+    velocity's norm per token, as its pipeline does). ``transformer`` runs instead of the backbone's own (the trainer passes its
     distributed wrapper so gradients synchronise). ``detach_uncond`` runs the
     unconditional branch without gradient (Flow-GRPO's training step): two
     forwards, and no activations kept for that branch.
@@ -47,14 +49,20 @@ def guided_velocity(
     check = getattr(backbone, "check_cfg", None)  # a backbone whose cfg means something else refuses it (FLUX.1-dev)
     if check is not None:
         check(cfg)
+    combine = getattr(backbone, "combine_cfg", None) or _plain_cfg
     if detach_uncond and torch.is_grad_enabled():
         with torch.no_grad():
             v_uncond = backbone.velocity(x, sigma, uncond, **extra)
         v_cond = backbone.velocity(x, sigma, cond, **extra)
-        return v_uncond + cfg * (v_cond - v_uncond)
+        return combine(v_uncond, v_cond, cfg)
     sigma = sigma.repeat(2) if sigma.ndim == 1 else sigma  # a per-sample sigma [B] (DiffusionNFT's times) for both halves
     v = backbone.velocity(torch.cat([x, x]), sigma, PromptEmbeds.cat([uncond, cond]), **extra)
     v_uncond, v_cond = v.chunk(2)
+    return combine(v_uncond, v_cond, cfg)
+
+
+def _plain_cfg(v_uncond: torch.Tensor, v_cond: torch.Tensor, cfg: float) -> torch.Tensor:
+    """Classifier-free guidance as SD3's and FLUX's pipelines combine it."""
     return v_uncond + cfg * (v_cond - v_uncond)
 
 

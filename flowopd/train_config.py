@@ -265,17 +265,20 @@ class TrainConfig(BaseModel):
     @classmethod
     def _sampler_follows_the_model(cls, values: Any) -> Any:
         """A mini model's recipe that leaves ``sampler.cfg`` / ``shift`` unset gets the mini world's protocol
-        (CFG 3, shift 1: ``models.MINI_SAMPLING``), not SD3.5's 4.5 and 3 (an empty recipe trained with those); a FLUX.1
-        model's gets ``cfg`` 1 (guidance-distilled: its guidance is embedded, true CFG is opt-in)."""
-        from flowopd.models import MINI_SAMPLING, is_flux, is_sd3
+        (CFG 3, shift 1: ``models.MINI_SAMPLING``), not SD3.5's 4.5 and 3 (an empty recipe trained with those); a diffusers
+        family's gets its own ``train_cfg`` (FLUX.1: 1, guidance-distilled, true CFG is opt-in; Qwen-Image: its
+        pipeline's true CFG 4); NFT trains CFG-free (the paper) on any model."""
+        from flowopd.models import MINI_SAMPLING, diffusers_family
 
         if not isinstance(values, dict):
             return values
         sampler = dict(values.get("sampler") or {})
-        model = str(values.get("model", "mini-base"))
-        if values.get("nft") is not None or is_flux(model):  # NFT trains CFG-free (the paper); FLUX.1 is guidance-distilled
+        family = diffusers_family(str(values.get("model", "mini-base")))
+        if values.get("nft") is not None:
             sampler.setdefault("cfg", 1.0)
-        if not (is_sd3(model) or is_flux(model)):
+        elif family is not None and family.train_cfg is not None:
+            sampler.setdefault("cfg", family.train_cfg)
+        if family is None:
             for key in ("cfg", "shift"):
                 sampler.setdefault(key, MINI_SAMPLING[key])
         return {**values, "sampler": sampler}
@@ -376,4 +379,7 @@ def recipe_path(name: str) -> Path:
         if candidate.is_file():
             return candidate
     shipped = sorted(str(p.relative_to(root).with_suffix("")) for p in root.glob("*/*.yaml") if p.parent.name != "accelerate")
-    raise ConfigError(f"config {name!r} is neither a file nor a shipped recipe; shipped recipes: {', '.join(shipped)}")
+    folder = name.split("/", 1)[0] + "/"
+    same = [r for r in shipped if r.startswith(folder)]  # mini/nope: the mini recipes; otherwise every set by folder
+    listed = ", ".join(same) if same else "; ".join(f"{f}/*" for f in sorted({r.split("/", 1)[0] for r in shipped}))
+    raise ConfigError(f"config {name!r} is neither a file nor a shipped recipe; shipped recipes: {listed}")

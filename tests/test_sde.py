@@ -184,3 +184,14 @@ def test_bad_arguments():
         per_step_kl(x, x, 0.5, 0.4, 0.7, weighting="paper")
     with pytest.raises(ValueError, match="deterministic"):
         per_step_kl(x, x, 0.5, 0.4, 0.0)
+
+
+@pytest.mark.parametrize("shift", [1.0, 1.111, 1.6328428585118553, 1.8776, 3.0])
+def test_sigma_schedule_starts_at_one_for_any_shift(shift):
+    """Many shifts (1.111; Qwen-Image's exp(mu) at 64 tokens, 1.6328...) put the scheduler's sigma_0 at 1 + 1 ulp in float32:
+    it must not pass 1 (the SDE step refuses sigma > 1); 1 - 1 ulp is the scheduler's own value and stays."""
+    from flowopd.sampling import sigma_schedule
+
+    for steps in (6, 10, 28):
+        sigmas = sigma_schedule(steps, shift)
+        assert 1.0 - 1e-6 < float(sigmas[0]) <= 1.0 and float(sigmas[-1]) == 0.0 and bool((sigmas[1:] < sigmas[:-1]).all())
