@@ -7,9 +7,10 @@ signal (rewards, or teachers and routing for OPD), the trainer's own checks
 is reported, never raised) and a per-GPU memory estimate. :func:`format_plan`
 turns it into the text the CLI prints.
 
-The memory estimate (:mod:`flowopd.memory`) for an SD3 base uses SD3.5-Medium's
-sizes (:mod:`flowopd.sd35m_sizes`); it is an estimate, and the formula is part of
-the output so it can be checked.
+The memory estimate (:mod:`flowopd.memory`) uses the full-size architecture of
+the base (:mod:`flowopd.arch_sizes`: SD3.5-Medium or -Large, FLUX.1-dev,
+Qwen-Image), replicated and FSDP-sharded; it is an estimate, and the formula is
+part of the output so it can be checked.
 """
 
 from __future__ import annotations
@@ -35,7 +36,7 @@ def resolve_processes(processes: int | None = None) -> tuple[int, str]:
 def train_plan(cfg: TrainConfig, processes: int | None = None, command: str = "train", recipe: str | None = None) -> dict[str, Any]:
     """Everything ``flowopd train`` would do with ``cfg`` on ``processes`` processes, checked; loads no model."""
     from flowopd.errors import FlowOPDError
-    from flowopd.models import is_flux, is_sd3
+    from flowopd.models import diffusers_family
     from flowopd.objectives.base import objective_class
     from flowopd.plan_checks import check_arithmetic
 
@@ -51,7 +52,7 @@ def train_plan(cfg: TrainConfig, processes: int | None = None, command: str = "t
         "command": command,
         "recipe": recipe,
         "model": cfg.model,
-        "backbone": "flux" if is_flux(cfg.model) else "sd3" if is_sd3(cfg.model) else "mini",
+        "backbone": getattr(diffusers_family(cfg.model), "kind", "mini"),
         "processes": n,
         "processes_from": source,
         "batch_size": b,
@@ -166,11 +167,11 @@ def _inputs(cfg: TrainConfig) -> dict[str, Any]:
 def _model_item(spec: str) -> dict[str, Any]:
     from pathlib import Path
 
-    from flowopd.models import FLUX_PREFIX, KNOWN_WEIGHTS, SD3_PREFIX, is_flux, is_sd3
+    from flowopd.models import KNOWN_WEIGHTS, diffusers_source, is_diffusers
 
     item = {"kind": "model", "name": spec, "ok": False, "detail": ""}
-    if is_sd3(spec) or is_flux(spec):
-        source = spec.removeprefix(SD3_PREFIX).removeprefix(FLUX_PREFIX)
+    if is_diffusers(spec):
+        source = diffusers_source(spec)
         if (Path(source).expanduser() / "model_index.json").is_file():
             item.update(ok=True, detail="diffusers folder")
             return item
@@ -270,10 +271,17 @@ def format_plan(plan: dict[str, Any]) -> str:
     if mem["negligible"] or mem["total_gib"] is None:
         row("memory per GPU", mem["note"])
     else:
-        row("memory per GPU", f"~{mem['total_gib']} GiB (an estimate, {mem['sizes_of']} sizes)")
+        fits = "fits" if mem["fits"] else "does not fit"
+        row(
+            "memory per GPU",
+            f"~{mem['total_gib']} GiB, every process holding the whole model ({mem['sizes_of']} sizes; {fits} an 80 GB GPU)",
+        )
         for t in mem["terms"]:
-            row("", f"{t['gib']:>6.2f} GiB  {t['what']}: {t['formula']}")
+            row("", f"{t['gib']:>6.2f} GiB  {t['what']}: {t['formula']}" + ("  [sharded by FSDP]" if t["sharded"] else ""))
         row("", mem["note"])
+        fsdp = mem["fsdp"]
+        fits = "fits" if fsdp["fits"] else "does not fit"
+        row("with FSDP", f"~{fsdp['total_gib']} GiB over {fsdp['processes']} process(es) ({fits} an 80 GB GPU): {fsdp['formula']}")
     return "\n".join(lines)
 
 

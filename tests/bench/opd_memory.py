@@ -87,8 +87,8 @@ def sd35m_parameter_memory(teachers: int = 4, rank: int = 32) -> dict:
     import torch
     from diffusers import SD3Transformer2DModel
 
+    from flowopd.arch_sizes import SD35M_TRANSFORMER_CONFIG
     from flowopd.lora import SD3_LORA_TARGETS
-    from flowopd.sd35m_sizes import SD35M_TRANSFORMER_CONFIG
 
     with torch.device("meta"):
         model = SD3Transformer2DModel(**SD35M_TRANSFORMER_CONFIG)

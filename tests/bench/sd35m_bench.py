@@ -81,7 +81,7 @@ from typing import Any
 
 import torch
 
-from flowopd.sd35m_sizes import SD35M_TRANSFORMER_CONFIG as FULL  # the public SD3.5-Medium transformer config
+from flowopd.arch_sizes import SD35M_TRANSFORMER_CONFIG as FULL  # the public SD3.5-Medium transformer config
 
 # A reduced config with the same structure (dual attention on the first layer, rms q/k norm) that runs on a laptop CPU
 SMALL = dict(
