@@ -1,8 +1,9 @@
-"""`flowopd rewards list | score | agreement`."""
+"""`flowopd rewards list | score | agreement | serve`."""
 
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import typer
@@ -117,6 +118,36 @@ def rewards_agreement(
     _print_table(
         f"agreement with human preference ({pairs.name})", ("reward", "accuracy", "95% CI", "comparisons", "dropped (failed)"), table_rows
     )
+
+
+@rewards_app.command("serve")
+def rewards_serve(
+    name: str = typer.Argument(..., help="Reward model name (see `flowopd rewards list`)."),
+    host: str = typer.Option("127.0.0.1", "--host", help="Address to bind; 0.0.0.0 exposes the server to the network (set a token)."),
+    port: int = typer.Option(8765, "--port", help="Port to bind (0: any free port; the log says which)."),
+    device: str = typer.Option("cpu", "--device", help="Where the reward runs (cpu, cuda, cuda:1, ...)."),
+    max_batch: int = typer.Option(64, "--max-batch", help="Most images scored in one call; concurrent requests are batched up to it."),
+    max_body_mb: float = typer.Option(64.0, "--max-body-mb", help="Largest request body accepted (413 above it)."),
+) -> None:
+    """Serve one reward over HTTP (JSON, no pickle) so training and evaluation can use it from another environment."""
+    import logging
+
+    from flowopd.reward_models import get_reward_class
+    from flowopd.reward_models.serve import TOKEN_ENV, ServeSettings, make_server, require_fastapi
+
+    settings = ServeSettings(name, host, port, device, max_batch, max_body_mb)
+    require_fastapi()
+    cls = get_reward_class(name)
+    if getattr(cls, "target", None):  # a client of another server: serving it would only relay
+        from flowopd.reward_models.remote import url_env
+
+        _fail(f"{name} is a remote reward here; serve the reward itself (a name without remote:, ${url_env(cls.target)} unset)")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    if host not in ("127.0.0.1", "localhost", "::1") and not os.environ.get(TOKEN_ENV):
+        warn_once(f"serving on {host} without a token: anyone who can reach it can use it; set ${TOKEN_ENV}")
+    err_console.print(f"loading {name} on {device} ...")
+    server = make_server(settings)
+    server.run()
 
 
 def _parse_metadata(text: str, n: int) -> list[dict]:

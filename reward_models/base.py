@@ -77,6 +77,7 @@ class RewardModel:
     weight_sets: ClassVar[tuple[str, ...]] = ()  # names in flowopd.reward_models.weights.WEIGHT_SETS
     requires: ClassVar[tuple[str, ...]] = ()  # importable modules the reward needs beyond the core install
     raw_range: ClassVar[tuple[float, float] | None] = None  # the raw scale's bounds, where it has them (intervals stay inside)
+    reads_url_env: ClassVar[bool] = False  # True: $FLOWOPD_<NAME>_URL is its own chat server, not a `rewards serve` one
 
     def __init__(self, device: str | torch.device = "cpu", batch_size: int = 64, weights: Mapping[str, str | Path] | None = None):
         self.device = torch.device(device)
@@ -146,8 +147,10 @@ class RewardModel:
         """Raw scores -> the training scale (identity unless the reward says otherwise)."""
         return raw.float()
 
-    def score(self, images: ImageBatch, prompts: Sequence[str], metadata: Sequence[dict[str, Any] | None] | None = None) -> Scores:
-        """Score a batch: ``images`` as uint8 ``[B,H,W,3]`` arrays, float ``[B,3,H,W]`` in [0,1] or PIL images, one prompt per image."""
+    def checked_inputs(
+        self, images: ImageBatch, prompts: Sequence[str], metadata: Sequence[dict[str, Any] | None] | None
+    ) -> tuple[Any, list[str], list[dict[str, Any] | None]]:
+        """``(uint8 [B,H,W,3] images, prompts, metadata)`` with one prompt and one metadata entry per image, else ValueError."""
         arrays = to_uint8_hwc(images)
         prompts = list(prompts)
         if len(prompts) != len(arrays):
@@ -155,6 +158,11 @@ class RewardModel:
         meta = list(metadata) if metadata is not None else [None] * len(prompts)
         if len(meta) != len(arrays):
             raise ValueError(f"{self.name}: got {len(arrays)} images but {len(meta)} metadata entries")
+        return arrays, prompts, meta
+
+    def score(self, images: ImageBatch, prompts: Sequence[str], metadata: Sequence[dict[str, Any] | None] | None = None) -> Scores:
+        """Score a batch: ``images`` as uint8 ``[B,H,W,3]`` arrays, float ``[B,3,H,W]`` in [0,1] or PIL images, one prompt per image."""
+        arrays, prompts, meta = self.checked_inputs(images, prompts, metadata)
         self._ensure_loaded()
         raws: list[float] = []
         details: list[dict[str, Any]] = []

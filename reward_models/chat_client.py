@@ -56,7 +56,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -139,6 +139,11 @@ class _Fatal(Exception):
     """A failure a retry cannot fix: another 4xx, a reply that is not chat-completions JSON."""
 
 
+class _BadReply(_Fatal):
+    """A reply that is not the JSON asked for: fatal for a chat server, retried where a ``validate`` is given (a reward
+    server that answered garbage may be restarting)."""
+
+
 class ChatEndpoint:
     """One OpenAI-compatible chat-completions server.
 
@@ -178,6 +183,7 @@ class ChatEndpoint:
         self.url_env = url_env
         self.model_env = model_env
         self.name = name
+        self.not_found_hint = "is the base URL missing '/v1'?"  # said after an HTTP 404
         self._model_lock = threading.Lock()
 
     @classmethod
@@ -338,8 +344,8 @@ class ChatEndpoint:
             if status == 429 or status >= 500:
                 raise _Retryable(f"HTTP {status}: {excerpt}", url, retry_after=_retry_after(exc.headers)) from None
             msg = f"HTTP {status} from {url}: {excerpt}"
-            if status == 404:
-                msg += " (is the base URL missing '/v1'?)"
+            if status == 404 and self.not_found_hint:
+                msg += f" ({self.not_found_hint})"
             raise _Fatal(msg) from None
         except urllib.error.URLError as exc:
             reason = exc.reason
@@ -353,7 +359,7 @@ class ChatEndpoint:
         try:
             return json.loads(raw)
         except ValueError:
-            raise _Fatal(f"reply from {url} is not JSON: {self.redact(raw[:_EXCERPT].decode('utf-8', 'replace'))!r}") from None
+            raise _BadReply(f"reply from {url} is not JSON: {self.redact(raw[:_EXCERPT].decode('utf-8', 'replace'))!r}") from None
 
     def _delay(self, retry: int, retry_after: float | None) -> float:
         delay = min(MAX_BACKOFF, self.backoff * (2 ** (retry - 1)) * random.uniform(0.5, 1.5))
@@ -361,13 +367,25 @@ class ChatEndpoint:
             delay = max(delay, min(retry_after, MAX_BACKOFF))
         return delay
 
-    def _with_retries(self, method: str, url: str, body: bytes | None) -> tuple[ChatResult, Any]:
-        """Send with retries; a :class:`ChatResult` carrying the error or attempts, and the JSON reply."""
+    def _attempt(self, method: str, url: str, body: bytes | None, validate: Callable[[Any], Any] | None) -> Any:
+        """One attempt through :meth:`_send`, then ``validate`` (which raises :class:`_BadReply` for a reply to retry)."""
+        if validate is None:
+            return self._send(method, url, body)
+        try:
+            return validate(self._send(method, url, body))
+        except _BadReply as exc:
+            raise _Retryable(self.redact(str(exc)), url) from None
+
+    def _with_retries(
+        self, method: str, url: str, body: bytes | None, validate: Callable[[Any], Any] | None = None
+    ) -> tuple[ChatResult, Any]:
+        """Send with retries; a :class:`ChatResult` carrying the error or attempts, and the JSON reply (``validate``'s result
+        where given: a reply it refuses with :class:`_BadReply`, or one that is not JSON, is retried like an HTTP 5xx)."""
         refused_every_time = True
         last = reason = ""
         for attempt in range(1, self.max_retries + 2):
             try:
-                return ChatResult(attempts=attempt), self._send(method, url, body)
+                return ChatResult(attempts=attempt), self._attempt(method, url, body, validate)
             except _Fatal as exc:
                 return ChatResult(error=self.redact(str(exc)), attempts=attempt), None
             except _Retryable as exc:

@@ -89,6 +89,7 @@ class DeQA(RewardModel):
     """DeQA-Score-Mix3 image quality, raw 1-5, trained at /5 (SPEC section 7; paper Table 2 reports DeQA / 5)."""
 
     name = "deqa"
+    reads_url_env = True  # $FLOWOPD_DEQA_URL is its served backend
     version = "1"
     description = "DeQA-Score-Mix3 (mPLUG-Owl2): softmax over excellent..bad weighted 5..1, raw 1-5, /5; local or served"
     higher_is_better = True

@@ -225,6 +225,7 @@ class GenEval2SoftTIFA(RewardModel):
     score and the GM. In process (transformers) or served (an OpenAI-compatible server); see the module docstring."""
 
     name = "geneval2_soft_tifa"
+    reads_url_env = True  # $FLOWOPD_GENEVAL2_SOFT_TIFA_URL is its served backend
     version = "1"
     description = "GenEval 2 Soft-TIFA (Qwen3-VL-8B-Instruct): mean P(answer) over the prompt's VQA atoms, 0-1; local or served"
     higher_is_better = True

@@ -125,6 +125,7 @@ class ServedReward(RewardModel):
     its availability, and its identity (the served model, so another judge's scores are cached apart)."""
 
     higher_is_better = True
+    reads_url_env = True  # $FLOWOPD_<REWARD>_URL is the chat-completions server
     serves: ClassVar[str] = ""  # what the server should serve (for the not-configured message)
 
     def __init__(

@@ -114,13 +114,29 @@ def names() -> list[str]:
 
 
 def get_reward_class(name: str) -> type[RewardModel]:
-    """The class registered under ``name``; an unknown name is answered with close matches."""
-    return REWARDS.get_or_explain(name)
+    """The class registered under ``name``; an unknown name is answered with close matches.
+
+    ``remote:NAME``, or ``NAME`` while ``$FLOWOPD_<NAME>_URL`` names a ``flowopd rewards serve`` server, is the
+    class of a client of that server (:mod:`flowopd.reward_models.remote`), with the same interface.
+    """
+    from flowopd.reward_models import remote
+
+    if name.startswith(remote.REMOTE_PREFIX):
+        target = name[len(remote.REMOTE_PREFIX) :]
+        try:  # the local class, when this install has one: its version is the one the server must serve
+            local = REWARDS[target] if target in REWARDS else None
+        except Exception:  # a plugin installed only where the server runs
+            local = None
+        return remote.remote_class(target, local)
+    cls = REWARDS.get_or_explain(name)
+    return remote.remote_class(name, cls) if remote.served_url(name, cls) else cls
 
 
 def load_reward(name: str, **kwargs: Any) -> RewardModel:
     """An instance of the reward ``name`` (weights still load lazily, on the first score); a failing constructor is named."""
     cls = get_reward_class(name)
+    if name.startswith("remote:"):  # its constructor is ours, and its errors say what they mean
+        return cls(**kwargs)
     try:
         return cls(**kwargs)
     except FlowOPDError:
@@ -143,6 +159,10 @@ def list_rewards() -> list[RewardInfo]:
         try:
             cls = get_reward_class(name)
             available, reason = cls.weights_status()
+            if getattr(cls, "target", None) and available:  # served ($FLOWOPD_<NAME>_URL): the server's version and URL
+                version, description, why = cls.listing()
+                out.append(RewardInfo(name, version, source, why is None, why, cls.higher_is_better, description))
+                continue
             if source != "builtin" and available:  # a plugin's constructor may fail where its weights do not
                 load_reward(name)
             out.append(
