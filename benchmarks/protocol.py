@@ -1,7 +1,8 @@
 """The sampling protocol of an evaluation, recorded with every suite's results and locked in the reports.
 
-Numbers sampled with other steps, CFG, resolution, negative prompt, images per
-prompt, seed rule or reward versions are not the same measurement (Flow-GRPO
+Numbers sampled with other steps, CFG, schedule (shift, spacing, terminal
+stretch), resolution, negative prompt, images per prompt, seed rule or reward
+versions are not the same measurement (Flow-GRPO
 #9 and #17, OneIG #6). Each suite's summary carries its ``protocol``: those
 settings, whether they are the suite's official ones for the model's world
 (``official``) and, if not, how they differ (``deviations``). ``flowopd
@@ -18,8 +19,17 @@ from flowopd.errors import InputError
 
 SAMPLER = "ode-euler"
 SEED_RULE = "sha256(seed|index|prompt)[:8]"  # benchmarks.suites.image_seed
-LOCKED = ("sampler", "steps", "cfg", "shift", "resolution", "negative_prompt", "images_per_prompt", "seed_rule", "reward_versions")
-SAMPLING = ("steps", "cfg", "shift", "resolution", "negative_prompt")
+LOCKED = (
+    "sampler", "steps", "cfg", "shift", "spacing", "shift_terminal", "resolution", "negative_prompt", "images_per_prompt",
+    "seed_rule", "reward_versions",
+)  # fmt: skip
+SAMPLING = ("steps", "cfg", "shift", "spacing", "shift_terminal", "resolution", "negative_prompt")
+# what a sampling or protocol without the key means (SD3's, the mini's, and every protocol recorded before the key)
+UNSET = {"spacing": "sd3", "shift_terminal": None}
+
+
+def _get(settings: dict[str, Any], key: str) -> Any:
+    return settings.get(key, UNSET.get(key))
 
 
 def suite_protocol(
@@ -33,10 +43,10 @@ def suite_protocol(
     """A suite's protocol as run, against the official one (the model's default sampling and the suite's images)."""
     from flowopd.reward_models import get_reward_class
 
-    proto: dict[str, Any] = {"sampler": SAMPLER, **{k: sampling.get(k) for k in SAMPLING}}
+    proto: dict[str, Any] = {"sampler": SAMPLER, **{k: _get(sampling, k) for k in SAMPLING}}
     proto.update(images_per_prompt=images_per_prompt, seed_rule=SEED_RULE, seed=seed)
     proto["reward_versions"] = {name: get_reward_class(name).version for name in rewards}
-    official = {**{k: official_sampling.get(k) for k in SAMPLING}, "negative_prompt": "", "images_per_prompt": official_images}
+    official = {**{k: _get(official_sampling, k) for k in SAMPLING}, "negative_prompt": "", "images_per_prompt": official_images}
     proto["deviations"] = [f"{k} {proto[k]!r} (official {v!r})" for k, v in official.items() if proto[k] != v]
     proto["official"] = not proto["deviations"]
     return proto
@@ -50,7 +60,7 @@ def protocol_of(summary: dict[str, Any], suite: str) -> dict[str, Any]:
         return s["protocol"]
     sampling = s.get("sampling") or {}
     images = round(s["n_images"] / s["n_prompts"]) if s.get("n_images") and s.get("n_prompts") else None
-    proto = {"sampler": SAMPLER, **{k: sampling.get(k) for k in SAMPLING}, "images_per_prompt": images, "seed_rule": SEED_RULE}
+    proto = {"sampler": SAMPLER, **{k: _get(sampling, k) for k in SAMPLING}, "images_per_prompt": images, "seed_rule": SEED_RULE}
     return {**proto, "reward_versions": None, "official": None, "deviations": []}
 
 
@@ -58,7 +68,7 @@ def differences(a: dict[str, Any], b: dict[str, Any]) -> list[str]:
     """The locked settings on which two protocols differ (unknown reward versions are not a difference)."""
     out = []
     for key in LOCKED:
-        x, y = a.get(key), b.get(key)
+        x, y = _get(a, key), _get(b, key)
         if key == "reward_versions" and (x is None or y is None):
             continue
         if x != y:

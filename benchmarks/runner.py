@@ -417,7 +417,7 @@ def _run_suite(
 def _sample_missing(name, jobs, keys, backbone, sampling, model, store, batch_size: int, counts, say) -> None:
     """Sample (ODE) and save the images of ``jobs`` the store does not hold yet, ``batch_size`` at a time."""
     from flowopd.reward_models.base import to_uint8_hwc
-    from flowopd.sampling import sample_ode
+    from flowopd.sampling import sample_ode, schedule_args
 
     todo = [k for k, key in enumerate(keys) if not store.has(key)]
     counts["reused"] += len(jobs) - len(todo)
@@ -431,8 +431,8 @@ def _sample_missing(name, jobs, keys, backbone, sampling, model, store, batch_si
             [jobs[k].seed for k in batch],
             steps=int(sampling["steps"]),
             cfg=float(sampling["cfg"]),
-            shift=float(sampling["shift"]),
             negative_prompt=sampling["negative_prompt"],
+            **schedule_args(sampling),  # shift, and FLUX's / Qwen-Image's spacing and terminal stretch
             batch_size=batch_size,
         )
         for k, arr in zip(batch, to_uint8_hwc(images)):

@@ -52,7 +52,7 @@ def sample(
     import torch
 
     from flowopd.models import load_backbone
-    from flowopd.sampling import sample_ode
+    from flowopd.sampling import sample_ode, schedule_args
 
     backbone = load_backbone(model, device="cuda" if torch.cuda.is_available() else "cpu")
     defaults = getattr(backbone, "default_sampling", None) or MINI_SAMPLING  # SD3: SPEC section 8; mini: its own
@@ -74,7 +74,7 @@ def sample(
             [s for _, s in jobs],
             steps=steps,
             cfg=cfg,
-            shift=defaults["shift"],
+            **schedule_args(defaults),  # shift, and FLUX's / Qwen-Image's spacing and terminal stretch
             batch_size=batch,
             progress=advance,
         )

@@ -219,8 +219,9 @@ def _teacher_images(backbone, cfg: TrainConfig, progress) -> tuple[torch.Tensor,
         seeds = [int(s) for s in rng.integers(0, 2**31, size=len(batch_prompts))]
         if progress:
             progress(f"teacher {spec.name} draws", t_index, len(cfg.opd.teachers))
+        schedule = {"shift": sft.sample_shift, "spacing": cfg.sampler.spacing, "shift_terminal": cfg.sampler.shift_terminal}  # the model's
         with use_adapter(backbone.transformer, adapters[spec.name]), torch.no_grad():
-            images.append(sample_ode(backbone, batch_prompts, seeds, steps=sft.sample_steps, cfg=sft.sample_cfg, shift=sft.sample_shift))
+            images.append(sample_ode(backbone, batch_prompts, seeds, steps=sft.sample_steps, cfg=sft.sample_cfg, **schedule))
         prompts += batch_prompts
     return torch.cat(images), prompts
 

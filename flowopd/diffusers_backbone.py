@@ -239,3 +239,9 @@ class PackedBackbone(DiffusersBackbone):
     def shift(self) -> float:
         """The shared sampler's ``shift`` equal to the pipeline's resolution-dependent one (:func:`resolution_shift`)."""
         return resolution_shift(self.scheduler.config, self.image_seq_len)
+
+    @property
+    def schedule(self) -> dict[str, Any]:
+        """The pipeline's default schedule as ``sampling.sigma_schedule``'s arguments: :attr:`shift` on its points
+        ``linspace(1, 1/T)`` (``spacing`` "pipeline"), stretched to its scheduler's ``shift_terminal`` if it has one."""
+        return {"shift": self.shift, "spacing": "pipeline", "shift_terminal": self.scheduler.config.get("shift_terminal") or None}

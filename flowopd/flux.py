@@ -16,10 +16,10 @@ What differs from SD3 (:mod:`flowopd.sd3`), and how each is handled here:
   shift, ``exp(mu) / (exp(mu) + 1/t - 1)`` is the plain shift
   ``s t / (1 + (s - 1) t)`` with ``s = exp(mu)``, so :attr:`shift` (and
   ``default_sampling["shift"]``) gives the shared sampler ``exp(mu)`` for the
-  current resolution. The shared schedule's unshifted points are SD3's
-  (``linspace(1, sigma_min)``), not ``FluxPipeline``'s default
-  ``linspace(1, 1/T)``: our images equal the pipeline's when it is given the
-  same points (``sigmas=`` argument; tests/test_flux_backbone.py checks it).
+  current resolution. The unshifted points are ``FluxPipeline``'s
+  ``linspace(1, 1/T)`` (``spacing="pipeline"`` of ``sampling.sigma_schedule``,
+  in ``default_sampling`` and a FLUX recipe's sampler), so our images equal the
+  pipeline's default call (tests/test_flux_backbone.py checks it).
 * **Guidance**: a guidance-distilled model (FLUX.1-dev, ``guidance_embeds``)
   takes the embedded guidance value :attr:`guidance` (3.5 by default, the
   pipeline's ``guidance_scale``) on every forward. The sampler's ``cfg`` is
@@ -97,9 +97,9 @@ class FluxBackbone(PackedBackbone):
     @property
     def default_sampling(self) -> dict[str, Any]:
         """The protocol's sampler settings: 28 steps, no true CFG (``cfg`` 1; the embedded guidance is :attr:`guidance`),
-        the resolution-dependent shift at 512 px or the native size when smaller."""
+        the resolution-dependent shift on ``FluxPipeline``'s spacing, at 512 px or the native size when smaller."""
         size = min(EVAL_RESOLUTION, self.native_resolution)
-        return {"steps": EVAL_STEPS, "cfg": 1.0, "shift": self.shift, "resolution": size, "guidance": self.guidance}
+        return {"steps": EVAL_STEPS, "cfg": 1.0, **self.schedule, "resolution": size, "guidance": self.guidance}
 
     def check_cfg(self, cfg: float) -> None:
         """``cfg`` other than 1 is FLUX's true CFG; refused on a guidance-distilled model unless ``true_cfg`` was asked for."""

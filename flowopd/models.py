@@ -5,6 +5,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import hashlib
+import math
 from pathlib import Path
 from typing import Any
 
@@ -94,16 +95,33 @@ class DiffusersFamily:
     backbone: str  # ``module:class`` with ``from_pretrained(source, lora=, device=, dtype=, resolution=)``
     train_cfg: float | None  # a recipe's ``sampler.cfg`` when it sets none (None: the field's default, SD3.5's 4.5)
     example: str  # a spec, for error messages
+    spacing: str = "sd3"  # a recipe's ``sampler.spacing`` when it sets none (``sampling.sigma_schedule``)
+    shift_terminal: float | None = None  # a recipe's ``sampler.shift_terminal`` when it sets none (its scheduler's)
+    # the scheduler's resolution-dependent shift, calculate_shift's (base_image_seq_len, max_image_seq_len, base_shift,
+    # max_shift); None: a fixed shift
+    mu_bounds: tuple[int, int, float, float] | None = None
+
+    def resolution_shift(self, px: int) -> float | None:
+        """``exp(mu)`` at ``px`` x ``px`` (diffusers' ``calculate_shift`` on the packed tokens: VAE factor 8, 2x2 packing) from
+        the family's scheduler config, as :func:`flowopd.diffusers_backbone.resolution_shift` gives the loaded model; None
+        for a fixed shift."""
+        if self.mu_bounds is None:
+            return None
+        base_len, max_len, base_shift, max_shift = self.mu_bounds
+        m = (max_shift - base_shift) / (max_len - base_len)
+        b = base_shift - m * base_len
+        return math.exp((px // 16) ** 2 * m + b)
 
 
 DIFFUSERS_FAMILIES = (
     DiffusersFamily("sd3", "SD3", SD3_PREFIX, "StableDiffusion3Pipeline", "flowopd.sd3:SD3Backbone", None,
                     "sd3:stabilityai/stable-diffusion-3.5-medium"),
-    # FLUX.1-dev is guidance-distilled: its guidance is embedded, true CFG is opt-in (cfg 1)
-    DiffusersFamily("flux", "FLUX", FLUX_PREFIX, "FluxPipeline", "flowopd.flux:FluxBackbone", 1.0, "flux:black-forest-labs/FLUX.1-dev"),
-    # Qwen-Image samples with true CFG 4 (QwenImagePipeline's true_cfg_scale)
+    # FLUX.1-dev is guidance-distilled: its guidance is embedded, true CFG is opt-in (cfg 1); FluxPipeline's spacing and mu
+    DiffusersFamily("flux", "FLUX", FLUX_PREFIX, "FluxPipeline", "flowopd.flux:FluxBackbone", 1.0, "flux:black-forest-labs/FLUX.1-dev",
+                    "pipeline", None, (256, 4096, 0.5, 1.15)),
+    # Qwen-Image samples with true CFG 4 (QwenImagePipeline's true_cfg_scale); its scheduler stretches to 0.02
     DiffusersFamily("qwen-image", "Qwen-Image", QWEN_IMAGE_PREFIX, "QwenImagePipeline", "flowopd.qwen_image:QwenImageBackbone", 4.0,
-                    "qwen-image:Qwen/Qwen-Image"),
+                    "qwen-image:Qwen/Qwen-Image", "pipeline", 0.02, (256, 8192, 0.5, 0.9)),
 )  # fmt: skip
 DIFFUSERS_PREFIXES = tuple(f.prefix for f in DIFFUSERS_FAMILIES)
 

@@ -96,7 +96,7 @@ def _sampler(cfg: TrainConfig) -> dict[str, Any]:
 
     s = cfg.sampler
     try:
-        trained = len(plan_steps(s.steps, s.shift, s.window_size, 0, s.timestep_fraction).trained)
+        trained = len(plan_steps(s.steps, s.shift, s.window_size, 0, s.timestep_fraction, s.spacing, s.shift_terminal).trained)
     except FlowOPDError:
         trained = None  # the arithmetic check reports the bad window
     window = "every step" if s.window_size == 0 else f"{s.window_size} consecutive steps starting in [0, {s.window_start_max}]"
@@ -106,6 +106,8 @@ def _sampler(cfg: TrainConfig) -> dict[str, Any]:
         "noise_level": s.noise_level,
         "cfg": s.cfg,
         "shift": s.shift,
+        "spacing": s.spacing,
+        "shift_terminal": s.shift_terminal,
         "sde_window": window,
         "timestep_fraction": s.timestep_fraction,
         "trained_steps": trained,
@@ -330,11 +332,13 @@ def _format_run(plan: dict[str, Any], row) -> None:
     row("micro-batch", f"{plan['micro_batch']}  ({mb if mb is not None else '?'} forward/backward per trained step per update)")
     row("steps", f"{plan['steps']}  ({plan['samples_total']:,} samples)")
     sm = plan["sampler"]
+    shift = f"{sm['shift']}" + ("" if sm.get("spacing", "sd3") == "sd3" else f" ({sm['spacing']} spacing)")
+    shift += "" if sm.get("shift_terminal") is None else f", terminal {sm['shift_terminal']}"
     if "nft" in plan:
-        sampler = f"{sm['steps']} steps, deterministic ODE of the old policy, CFG {sm['cfg']}, shift {sm['shift']}"
+        sampler = f"{sm['steps']} steps, deterministic ODE of the old policy, CFG {sm['cfg']}, shift {shift}"
         sampler += f"; each sample trains at {plan['nft']['timesteps_per_sample']} of the schedule's times"
     else:
-        sampler = f"{sm['steps']} steps, {sm['kind']} a={sm['noise_level']}, CFG {sm['cfg']}, shift {sm['shift']}; SDE on "
+        sampler = f"{sm['steps']} steps, {sm['kind']} a={sm['noise_level']}, CFG {sm['cfg']}, shift {shift}; SDE on "
         sampler += f"{sm['sde_window']}, {sm['trained_steps']} trained per rollout (timestep_fraction {sm['timestep_fraction']})"
     row("sampler", sampler)
     _lora_row(plan, row)

@@ -14,9 +14,10 @@ What differs from SD3 (:mod:`flowopd.sd3`) and FLUX.1 (:mod:`flowopd.flux`), and
   frame axis of 1 for it, and are normalised per channel (``latents_mean`` / ``latents_std``), not by one
   scaling / shift factor (:meth:`decode`, :meth:`encode_images`).
 * **Schedule shift**: as FLUX, ``exp(mu)`` from the packed sequence length (exponential time shift), with Qwen-Image's
-  scheduler bounds (``base_shift`` 0.5 at 256 tokens, ``max_shift`` 0.9 at 8192). Its scheduler also stretches the
-  shifted schedule so that the last non-zero sigma is ``shift_terminal`` (0.02); the shared ``sigma_schedule`` does
-  not (docs/qwen-image.md), so our images equal the pipeline's when it runs without that stretch on our points.
+  scheduler bounds (``base_shift`` 0.5 at 256 tokens, ``max_shift`` 0.9 at 8192), on the pipeline's points
+  ``linspace(1, 1/T)``; its scheduler also stretches the shifted schedule so that the last non-zero sigma is
+  ``shift_terminal`` (0.02). ``default_sampling`` (and a Qwen-Image recipe's sampler) carries both (``spacing``
+  "pipeline", ``shift_terminal``), so our images equal the pipeline's default call (docs/qwen-image.md).
 * **Guidance**: Qwen-Image is *not* guidance-distilled: true CFG is its normal mode (``true_cfg_scale`` 4 with a
   negative prompt), so ``cfg`` other than 1 is allowed. The pipeline rescales the combined velocity to the norm of the
   conditional one per packed token; :meth:`combine_cfg` does the same (``sampling.guided_velocity`` calls it).
@@ -88,9 +89,10 @@ class QwenImageBackbone(PackedBackbone):
     @property
     def default_sampling(self) -> dict[str, Any]:
         """The protocol's sampler settings: the pipeline's 50 steps and true CFG 4 (with the sampler's negative prompt),
-        the resolution-dependent shift, at 512 px or the native size when smaller (the pipeline's default is 1024)."""
+        the resolution-dependent shift on the pipeline's spacing with its scheduler's terminal stretch, at 512 px or the
+        native size when smaller (the pipeline's default is 1024)."""
         size = min(EVAL_RESOLUTION, self.native_resolution)
-        return {"steps": EVAL_STEPS, "cfg": EVAL_CFG, "shift": self.shift, "resolution": size}
+        return {"steps": EVAL_STEPS, "cfg": EVAL_CFG, **self.schedule, "resolution": size}
 
     def combine_cfg(self, v_uncond: torch.Tensor, v_cond: torch.Tensor, cfg: float) -> torch.Tensor:
         """The pipeline's true CFG: ``v_uncond + cfg (v_cond - v_uncond)`` rescaled, per packed 2x2 token, to the norm of

@@ -19,7 +19,7 @@ import torch
 
 from flowopd.backbone import Backbone, PromptEmbeds
 from flowopd.errors import ConfigError
-from flowopd.sampling import guided_velocity, sigma_schedule
+from flowopd.sampling import Spacing, guided_velocity, sigma_schedule
 from flowopd.sde import sde_step
 
 
@@ -36,9 +36,18 @@ class StepPlan:
         return len(self.stochastic)
 
 
-def plan_steps(num_steps: int, shift: float, window_size: int = 0, window_start: int = 0, timestep_fraction: float = 1.0) -> StepPlan:
+def plan_steps(
+    num_steps: int,
+    shift: float,
+    window_size: int = 0,
+    window_start: int = 0,
+    timestep_fraction: float = 1.0,
+    spacing: Spacing = "sd3",
+    shift_terminal: float | None = None,
+) -> StepPlan:
     """SDE on ``[window_start, window_start + window_size)`` (all steps when ``window_size`` is 0); train the first
-    ``max(1, int(timestep_fraction * n_sde))`` of them (Flow-GRPO's rounding)."""
+    ``max(1, int(timestep_fraction * n_sde))`` of them (Flow-GRPO's rounding). The schedule: :func:`sigma_schedule`
+    with ``shift``, ``spacing`` and ``shift_terminal``."""
     check_window(num_steps, window_size, window_start)
     if not 0.0 < timestep_fraction <= 1.0:
         raise ConfigError(f"timestep_fraction must be in (0, 1], got {timestep_fraction}")
@@ -46,7 +55,7 @@ def plan_steps(num_steps: int, shift: float, window_size: int = 0, window_start:
     stochastic = [window_start <= i < window_start + size for i in range(num_steps)]
     sde_steps = [i for i, s in enumerate(stochastic) if s]
     trained = sde_steps[: max(1, int(timestep_fraction * len(sde_steps)))]
-    return StepPlan(sigma_schedule(num_steps, shift), stochastic, trained)
+    return StepPlan(sigma_schedule(num_steps, shift, spacing, shift_terminal), stochastic, trained)
 
 
 def check_window(num_steps: int, window_size: int, window_start: int) -> None:

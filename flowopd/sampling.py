@@ -1,27 +1,53 @@
 """Deterministic Euler ODE sampling with classifier-free guidance (SPEC section 1).
 
 The noise schedule comes from diffusers' ``FlowMatchEulerDiscreteScheduler``
-(with the model's ``shift``); the step itself is ``x_next = x + (sigma_next - sigma) * v``.
+(with the model's ``shift``, spacing and terminal stretch); the step itself is ``x_next = x + (sigma_next - sigma) * v``.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
+from typing import Literal
 
+import numpy as np
 import torch
 
 from flowopd.backbone import Backbone, PromptEmbeds
 
+Spacing = Literal["sd3", "pipeline"]
 
-def sigma_schedule(num_steps: int, shift: float = 1.0) -> torch.Tensor:
-    """``sigma_0 = 1 > ... > sigma_T = 0`` (length ``num_steps + 1``) from diffusers' flow-match scheduler."""
+
+def sigma_schedule(num_steps: int, shift: float = 1.0, spacing: Spacing = "sd3", shift_terminal: float | None = None) -> torch.Tensor:
+    """``sigma_0 = 1 > ... > sigma_T = 0`` (length ``num_steps + 1``) from diffusers' flow-match scheduler.
+
+    ``spacing="sd3"``: the scheduler's own spacing of ``num_steps`` points, shifted by ``shift`` (SD3's pipeline).
+    ``spacing="pipeline"``: the points ``linspace(1, 1/T, T)`` of ``FluxPipeline`` / ``QwenImagePipeline``, shifted by
+    the exponential time shift with ``mu = log(shift)`` (``exp(mu) / (exp(mu) + 1/t - 1)``, the same map as
+    ``s t / (1 + (s - 1) t)``), as those pipelines call the scheduler. ``shift_terminal``: the scheduler's stretch of
+    the shifted schedule so that its last non-zero sigma is this value (Qwen-Image's 0.02); None: no stretch.
+    """
     from diffusers import FlowMatchEulerDiscreteScheduler
 
     if num_steps < 1:
         raise ValueError(f"steps must be at least 1, got {num_steps}")
-    sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift)
-    sched.set_timesteps(num_steps)
-    return sched.sigmas.float().clone().clamp_(max=1.0)  # a shift such as FLUX's exp(mu) puts sigma_0 at 1 + 1 ulp
+    if spacing == "sd3":
+        sched = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=shift, shift_terminal=shift_terminal)
+        sched.set_timesteps(num_steps)
+    elif spacing == "pipeline":
+        sched = FlowMatchEulerDiscreteScheduler(
+            num_train_timesteps=1000, use_dynamic_shifting=True, time_shift_type="exponential", shift_terminal=shift_terminal
+        )
+        sched.set_timesteps(sigmas=np.linspace(1.0, 1 / num_steps, num_steps), mu=math.log(shift))
+    else:
+        raise ValueError(f"spacing must be 'sd3' or 'pipeline', got {spacing!r}")
+    return sched.sigmas.float().clone().clamp_(max=1.0)  # a shift such as FLUX's exp(mu) puts SD3's sigma_0 at 1 + 1 ulp
+
+
+def schedule_args(sampling: dict) -> dict:
+    """``shift`` / ``spacing`` / ``shift_terminal`` for :func:`sample_ode` from a sampling dict (a backbone's
+    ``default_sampling``, the evaluation's): one without ``spacing`` (SD3's, the mini's) means SD3's, unstretched."""
+    return {"shift": float(sampling["shift"]), "spacing": sampling.get("spacing", "sd3"), "shift_terminal": sampling.get("shift_terminal")}
 
 
 def guided_velocity(
@@ -84,9 +110,12 @@ def sample_ode(
     negative_prompt: str = "",
     batch_size: int = 64,
     progress: Callable[[int], None] | None = None,
+    spacing: Spacing = "sd3",
+    shift_terminal: float | None = None,
 ) -> torch.Tensor:
-    """Images ``[N, 3, H, W]`` in [0, 1] for ``prompts`` by the deterministic Euler ODE sampler."""
-    sigmas = sigma_schedule(steps, shift)
+    """Images ``[N, 3, H, W]`` in [0, 1] for ``prompts`` by the deterministic Euler ODE sampler (the schedule:
+    :func:`sigma_schedule` with ``shift``, ``spacing`` and ``shift_terminal``)."""
+    sigmas = sigma_schedule(steps, shift, spacing, shift_terminal)
     out = []
     for start in range(0, len(prompts), batch_size):
         chunk = list(prompts[start : start + batch_size])

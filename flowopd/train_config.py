@@ -28,7 +28,21 @@ class SamplerConfig(BaseModel):
 
     steps: int = Field(10, ge=1, description="sampling steps in training (the paper: 10; evaluation uses 40, the mini 20)")
     cfg: float = Field(4.5, ge=1.0, description="classifier-free guidance scale during training (SD3.5-M: 4.5; the mini: 3)")
-    shift: float = Field(3.0, gt=0, description="flow-match schedule shift (SD3: 3; the mini: 1)")
+    shift: float = Field(
+        3.0, gt=0, description="flow-match schedule shift (SD3: 3; the mini: 1; FLUX / Qwen-Image: exp(mu) at the resolution when unset)"
+    )
+    spacing: Literal["sd3", "pipeline"] = Field(
+        "sd3",
+        description="the schedule's unshifted points: the scheduler's own spacing (sd3, SD3's pipeline) or linspace(1, 1/T) as "
+        "FluxPipeline / QwenImagePipeline pass them (pipeline; their recipes get it when unset)",
+    )
+    shift_terminal: float | None = Field(
+        None,
+        gt=0,
+        lt=1,
+        description="stretch the shifted schedule so its last non-zero sigma is this (Qwen-Image's scheduler: 0.02, its recipes "
+        "get it when unset); None: no stretch",
+    )
     noise_level: float = Field(0.7, ge=0, description="the SDE noise level a (0.7 for sde, 0.8 for cps in Flow-GRPO-Fast)")
     kind: Literal["sde", "cps"] = Field("sde", description="sde (eq. 5-6) or cps (coefficient-preserving)")
     window_size: int = Field(0, ge=0, description="stochastic steps per rollout, consecutive (0: every step is SDE)")
@@ -267,7 +281,9 @@ class TrainConfig(BaseModel):
         """A mini model's recipe that leaves ``sampler.cfg`` / ``shift`` unset gets the mini world's protocol
         (CFG 3, shift 1: ``models.MINI_SAMPLING``), not SD3.5's 4.5 and 3 (an empty recipe trained with those); a diffusers
         family's gets its own ``train_cfg`` (FLUX.1: 1, guidance-distilled, true CFG is opt-in; Qwen-Image: its
-        pipeline's true CFG 4); NFT trains CFG-free (the paper) on any model."""
+        pipeline's true CFG 4), schedule ``spacing`` and ``shift_terminal`` (FLUX.1: pipeline, none; Qwen-Image: pipeline,
+        0.02; SD3: sd3, none) and, for FLUX.1 / Qwen-Image, the shift ``exp(mu)`` at the recipe's resolution (512 when
+        unset); NFT trains CFG-free (the paper) on any model."""
         from flowopd.models import MINI_SAMPLING, diffusers_family
 
         if not isinstance(values, dict):
@@ -281,6 +297,13 @@ class TrainConfig(BaseModel):
         if family is None:
             for key in ("cfg", "shift"):
                 sampler.setdefault(key, MINI_SAMPLING[key])
+            return {**values, "sampler": sampler}
+        sampler.setdefault("spacing", family.spacing)
+        sampler.setdefault("shift_terminal", family.shift_terminal)
+        px = values.get("resolution")  # unset: 512, what the backbone samples the real models (native 1024) at
+        shift = family.resolution_shift(px if isinstance(px, int) and not isinstance(px, bool) and px >= 16 else 512)
+        if shift is not None:
+            sampler.setdefault("shift", shift)
         return {**values, "sampler": sampler}
 
     @model_validator(mode="before")

@@ -111,7 +111,7 @@ def test_flux_recipes_carry_flow_grpo_flux_values(name):
     cfg = _load_train_config(f"flux/{name}", {})
     s = cfg.sampler
     assert cfg.model == "flux:black-forest-labs/FLUX.1-dev" and cfg.resolution == 512 and cfg.name == f"flux-{name}"
-    assert (s.steps, s.cfg, s.shift) == (6, 1.0, 1.8776)
+    assert (s.steps, s.cfg, s.shift, s.spacing, s.shift_terminal) == (6, 1.0, 1.8776, "pipeline", None)  # FluxPipeline's schedule
     assert (cfg.batch_size, cfg.group_size, cfg.micro_batch, cfg.updates_per_rollout) == (1152, 24, 3, 2)
     if name == "teacher-geneval":
         assert (s.kind, s.noise_level, s.window_size, s.window_start_max, cfg.grpo.clip_range, s.log_prob) == (
@@ -184,6 +184,7 @@ def test_qwen_image_recipes_carry_flow_grpo_qwen_image_values(name):
     s = cfg.sampler
     assert cfg.model == "qwen-image:Qwen/Qwen-Image" and cfg.resolution == 512 and cfg.name == f"qwen-image-{name}"
     assert (s.steps, s.cfg, s.shift, s.kind, s.noise_level, s.window_size, s.window_start_max) == (10, 4.0, 1.7138, "sde", 1.2, 2, 3)
+    assert (s.spacing, s.shift_terminal) == ("pipeline", 0.02)  # QwenImagePipeline's schedule, its scheduler's stretch
     assert (cfg.batch_size, cfg.group_size, cfg.micro_batch, cfg.updates_per_rollout) == (512, 16, 4, 2)
     if name.startswith("teacher"):
         assert cfg.grpo.beta == 0.0 and cfg.optim.ema_decay == 0.0

@@ -85,23 +85,23 @@ def _load(path: Path, **options) -> FluxBackbone:
     return FluxBackbone.from_pretrained(path, resolution=PX, max_sequence_length=SEQ, **options)
 
 
-def _pipeline_images(path: Path, shift: float, lora: Path | None = None, **call) -> tuple[torch.Tensor, torch.Tensor]:
-    """diffusers' own sampling from our initial noise (packed), on our schedule's points (``sigmas=``, which the
-    pipeline shifts by its ``mu``): images and the scheduler's sigmas."""
+def _pipeline_images(path: Path, shift: float | None, lora: Path | None = None, **call) -> tuple[torch.Tensor, torch.Tensor]:
+    """diffusers' own sampling from our initial noise (packed), on our SD3-spaced schedule's points (``sigmas=``, which
+    the pipeline shifts by its ``mu``), or with ``shift`` None its own default points: images and the scheduler's sigmas."""
     from diffusers import FluxPipeline
 
     pipe = FluxPipeline.from_pretrained(path)
     pipe.set_progress_bar_config(disable=True)
     if lora is not None:
         pipe.load_lora_weights(lora)
-    ours = sigma_schedule(STEPS, shift)[:-1].double()
-    unshifted = (ours / (shift - (shift - 1) * ours)).tolist()  # the inverse of the shift
+    if shift is not None:
+        ours = sigma_schedule(STEPS, shift)[:-1].double()
+        call["sigmas"] = (ours / (shift - (shift - 1) * ours)).tolist()  # the inverse of the shift
     latents = pipe._pack_latents(initial_noise(len(SEEDS), LATENT, SEEDS), len(SEEDS), *LATENT)
     with torch.no_grad():
         out = pipe(
-            PROMPTS, height=PX, width=PX, num_inference_steps=STEPS, sigmas=unshifted, latents=latents,
-            max_sequence_length=SEQ, output_type="pt", **call,
-        )  # fmt: skip
+            PROMPTS, height=PX, width=PX, num_inference_steps=STEPS, latents=latents, max_sequence_length=SEQ, output_type="pt", **call
+        )
     return out.images, pipe.scheduler.sigmas.clone()
 
 
@@ -122,6 +122,21 @@ def test_sample_ode_reproduces_the_pipeline(tiny_flux_dir):
     assert ours.shape == (2, 3, PX, PX) and ours.std() > 0.01
     print(f"FLUX sampler parity (guidance 3.5, no CFG): max abs diff {(ours - theirs).abs().max().item():.3e}")
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-4)
+
+
+def test_the_protocol_schedule_reproduces_the_pipelines_default_call(tiny_flux_dir):
+    """default_sampling's schedule (exp(mu) on FluxPipeline's points linspace(1, 1/T), no terminal stretch) is the
+    pipeline's own when called without ``sigmas=``: the same sigmas bit for bit, the same images."""
+    backbone = _load(tiny_flux_dir)
+    s = backbone.default_sampling
+    schedule = {k: s[k] for k in ("shift", "spacing", "shift_terminal")}
+    assert schedule == {"shift": backbone.shift, "spacing": "pipeline", "shift_terminal": None}
+    ours = sample_ode(backbone, PROMPTS, SEEDS, steps=STEPS, cfg=s["cfg"], **schedule)
+    theirs, sigmas = _pipeline_images(tiny_flux_dir, None, guidance_scale=s["guidance"])
+    assert torch.equal(sigmas, sigma_schedule(STEPS, **schedule))
+    assert (sigmas - sigma_schedule(STEPS, backbone.shift)).abs().max() > 1e-2  # not SD3's spacing
+    print(f"FLUX default-call parity (pipeline spacing): max abs diff {(ours - theirs).abs().max().item():.3e}")
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
 
 
 def test_true_cfg_matches_the_pipeline_and_is_opt_in(tiny_flux_dir):

@@ -51,6 +51,7 @@ def test_default_sampling_is_cfg_one_with_the_embedded_guidance(flux_spec):
     backbone = load_backbone(flux_spec)
     s = backbone.default_sampling
     assert s["cfg"] == 1.0 and s["guidance"] == pytest.approx(3.5) and s["steps"] == 28
+    assert (s["spacing"], s["shift_terminal"]) == ("pipeline", None)  # FluxPipeline's schedule (evaluate and sample use it)
     assert s["resolution"] == min(512, backbone.native_resolution) and s["shift"] == backbone.shift
 
 

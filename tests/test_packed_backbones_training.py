@@ -20,11 +20,14 @@ PX = 16  # VAE factor 2: latents 8 x 8, 16 packed tokens (both tiny pipelines)
 WINDOW = {"steps": 4, "kind": "sde", "noise_level": 0.7, "window_size": 2, "window_start_max": 1}
 FAMILIES = {
     # prefix, tiny pipeline, sampler cfg / shift, what a recipe without sampler.cfg gets, pipeline and backbone classes,
-    # latent channels of the tiny model, the frozen text encoder to check
+    # latent channels of the tiny model, the frozen text encoder to check, what a recipe without sampler.shift_terminal
+    # gets, the scheduler's calculate_shift bounds and the shipped recipes' shift at 512 px
     "flux": dict(save=save_tiny_flux, cfg=1.0, shift=3.0, default_cfg=1.0, pipeline="FluxPipeline",
-                 backbone="flowopd.flux:FluxBackbone", channels=16, encoder="text_encoder_2"),
+                 backbone="flowopd.flux:FluxBackbone", channels=16, encoder="text_encoder_2", shift_terminal=None,
+                 mu_bounds=(256, 4096, 0.5, 1.15), recipe_shift=1.8776),
     "qwen-image": dict(save=save_tiny_qwen_image, cfg=4.0, shift=1.5, default_cfg=4.0, pipeline="QwenImagePipeline",
-                       backbone="flowopd.qwen_image:QwenImageBackbone", channels=4, encoder="text_encoder"),
+                       backbone="flowopd.qwen_image:QwenImageBackbone", channels=4, encoder="text_encoder", shift_terminal=0.02,
+                       mu_bounds=(256, 8192, 0.5, 0.9), recipe_shift=1.7138),
 }  # fmt: skip
 
 
@@ -120,8 +123,35 @@ def test_a_recipe_without_sampler_cfg_gets_the_models_own(family, prompt_file):
     values = dict(tasks={"preference": 1.0}, prompts={"preference": str(prompt_file)}, rewards={"test_sd3_redness": 1.0})
     cfg = tiny_config(family["spec"], **values, sampler={"steps": 4, "kind": "sde"}, resolution=PX)
     assert cfg.sampler.cfg == family["default_cfg"]
+    assert (cfg.sampler.spacing, cfg.sampler.shift_terminal) == ("pipeline", family["shift_terminal"])  # the pipeline's schedule
     check_plan(cfg)
     plan = train_plan(cfg, processes=1)
-    assert plan["backbone"] == family["name"]
+    assert plan["backbone"] == family["name"] and plan["sampler"]["spacing"] == "pipeline"
     model = next(i for i in plan["inputs"]["items"] if i["kind"] == "model")
     assert model["ok"] and model["detail"] == "diffusers folder", model
+
+
+@pytest.mark.parametrize("px", [None, 512, 1024])
+def test_a_recipe_without_sampler_shift_gets_the_models_exp_mu(family, prompt_file, px):
+    """FLUX.1 / Qwen-Image recipes that leave ``sampler.shift`` unset get the pipeline's exp(mu) at their resolution (real
+    models' VAE factor 8 and 2x2 packing; unset: 512 px, the backbone's default), not SD3's 3; what they set is kept, and
+    so is a spacing / terminal they set."""
+    import math
+
+    from diffusers.pipelines.flux.pipeline_flux import calculate_shift
+
+    values = dict(tasks={"preference": 1.0}, prompts={"preference": str(prompt_file)}, rewards={"test_sd3_redness": 1.0})
+    cfg = tiny_config(family["spec"], **values, sampler={"steps": 4}, resolution=px)
+    assert cfg.sampler.shift == pytest.approx(math.exp(calculate_shift(((px or 512) // 16) ** 2, *family["mu_bounds"])), rel=1e-12)
+    if px in (None, 512):
+        assert round(cfg.sampler.shift, 4) == family["recipe_shift"]  # what the shipped recipes state
+    own = dict(steps=4, shift=2.5, spacing="sd3", shift_terminal=None)
+    kept = tiny_config(family["spec"], **values, sampler=own, resolution=px).sampler
+    assert (kept.shift, kept.spacing, kept.shift_terminal) == (2.5, "sd3", None)
+
+
+def test_sd3_and_mini_recipes_keep_sd3_spacing(prompt_file):
+    values = dict(tasks={"preference": 1.0}, prompts={"preference": str(prompt_file)}, rewards={"test_sd3_redness": 1.0})
+    for spec in ("mini-base", "sd3:stabilityai/stable-diffusion-3.5-medium"):
+        s = tiny_config(spec, **values, sampler={"steps": 4}).sampler
+        assert (s.spacing, s.shift_terminal) == ("sd3", None) and s.shift == (1.0 if spec == "mini-base" else 3.0)

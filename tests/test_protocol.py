@@ -26,6 +26,7 @@ def test_every_suite_records_its_protocol_against_the_official_one(two_cfgs):
     official, other = (json.loads((p / "summary.json").read_text())["suites"]["mini"]["protocol"] for p in two_cfgs)
     assert official["official"] is True and official["deviations"] == [] and official["cfg"] == 3.0
     assert official["sampler"] == "ode-euler" and official["steps"] == 20 and official["resolution"] == 32
+    assert official["spacing"] == "sd3" and official["shift_terminal"] is None  # the mini's sampling names none: SD3's
     assert official["images_per_prompt"] == 1 and official["seed"] == 0 and official["seed_rule"].startswith("sha256")
     assert set(official["reward_versions"]) >= {"mini_geneval", "mini_ocr", "mini_preference", "mini_quality"}
     assert other["official"] is False and other["deviations"] == ["cfg 4.5 (official 3.0)"]
@@ -49,6 +50,24 @@ def test_older_summaries_give_their_protocol_from_sampling_and_counts():
     assert proto["images_per_prompt"] == 2 and proto["official"] is None and proto["reward_versions"] is None
     new = {**proto, "negative_prompt": None, "reward_versions": {"mini_ocr": "3"}}
     assert differences(proto, new) == []  # unknown reward versions are no difference
+
+
+def test_the_schedule_is_locked_and_a_protocol_without_it_is_sd3s():
+    """spacing / shift_terminal are locked (FLUX / Qwen-Image sample on their pipelines' schedule); a protocol recorded
+    before them (SD3's, the mini's) means SD3's spacing without a stretch, so it still pairs with a new one."""
+    from flowopd.benchmarks.protocol import suite_protocol
+
+    base = {"steps": 20, "cfg": 3.0, "shift": 1.0, "resolution": 32, "negative_prompt": ""}
+    older = {k: v for k, v in suite_protocol(base, base, 1, 1, 0, []).items() if k not in ("spacing", "shift_terminal")}
+    assert differences(older, suite_protocol(base, base, 1, 1, 0, [])) == []
+    qwen = {**base, "spacing": "pipeline", "shift_terminal": 0.02}
+    proto = suite_protocol(qwen, qwen, 1, 1, 0, [])
+    assert proto["official"] and (proto["spacing"], proto["shift_terminal"]) == ("pipeline", 0.02)
+    assert differences(older, proto) == ["spacing 'sd3' vs 'pipeline'", "shift_terminal None vs 0.02"]
+    assert suite_protocol(base, qwen, 1, 1, 0, [])["deviations"] == [
+        "spacing 'sd3' (official 'pipeline')",
+        "shift_terminal None (official 0.02)",
+    ]
 
 
 def test_a_published_row_states_its_protocol(tmp_path, two_cfgs):

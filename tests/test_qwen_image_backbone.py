@@ -10,7 +10,7 @@ import torch
 from flowopd.backbone import PromptEmbeds
 from flowopd.diffusers_backbone import unpack_latents
 from flowopd.errors import ConfigError
-from flowopd.qwen_image import QWEN_IMAGE_LORA_TARGETS, QwenImageBackbone
+from flowopd.qwen_image import NEGATIVE_PROMPT, QWEN_IMAGE_LORA_TARGETS, QwenImageBackbone
 from flowopd.sampling import initial_noise, sample_ode, sigma_schedule
 
 PROMPTS = ["a red cat", "two blue dogs"]  # different token counts: the text mask is exercised
@@ -97,25 +97,30 @@ def _load(path: Path, **options) -> QwenImageBackbone:
     return QwenImageBackbone.from_pretrained(path, resolution=PX, **options)
 
 
-def _pipeline_images(path: Path, shift: float, lora: Path | None = None, **call) -> torch.Tensor:
-    """diffusers' own sampling from our initial noise (packed), on our schedule's points (``sigmas=``, which the
-    pipeline shifts by its ``mu``), without the scheduler's terminal stretch (the shared schedule has none)."""
+def _pipeline_images(path: Path, shift: float | None, lora: Path | None = None, **call) -> torch.Tensor:
+    return _pipeline_run(path, shift, lora, **call)[0]
+
+
+def _pipeline_run(path: Path, shift: float | None, lora: Path | None = None, **call) -> tuple[torch.Tensor, torch.Tensor]:
+    """diffusers' own sampling from our initial noise (packed), on our SD3-spaced schedule's points (``sigmas=``, which
+    the pipeline shifts by its ``mu``) without the scheduler's terminal stretch; with ``shift`` None, the pipeline's
+    default call (its own points, its scheduler as saved: stretched to 0.02). Images and the scheduler's sigmas."""
     from diffusers import FlowMatchEulerDiscreteScheduler, QwenImagePipeline
 
     pipe = QwenImagePipeline.from_pretrained(path)
-    pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, shift_terminal=None)
+    if shift is not None:
+        pipe.scheduler = FlowMatchEulerDiscreteScheduler.from_config(pipe.scheduler.config, shift_terminal=None)
+        ours = sigma_schedule(STEPS, shift)[:-1].double()
+        call["sigmas"] = (ours / (shift - (shift - 1) * ours)).tolist()  # the inverse of the shift
     pipe.set_progress_bar_config(disable=True)
     if lora is not None:
         pipe.load_lora_weights(lora)
-    ours = sigma_schedule(STEPS, shift)[:-1].double()
-    unshifted = (ours / (shift - (shift - 1) * ours)).tolist()  # the inverse of the shift
     latents = pipe._pack_latents(initial_noise(len(SEEDS), LATENT, SEEDS), len(SEEDS), *LATENT)
     with torch.no_grad():
-        out = pipe(
-            PROMPTS, height=PX, width=PX, num_inference_steps=STEPS, sigmas=unshifted, latents=latents, **{"output_type": "pt", **call}
-        )
-    torch.testing.assert_close(pipe.scheduler.sigmas, sigma_schedule(STEPS, shift), rtol=0, atol=1e-6)  # the same schedule
-    return out.images
+        out = pipe(PROMPTS, height=PX, width=PX, num_inference_steps=STEPS, latents=latents, **{"output_type": "pt", **call})
+    if shift is not None:
+        torch.testing.assert_close(pipe.scheduler.sigmas, sigma_schedule(STEPS, shift), rtol=0, atol=1e-6)  # the same schedule
+    return out.images, pipe.scheduler.sigmas.clone()
 
 
 def test_prompt_embeds_carry_the_mask(tiny_qwen_dir):
@@ -138,13 +143,34 @@ def test_sample_ode_reproduces_the_pipeline_without_cfg(tiny_qwen_dir):
     assert backbone.world == "real" and backbone.latent_shape == LATENT and backbone.dtype == torch.float32
     assert not any(p.requires_grad for p in backbone.transformer.parameters()) and not backbone.transformer.training
     sampling = backbone.default_sampling
-    assert sampling == {"steps": 50, "cfg": 4.0, "shift": backbone.shift, "resolution": 256}  # 256: the tiny model's native
+    schedule = {"shift": backbone.shift, "spacing": "pipeline", "shift_terminal": 0.02}  # the pipeline's (its scheduler's 0.02)
+    assert sampling == {"steps": 50, "cfg": 4.0, **schedule, "resolution": 256}  # 256: the tiny model's native
     shift = backbone.shift  # exp(mu) for 16 image tokens
     ours = sample_ode(backbone, PROMPTS, SEEDS, steps=STEPS, cfg=1.0, shift=shift)
     theirs = _pipeline_images(tiny_qwen_dir, shift, true_cfg_scale=1.0)
     assert ours.shape == (2, 3, PX, PX) and ours.std() > 0.01
     print(f"Qwen-Image sampler parity (no CFG): max abs diff {(ours - theirs).abs().max().item():.3e}")
     torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-4)
+
+
+@pytest.mark.parametrize("cfg", [1.0, 4.0])
+def test_the_protocol_schedule_reproduces_the_pipelines_default_call(tiny_qwen_dir, cfg):
+    """default_sampling's schedule (exp(mu) on the pipeline's points linspace(1, 1/T), stretched to the scheduler's
+    shift_terminal 0.02) is the pipeline's own when called without ``sigmas=`` and with its scheduler as saved: the same
+    sigmas bit for bit, the same images (without CFG, and with the protocol's true CFG 4 and the model card's negative)."""
+    backbone = _load(tiny_qwen_dir)
+    s = backbone.default_sampling
+    schedule = {k: s[k] for k in ("shift", "spacing", "shift_terminal")}
+    assert schedule == {"shift": backbone.shift, "spacing": "pipeline", "shift_terminal": 0.02}
+    negative = {"negative_prompt": NEGATIVE_PROMPT} if cfg != 1.0 else {}
+    ours = sample_ode(backbone, PROMPTS, SEEDS, steps=STEPS, cfg=cfg, **schedule, **negative)
+    theirs, sigmas = _pipeline_run(tiny_qwen_dir, None, true_cfg_scale=cfg, **negative)
+    assert torch.equal(sigmas, sigma_schedule(STEPS, **schedule)) and float(sigmas[-2]) == pytest.approx(0.02)
+    assert (sigmas - sigma_schedule(STEPS, backbone.shift, "pipeline")).abs().max() > 1e-2  # the stretch matters
+    print(
+        f"Qwen-Image default-call parity (pipeline spacing, terminal 0.02, cfg {cfg}): max abs diff {(ours - theirs).abs().max().item():.3e}"
+    )
+    torch.testing.assert_close(ours, theirs, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize("negative", [" ", ""])

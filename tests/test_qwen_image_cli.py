@@ -30,6 +30,7 @@ def test_default_sampling_is_the_pipelines_true_cfg(qwen_spec):
     backbone = load_backbone(qwen_spec)
     s = backbone.default_sampling
     assert s["cfg"] == 4.0 and s["steps"] == 50 and "guidance" not in s
+    assert (s["spacing"], s["shift_terminal"]) == ("pipeline", 0.02)  # QwenImagePipeline's schedule, its scheduler's stretch
     assert s["resolution"] == min(512, backbone.native_resolution) and s["shift"] == backbone.shift
 
 

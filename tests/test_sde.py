@@ -195,3 +195,39 @@ def test_sigma_schedule_starts_at_one_for_any_shift(shift):
     for steps in (6, 10, 28):
         sigmas = sigma_schedule(steps, shift)
         assert 1.0 - 1e-6 < float(sigmas[0]) <= 1.0 and float(sigmas[-1]) == 0.0 and bool((sigmas[1:] < sigmas[:-1]).all())
+        for terminal in (None, 0.02):
+            sigmas = sigma_schedule(steps, shift, "pipeline", terminal)
+            assert float(sigmas[0]) == 1.0 and float(sigmas[-1]) == 0.0 and bool((sigmas[1:] < sigmas[:-1]).all())
+
+
+@pytest.mark.parametrize("shift_terminal", [None, 0.02])
+@pytest.mark.parametrize("shift", [1.0, 1.7138, 3.0])
+def test_pipeline_spacing_is_diffusers_own(shift, shift_terminal):
+    """``spacing="pipeline"``: FluxPipeline's / QwenImagePipeline's points linspace(1, 1/T) through a scheduler with
+    dynamic (exponential) shifting at mu = log(shift), as the pipelines call it, bit for bit; the same as the plain shift
+    s t / (1 + (s - 1) t) on those points (to float32 rounding), then the terminal stretch to 0.02."""
+    import math
+
+    import numpy as np
+    from diffusers import FlowMatchEulerDiscreteScheduler
+
+    from flowopd.sampling import sigma_schedule
+
+    for steps in (4, 10, 50):
+        ours = sigma_schedule(steps, shift, "pipeline", shift_terminal)
+        dynamic = FlowMatchEulerDiscreteScheduler(use_dynamic_shifting=True, shift_terminal=shift_terminal)
+        dynamic.set_timesteps(steps, sigmas=np.linspace(1.0, 1 / steps, steps), mu=math.log(shift))
+        assert torch.equal(ours, dynamic.sigmas)
+        plain = FlowMatchEulerDiscreteScheduler(shift=shift, shift_terminal=shift_terminal)
+        plain.set_timesteps(sigmas=np.linspace(1.0, 1 / steps, steps))
+        torch.testing.assert_close(ours, plain.sigmas, rtol=0, atol=3e-7)
+        t = torch.linspace(1.0, 1 / steps, steps, dtype=torch.float64)
+        by_hand = shift * t / (1 + (shift - 1) * t)
+        if shift_terminal is not None:
+            by_hand = 1 - (1 - by_hand) * (1 - shift_terminal) / (1 - by_hand[-1])
+            assert float(ours[-2]) == pytest.approx(shift_terminal, abs=1e-7)
+        torch.testing.assert_close(ours[:-1].double(), by_hand, rtol=0, atol=1e-6)
+        assert len(ours) == steps + 1 and float(ours[-1]) == 0.0
+    assert torch.equal(sigma_schedule(10, shift, "sd3"), sigma_schedule(10, shift))  # sd3: the default, unchanged
+    with pytest.raises(ValueError, match="spacing"):
+        sigma_schedule(10, shift, "flux")

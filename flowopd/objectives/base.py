@@ -110,7 +110,7 @@ class Objective(abc.ABC):
 
         s, start = self.cfg.sampler, window_start(self.cfg, step)
         if start not in self._plans:
-            self._plans[start] = plan_steps(s.steps, s.shift, s.window_size, start, s.timestep_fraction)
+            self._plans[start] = plan_steps(s.steps, s.shift, s.window_size, start, s.timestep_fraction, s.spacing, s.shift_terminal)
         return self._plans[start]
 
     def sampling_policy(self) -> contextlib.AbstractContextManager:

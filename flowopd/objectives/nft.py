@@ -158,7 +158,7 @@ class NFT(GRPO):
 
         super().setup()
         s = self.cfg.sampler
-        sigmas = sigma_schedule(s.steps, s.shift)
+        sigmas = sigma_schedule(s.steps, s.shift, s.spacing, s.shift_terminal)
         self.plan = StepPlan(sigmas, [False] * s.steps, [])  # deterministic everywhere, no stored transitions
         self.times = sigmas[:-1]  # the schedule's times, 1 included, 0 not (the official `scheduler.timesteps`)
         self.k = times_per_sample(self.cfg)

@@ -126,7 +126,7 @@ def check_kl_weights(cfg: TrainConfig) -> None:
     from flowopd.sde import per_step_kl
 
     scfg = cfg.sampler
-    sigmas = plan_steps(scfg.steps, scfg.shift).sigmas
+    sigmas = plan_steps(scfg.steps, scfg.shift, spacing=scfg.spacing, shift_terminal=scfg.shift_terminal).sigmas
     steps = [i for i in range(scfg.steps) if float(sigmas[i + 1]) > 0]
     one = torch.ones(1, 1)
 
@@ -138,7 +138,9 @@ def check_kl_weights(cfg: TrainConfig) -> None:
         {
             i
             for start in range(scfg.window_start_max + 1)
-            for i in plan_steps(scfg.steps, scfg.shift, scfg.window_size, start, scfg.timestep_fraction).trained
+            for i in plan_steps(
+                scfg.steps, scfg.shift, scfg.window_size, start, scfg.timestep_fraction, scfg.spacing, scfg.shift_terminal
+            ).trained
         }
     )
     bad = [i for i in trained if float(sigmas[i + 1]) == 0 or weight(i) > 1000 * median]

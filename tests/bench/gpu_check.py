@@ -254,7 +254,10 @@ def run_model(name: str, args: argparse.Namespace, bench, device: torch.device, 
     build_s = time.perf_counter() - t0
     gen = torch.Generator().manual_seed(args.seed)
     cond, uncond = random_embeds(batch, text, device, gen), random_embeds(batch, text, device, gen)
-    plan = plan_steps(spec["steps"], bb.default_sampling["shift"], timestep_fraction=0.99)  # the model's protocol shift
+    ds = bb.default_sampling  # the model's protocol schedule (FLUX / Qwen-Image: their pipelines' spacing and terminal)
+    plan = plan_steps(
+        spec["steps"], ds["shift"], timestep_fraction=0.99, spacing=ds.get("spacing", "sd3"), shift_terminal=ds.get("shift_terminal")
+    )
     ks, seeds = list(range(len(plan.trained))), list(range(batch))
     hp = argparse.Namespace(
         micro_batch=micro, cfg=spec["cfg"], noise_level=spec["noise_level"], clip_range=1e-4, beta=0.04, opd_objective="kl", mar_lambda=0.02
