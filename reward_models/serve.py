@@ -39,6 +39,8 @@ logger = logging.getLogger(__name__)
 PROTOCOL = "flowopd-reward/1"
 TOKEN_ENV = "FLOWOPD_REWARD_TOKEN"
 MAX_PIXELS = 64 * 1024 * 1024  # per image: a decompression bomb is refused before it is decoded
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+PNG_END = b"IEND\xaeB`\x82"  # the IEND chunk's type and CRC: the last 8 bytes of every complete PNG
 
 
 @dataclasses.dataclass
@@ -87,6 +89,8 @@ def decode_png(text: Any, index: int) -> np.ndarray:
         data = base64.b64decode(text, validate=True)
     except (binascii.Error, ValueError):
         raise BadRequest(400, f"image {index} is not valid base64") from None
+    if data.startswith(PNG_SIGNATURE) and not data.endswith(PNG_END):  # PIL decodes a PNG cut after its pixel data
+        raise BadRequest(400, f"image {index} is a truncated PNG (no IEND chunk at its end); send the whole file")
     try:
         with Image.open(io.BytesIO(data), formats=["PNG"]) as im:
             if im.size[0] * im.size[1] > MAX_PIXELS:

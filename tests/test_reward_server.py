@@ -144,6 +144,7 @@ def test_bad_inputs_are_refused_in_one_line_and_the_server_keeps_serving(ocr_ser
         "not an image": (json.dumps({"images": [base64.b64encode(b"hello").decode()], "prompts": ["x"]}).encode(), 400),
         "not base64": (json.dumps({"images": ["***"], "prompts": ["x"]}).encode(), 400),
         "truncated png": (json.dumps({"images": [base64.b64encode(png[: len(png) // 2]).decode()], "prompts": ["x"]}).encode(), 400),
+        "png cut after its pixels": (json.dumps({"images": [base64.b64encode(png[:-12]).decode()], "prompts": ["x"]}).encode(), 400),
         "lengths": (score_body(images, prompts[:1]), 400),
         "metadata lengths": (score_body(images, prompts, [None]), 400),
     }
