@@ -13,6 +13,8 @@ import torch
 from flowopd.errors import FlowOPDError
 from flowopd.lora import LORA_FILE
 
+EMBED_CACHE = 64  # prompts whose embeddings stay on the device (SD3.5: 333 x 4096 values each, 2.7 MB in bf16)
+
 
 def first_line(exc: BaseException) -> str:
     """An exception's first line (diffusers' and the hub's errors run to pages): what the CLI's one-line error quotes."""
@@ -136,6 +138,19 @@ class DiffusersBackbone:
     transformer: Any
     vae: Any
     _embeds: Any
+
+    def _cached_embeds(self, prompts: list[str], encode: Any) -> list[Any]:
+        """Each prompt's embeddings, ``encode(new_prompts)`` (one entry per prompt, in order) called once for the prompts
+        not yet cached; the last ``EMBED_CACHE`` prompts' entries are kept (a training step encodes each group's prompt
+        for rollout and update and the negative prompt every time, and the text encoders are not cheap)."""
+        todo = list(dict.fromkeys(p for p in prompts if p not in self._embeds))
+        if todo:
+            for p, entry in zip(todo, encode(todo)):
+                self._embeds[p] = entry
+                self._embeds.move_to_end(p)
+            while len(self._embeds) > EMBED_CACHE:
+                self._embeds.popitem(last=False)
+        return [self._embeds[p] for p in prompts]
 
     def to(self, device: str | torch.device) -> DiffusersBackbone:
         """Move every component to ``device``."""

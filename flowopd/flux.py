@@ -51,7 +51,6 @@ EVAL_STEPS = 28  # FluxPipeline's default and Flow-GRPO's FLUX evaluation
 EVAL_RESOLUTION = 512
 GUIDANCE = 3.5  # FluxPipeline's default guidance_scale (the embedded guidance of FLUX.1-dev)
 MAX_SEQUENCE_LENGTH = 512  # FluxPipeline's default T5 length
-EMBED_CACHE = 64
 # The joint blocks' attention projections of both streams (Flow-GRPO's FLUX targets); in the single-stream blocks
 # `attn.to_q/k/v` match too (they have no `to_out`). Keys `transformer.<module>.lora_A/B.weight`: FluxPipeline's format.
 FLUX_LORA_TARGETS = SD3_LORA_TARGETS
@@ -113,19 +112,17 @@ class FluxBackbone(PackedBackbone):
 
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> PromptEmbeds:
-        """T5 states ``[B, max_sequence_length, D_t5]`` and CLIP-L pooled output ``[B, D_clip]`` (the pipeline's); the last
-        ``EMBED_CACHE`` prompts' embeddings are kept."""
-        todo = list(dict.fromkeys(p for p in prompts if p not in self._embeds))
-        if todo:
+        """T5 states ``[B, max_sequence_length, D_t5]`` and CLIP-L pooled output ``[B, D_clip]`` (the pipeline's); cached
+        (``DiffusersBackbone._cached_embeds``)."""
+
+        def encode(todo: list[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
             tokens, pooled, _ = self.pipe.encode_prompt(
                 prompt=todo, prompt_2=None, device=self.device, max_sequence_length=self.max_sequence_length
             )
-            for k, p in enumerate(todo):
-                self._embeds[p] = (tokens[k], pooled[k])
-                self._embeds.move_to_end(p)
-            while len(self._embeds) > EMBED_CACHE:
-                self._embeds.popitem(last=False)
-        return PromptEmbeds(torch.stack([self._embeds[p][0] for p in prompts]), torch.stack([self._embeds[p][1] for p in prompts]))
+            return list(zip(tokens, pooled))
+
+        entries = self._cached_embeds(prompts, encode)
+        return PromptEmbeds(torch.stack([t for t, _ in entries]), torch.stack([p for _, p in entries]))
 
     def velocity(
         self, x: torch.Tensor, sigma: torch.Tensor, cond: PromptEmbeds, transformer: torch.nn.Module | None = None

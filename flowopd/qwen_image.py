@@ -50,7 +50,6 @@ EVAL_CFG = 4.0  # QwenImagePipeline.__call__'s true_cfg_scale default (and the m
 EVAL_RESOLUTION = 512  # FLUX's and SD3's here; the pipeline's default is 1024 (default_sample_size 128 x VAE factor 8)
 NEGATIVE_PROMPT = " "  # the model card's negative prompt ("even an empty negative prompt like ' '" enables true CFG)
 MAX_SEQUENCE_LENGTH = 512  # QwenImagePipeline.__call__'s default (text tokens after the template's are dropped)
-EMBED_CACHE = 64
 # The joint blocks' attention projections of both streams: the same module names as SD3's and FLUX's. Keys
 # `transformer.<module>.lora_A/B.weight`: what QwenImagePipeline.load_lora_weights reads.
 QWEN_IMAGE_LORA_TARGETS = SD3_LORA_TARGETS
@@ -109,18 +108,16 @@ class QwenImageBackbone(PackedBackbone):
     @torch.no_grad()
     def encode_prompts(self, prompts: list[str]) -> PromptEmbeds:
         """Qwen2.5-VL states of each prompt (the pipeline's ``encode_prompt``: template dropped, at most
-        ``max_sequence_length`` tokens), padded to the longest with a mask, and an empty pooled ``[B, 0]``; the last
-        ``EMBED_CACHE`` prompts' embeddings are kept."""
-        todo = list(dict.fromkeys(p for p in prompts if p not in self._embeds))
-        if todo:
+        ``max_sequence_length`` tokens), padded to the longest with a mask, and an empty pooled ``[B, 0]``; cached
+        (``DiffusersBackbone._cached_embeds``)."""
+
+        def encode(todo: list[str]) -> list[torch.Tensor]:
             tokens, mask = self.pipe.encode_prompt(prompt=todo, device=self.device, max_sequence_length=self.max_sequence_length)
             lengths = [tokens.shape[1]] * len(todo) if mask is None else mask.sum(dim=1).tolist()
-            for k, p in enumerate(todo):
-                self._embeds[p] = tokens[k, : int(lengths[k])]
-                self._embeds.move_to_end(p)
-            while len(self._embeds) > EMBED_CACHE:
-                self._embeds.popitem(last=False)
-        return PromptEmbeds.cat([PromptEmbeds(self._embeds[p][None], self._embeds[p].new_zeros(1, 0)) for p in prompts])
+            return [tokens[k, : int(n)] for k, n in enumerate(lengths)]
+
+        entries = self._cached_embeds(prompts, encode)
+        return PromptEmbeds.cat([PromptEmbeds(t[None], t.new_zeros(1, 0)) for t in entries])
 
     def velocity(
         self, x: torch.Tensor, sigma: torch.Tensor, cond: PromptEmbeds, transformer: torch.nn.Module | None = None

@@ -30,7 +30,6 @@ EVAL_STEPS = 40  # SPEC section 8
 EVAL_CFG = 4.5
 EVAL_RESOLUTION = 512
 MAX_SEQUENCE_LENGTH = 256  # the pipeline's default T5 length
-EMBED_CACHE = 64  # prompt embeddings kept on the device (SD3.5: 333 x 4096 values each, 2.7 MB in bf16): a step's prompts + the negative
 
 
 class SD3Backbone(DiffusersBackbone):
@@ -98,11 +97,10 @@ class SD3Backbone(DiffusersBackbone):
     def encode_prompts(self, prompts: list[str]) -> PromptEmbeds:
         """CLIP-L, CLIP-G and T5 states ``[B, 77 + 256, 4096]`` and pooled CLIP projections ``[B, 2048]`` (the pipeline's).
 
-        The last ``EMBED_CACHE`` prompts' embeddings are kept: a training step encodes each group's prompt for rollout and
-        update and the negative prompt every time, and three text encoders (T5-XXL among them) are not cheap.
+        Cached (``DiffusersBackbone._cached_embeds``): three text encoders, T5-XXL among them, are not cheap.
         """
-        todo = list(dict.fromkeys(p for p in prompts if p not in self._embeds))
-        if todo:
+
+        def encode(todo: list[str]) -> list[tuple[torch.Tensor, torch.Tensor]]:
             tokens, _, pooled, _ = self.pipe.encode_prompt(
                 prompt=todo,
                 prompt_2=None,
@@ -111,12 +109,10 @@ class SD3Backbone(DiffusersBackbone):
                 do_classifier_free_guidance=False,
                 max_sequence_length=self.max_sequence_length,
             )
-            for k, p in enumerate(todo):
-                self._embeds[p] = (tokens[k], pooled[k])
-                self._embeds.move_to_end(p)
-            while len(self._embeds) > EMBED_CACHE:
-                self._embeds.popitem(last=False)
-        return PromptEmbeds(torch.stack([self._embeds[p][0] for p in prompts]), torch.stack([self._embeds[p][1] for p in prompts]))
+            return list(zip(tokens, pooled))
+
+        entries = self._cached_embeds(prompts, encode)
+        return PromptEmbeds(torch.stack([t for t, _ in entries]), torch.stack([p for _, p in entries]))
 
     def velocity(
         self, x: torch.Tensor, sigma: torch.Tensor, cond: PromptEmbeds, transformer: torch.nn.Module | None = None

@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import time
@@ -24,12 +23,6 @@ import torch
 pytest.importorskip("fastapi")
 
 REPO = Path(__file__).resolve().parents[1]
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def _health(url: str) -> dict | None:
@@ -54,7 +47,7 @@ def _side_env(root: Path) -> Path:
 
 @pytest.mark.slow
 def test_a_reward_served_from_a_second_venv_scores_as_in_process(tmp_path):
-    from test_reward_server import text_batch
+    from test_reward_server import _free_port, text_batch
 
     from flowopd.mini.rewards import MiniOCR
     from flowopd.reward_models import load_reward
