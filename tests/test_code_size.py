@@ -16,7 +16,7 @@ MAX_FILE_LINES = 500
 # still over the limits (lines today); shrink them, then drop the entry
 LONG_FUNCTIONS: dict[str, int] = {}
 LONG_FILES = {
-    "flowopd/mini/world.py": 520,
+    "flowopd/mini/world.py": 518,
 }
 
 

@@ -216,3 +216,29 @@ def test_pretraining_can_start_from_a_model_and_mix_tasks(tiny_model_dir, tmp_pa
     assert all(p.startswith("the text") for p in prompts)
     with pytest.raises(ConfigError, match="unknown tasks"):
         build_config(PretrainConfig, {"task_mix": {"painting": 1.0}})
+
+
+def test_pretraining_compose_tag_mix_draws_only_the_tags_asked_for():
+    from flowopd.config import build_config
+    from flowopd.errors import ConfigError
+    from flowopd.mini import world
+    from flowopd.mini.pretrain import PretrainConfig
+
+    rng = np.random.default_rng(3)
+    recs = [world.training_record(rng, {"compose": 1.0}, {"position": 3.0, "color_attr": 1.0}) for _ in range(400)]
+    tags = [r.metadata["tag"] for r in recs]
+    assert set(tags) == {"position", "color_attr"}
+    assert 0.65 < tags.count("position") / len(tags) < 0.85  # 3:1
+    assert all(not world.is_heldout(r) for r in recs)
+    # without a tag mix the draw (and so stage 1 and 2's data) is what it was: every tag, from the same random stream
+    for seed in range(20):
+        rng = np.random.default_rng(seed)
+        rng.choice(4, p=[1.0, 0, 0, 0])  # the task draw
+        expected = world.compose_prompt(rng, colour_counts=True)
+        if not world.is_heldout(expected):
+            got = world.training_record(np.random.default_rng(seed), {"compose": 1.0})
+            assert got.metadata == expected.metadata and got.prompt.endswith(expected.prompt.removeprefix("a photo of "))
+    with pytest.raises(ConfigError, match="unknown compose tags"):
+        build_config(PretrainConfig, {"compose_tags": {"positon": 1.0}})
+    with pytest.raises(ConfigError, match="positive sum"):
+        build_config(PretrainConfig, {"compose_tags": {"position": 0.0}})

@@ -49,25 +49,43 @@ class PretrainConfig(BaseModel):
         world.TEXT_TYPO_RATE, ge=0, lt=1, description="probability that a text render misquotes each digit (world.misquote)"
     )
     init_from: str | None = Field(None, description="start from this model (mini-base or a folder) instead of random weights")
+    compose_tags: dict[str, float] | None = Field(
+        None, description="sampling weight of each compose tag (world.COMPOSE_TAGS; a tag left out is not drawn); None: uniform"
+    )
 
     @field_validator("task_mix")
     @classmethod
     def _valid_mix(cls, mix: dict[str, float]) -> dict[str, float]:
-        unknown = set(mix) - set(world.TASKS)
-        if unknown:
-            raise ValueError(f"unknown tasks {sorted(unknown)}; use {', '.join(world.TASKS)}")
-        if any(v < 0 for v in mix.values()) or sum(mix.values()) <= 0:
-            raise ValueError("weights must be >= 0 with a positive sum")
-        return mix
+        return _sampling_weights(mix, world.TASKS, "tasks")
+
+    @field_validator("compose_tags")
+    @classmethod
+    def _valid_tags(cls, tags: dict[str, float] | None) -> dict[str, float] | None:
+        return None if tags is None else _sampling_weights(tags, world.COMPOSE_TAGS, "compose tags")
+
+
+def _sampling_weights(weights: dict[str, float], allowed: tuple[str, ...], what: str) -> dict[str, float]:
+    """``weights`` if every key is one of ``allowed`` and the weights are >= 0 with a positive sum, else ValueError."""
+    unknown = set(weights) - set(allowed)
+    if unknown:
+        raise ValueError(f"unknown {what} {sorted(unknown)}; use {', '.join(allowed)}")
+    if any(v < 0 for v in weights.values()) or sum(weights.values()) <= 0:
+        raise ValueError("weights must be >= 0 with a positive sum")
+    return weights
 
 
 def render_batch(
-    rng: np.random.Generator, n: int, dropout: float, mix: dict[str, float] | None = None, typo_rate: float = world.TEXT_TYPO_RATE
+    rng: np.random.Generator,
+    n: int,
+    dropout: float,
+    mix: dict[str, float] | None = None,
+    typo_rate: float = world.TEXT_TYPO_RATE,
+    tags: dict[str, float] | None = None,
 ) -> tuple[torch.Tensor, list[str]]:
-    """``n`` data images in [0, 1] and their prompts (some replaced by ``""``)."""
+    """``n`` data images in [0, 1] and their prompts (some replaced by ``""``); compose tags drawn by ``tags``."""
     images, prompts = [], []
     for _ in range(n):
-        rec = world.training_record(rng, mix)
+        rec = world.training_record(rng, mix, tags)
         images.append(world.render(rec, rng, typo_rate=typo_rate))
         prompts.append("" if rng.random() < dropout else rec.prompt)
     x = torch.from_numpy(np.stack(images)).permute(0, 3, 1, 2).float() / 255.0
@@ -111,7 +129,7 @@ def pretrain(cfg: PretrainConfig, out: Path, progress=None, resume: bool = False
     start, wall_before = _resume(run, cfg, Path(out)) if resume else (0, 0.0)
     t0 = time.time() - wall_before
     for step in range(start, cfg.steps):
-        images, prompts = render_batch(run.rng, cfg.batch_size, cfg.prompt_dropout, cfg.task_mix, cfg.text_typo_rate)
+        images, prompts = render_batch(run.rng, cfg.batch_size, cfg.prompt_dropout, cfg.task_mix, cfg.text_typo_rate, cfg.compose_tags)
         loss = flow_matching_loss(run.model, images, prompts, run.gen)
         run.opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -180,11 +180,8 @@ def quality_prompt(rng: np.random.Generator) -> PromptRecord:
     a, b = rng.choice(SHAPES, 2, replace=False).tolist()
     bg = list(BACKGROUNDS)[rng.integers(len(BACKGROUNDS))]
     ca, cb = rng.choice([c for c in COLORS if c != bg], 2, replace=False).tolist()
-    meta = {
-        "tag": "quality",
-        "background": bg,
-        "include": [{"class": a, "count": 1, "color": ca}, {"class": b, "count": 1, "color": cb}],
-    }
+    include = [{"class": a, "count": 1, "color": ca}, {"class": b, "count": 1, "color": cb}]
+    meta = {"tag": "quality", "background": bg, "include": include}
     return PromptRecord(f"{_article(ca)} {ca} {a} and {_article(cb)} {cb} {b} on a {bg} background", "quality", meta)
 
 
@@ -486,14 +483,15 @@ def render(record: PromptRecord, rng: np.random.Generator, ideal: bool = False, 
 DEFAULT_TASK_MIX = {"compose": 0.55, "text": 0.15, "preference": 0.15, "quality": 0.15}
 
 
-def training_record(rng: np.random.Generator, mix: dict[str, float] | None = None) -> PromptRecord:
-    """One pre-training prompt from the train split: the four families mixed by ``mix``, with phrasing variety."""
+def training_record(rng: np.random.Generator, mix: dict[str, float] | None = None, tags: dict[str, float] | None = None) -> PromptRecord:
+    """One pre-training prompt from the train split: the families mixed by ``mix``, compose tags by ``tags`` (uniform if None)."""
     mix = mix or DEFAULT_TASK_MIX
     tasks, p = list(TASKS), np.array([mix.get(t, 0.0) for t in TASKS], dtype=float)
     p = (p / p.sum()).tolist()
     while True:
         task = rng.choice(tasks, p=p).item()
-        rec = compose_prompt(rng, colour_counts=True) if task == "compose" else PROMPT_MAKERS[task](rng)
+        tag = rng.choice(list(tags), p=np.array(list(tags.values())) / sum(tags.values())).item() if tags and task == "compose" else None
+        rec = compose_prompt(rng, tag, colour_counts=True) if task == "compose" else PROMPT_MAKERS[task](rng)
         if is_heldout(rec):
             continue
         if task == "compose" and rng.random() < 0.2:  # also learn prompts without the "a photo of" prefix
