@@ -313,15 +313,6 @@ class _GenEvalBase(RewardModel):
     def applies_to(self, prompt: str, metadata: dict[str, Any] | None) -> bool:
         return isinstance(metadata, Mapping) and isinstance(metadata.get("include"), list) and bool(metadata["include"])
 
-    def _check_metadata(self, meta: Any, index: int) -> Mapping[str, Any]:
-        if not self.applies_to("", meta):
-            raise ValueError(
-                f"{self.name}: image {index} has no GenEval metadata (a dict with an 'include' list of "
-                "{class, count[, color, position]} clauses, one per image, as in GenEval's evaluation_metadata.jsonl)"
-            )
-        geneval_rules.validate_metadata(meta)
-        return meta
-
     def _color_fn(self, image: np.ndarray, masks: Mapping[int, np.ndarray | None]) -> geneval_rules.ColorFn:
         """The engine's colour callback: CLIP on the objects it asks about, each object classified once."""
 
@@ -337,7 +328,7 @@ class _GenEvalBase(RewardModel):
         return classify
 
     def _score(self, images, prompts, metadata):
-        metas = [self._check_metadata(m, i) for i, m in enumerate(metadata)]
+        metas = self._checked_metadata(metadata, geneval_rules.validate_metadata)  # before the detector runs
         detections = self._detect(list(images))
         if len(detections) != len(metas):
             raise RuntimeError(f"{self.name}: detector returned {len(detections)} results for {len(metas)} images")

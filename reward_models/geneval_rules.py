@@ -19,6 +19,7 @@ read its detector's palette colour.
 from __future__ import annotations
 
 import dataclasses
+import numbers
 from collections.abc import Callable, Mapping, Sequence
 from typing import Any
 
@@ -75,22 +76,50 @@ def relative_position(box_a: Sequence[float], box_b: Sequence[float], threshold:
     return rels
 
 
-def validate_metadata(meta: Mapping[str, Any]) -> None:
-    """Raise ValueError naming the problem if ``meta`` is not a usable GenEval record."""
+SEND = (
+    'send a dict with a non-empty "include" list of {"class": str, "count": int >= 1[, "color": str]'
+    '[, "position": [relation, index]]} clauses, as in GenEval\'s evaluation_metadata.jsonl (other keys are ignored)'
+)
+
+
+def _is_int(value: Any) -> bool:
+    return isinstance(value, numbers.Integral) and not isinstance(value, bool)
+
+
+def _check_clause(where: str, clause: Any, earlier: int) -> None:
+    """One ``include``/``exclude`` clause, or a ValueError naming it, the key at fault and what it must be."""
+    if not isinstance(clause, Mapping) or "class" not in clause or "count" not in clause:
+        raise ValueError(f"GenEval clause {where} needs 'class' and 'count', got {clause!r:.80}; {SEND}")
+    if not isinstance(clause["class"], str) or not clause["class"]:
+        raise ValueError(f"GenEval clause {where}: 'class' must be a non-empty string, got {clause['class']!r:.40}")
+    if not _is_int(clause["count"]) or clause["count"] < 1:
+        raise ValueError(f"GenEval clause {where}: 'count' must be an integer >= 1, got {clause['count']!r:.40}")
+    if "color" in clause and not isinstance(clause["color"], str):
+        raise ValueError(f"GenEval clause {where}: 'color' must be a string, got {clause['color']!r:.40}")
+    pos = clause.get("position")
+    if pos is not None:
+        if not (isinstance(pos, Sequence) and len(pos) == 2 and pos[0] in RELATIONS and _is_int(pos[1])):
+            raise ValueError(f"GenEval clause {where}: position must be [relation, index] with relation in {RELATIONS}, got {pos!r:.60}")
+        if not 0 <= pos[1] < earlier:
+            raise ValueError(f"GenEval clause {where}: position target {pos[1]} must name an earlier include clause")
+
+
+def validate_metadata(meta: Any) -> Mapping[str, Any]:
+    """``meta`` if it is a usable GenEval record, else a one-line ValueError naming the key at fault and what to send."""
+    if not isinstance(meta, Mapping):
+        raise ValueError(f"no GenEval metadata (got {'null' if meta is None else type(meta).__name__}); {SEND}")
     include = meta.get("include")
     if not isinstance(include, list) or not include:
-        raise ValueError("GenEval metadata needs a non-empty 'include' list of {class, count} clauses")
-    for i, clause in enumerate(list(include) + list(meta.get("exclude") or [])):
-        if not isinstance(clause, Mapping) or "class" not in clause or "count" not in clause:
-            raise ValueError(f"GenEval clause {i} needs 'class' and 'count', got {clause!r}")
-        if int(clause["count"]) < 1:
-            raise ValueError(f"GenEval clause {i}: count must be >= 1, got {clause['count']}")
-        pos = clause.get("position")
-        if pos is not None:
-            if not (isinstance(pos, Sequence) and len(pos) == 2 and pos[0] in RELATIONS):
-                raise ValueError(f"GenEval clause {i}: position must be [relation, index] with relation in {RELATIONS}")
-            if not 0 <= int(pos[1]) < i:
-                raise ValueError(f"GenEval clause {i}: position target {pos[1]} must name an earlier include clause")
+        got = "missing" if "include" not in meta else f"{include!r:.40}, not a non-empty list"
+        raise ValueError(f"no GenEval metadata: 'include' is {got}; {SEND}")
+    exclude = meta.get("exclude")
+    if exclude is not None and not isinstance(exclude, list):
+        raise ValueError(f"GenEval metadata: 'exclude' must be a list of clauses, got {exclude!r:.40}; {SEND}")
+    for i, clause in enumerate(include):
+        _check_clause(f"{i} of 'include'", clause, earlier=i)
+    for i, clause in enumerate(exclude or []):
+        _check_clause(f"{i} of 'exclude'", clause, earlier=len(include))
+    return meta
 
 
 def select_objects(

@@ -9,7 +9,8 @@ expected JSON; the bearer token comes from ``$FLOWOPD_REWARD_TOKEN``. On first u
 and refuses, in one line, a server that serves another reward or another version of it. Failed images come back as
 NaN (never 0); a request whose retries ran out fails the whole call in one line. Several servers of one reward
 (comma-separated URLs) are used round-robin; one whose retries ran out is tried only after the others for
-``REVIVE_AFTER`` seconds, and the call fails only when every server has failed it.
+``REVIVE_AFTER`` seconds, then sent work again only once one quick ``GET /health`` says it is ready and serves what it
+served at first (one serving another version is refused in one line); the call fails only when every server has failed it.
 """
 
 from __future__ import annotations
@@ -37,7 +38,8 @@ from flowopd.reward_models.chat_client import ChatEndpoint, _BadReply, env_prefi
 logger = logging.getLogger(__name__)
 
 REMOTE_PREFIX = "remote:"
-REVIVE_AFTER = 30.0  # seconds a server that failed is tried only after the others
+REVIVE_AFTER = 30.0  # seconds a server that failed is tried only after the others (then only once a probe says it is back)
+PROBE_TIMEOUT = 5.0  # seconds for that probe's one GET /health
 TOKEN_ENV = "FLOWOPD_REWARD_TOKEN"  # the same variable `rewards serve` reads
 PROTOCOL = "flowopd-reward/1"
 DEFAULT_TIMEOUT = 300.0  # one /score request; a big batch on a busy GPU takes a while
@@ -235,7 +237,7 @@ class RemoteReward(RewardModel):
         start = next(self._turn) % n
         ring = [(start + i) % n for i in range(n)]
         now = time.monotonic()
-        up = [k for k in ring if now - self._dead.get(k, -math.inf) > REVIVE_AFTER]
+        up = [k for k in ring if now - self._dead.get(k, -math.inf) > REVIVE_AFTER and self._back_up(k)]
         last = None
         for k in up + [k for k in ring if k not in up]:
             try:
@@ -247,6 +249,27 @@ class RemoteReward(RewardModel):
             self._dead.pop(k, None)
             return reply
         raise self._down_error(method, path, *last)
+
+    def _back_up(self, k: int) -> bool:
+        """Whether server ``k`` may be sent work: yes unless marked dead; a dead one only once a quick ``GET /health``
+        (no retries) says it is ready, serving what it served at first (else a one-line refusal: another version)."""
+        if k not in self._dead:
+            return True
+        ep = self.endpoints[k]
+        probe = ChatEndpoint(ep.base_url, api_key_env=TOKEN_ENV, timeout=PROBE_TIMEOUT, max_retries=0, name=ep.name)
+        result, health = probe._with_retries("GET", f"{ep.base_url}/health", None, _health_reply)
+        if result.error is not None or not health.get("ready", False):
+            self._dead[k] = time.monotonic()  # still down (or still loading): skipped for another REVIVE_AFTER
+            return False
+        served = self._served or health
+        if (health["name"], str(health["version"]), health["identity"]) != (served["name"], str(served["version"]), served["identity"]):
+            raise FlowOPDError(
+                f"{ep.base_url} came back serving {health['name']} version {health['version']} ({health['identity']!r}), not the "
+                f"{served['name']} version {served['version']} ({served['identity']!r}) it served at first: restart it with that one"
+            )
+        logger.info("%s: %s is back; sending it work again", self.target, ep.base_url)
+        self._dead.pop(k, None)
+        return True
 
     def _check_size(self, size: int, n: int) -> None:
         """Refuse, before sending, a request over the server's body limit (it would only be cut off with a 413)."""

@@ -184,6 +184,51 @@ def test_a_reward_refusing_its_metadata_is_a_422(ocr_server):
         server.should_exit = True
 
 
+def test_missing_geneval_metadata_is_a_one_line_422_and_not_retried():
+    url, server = serve_in_thread(ServeSettings("mini_geneval", port=0))
+    scorer = server.config.app.state.scorer
+    try:
+        images, prompts = text_batch(2, task="compose")
+        for prompts_sent, meta in [(prompts, [None, {"tag": "two_object"}]), (["a photo of a dog"] * 2, None)]:
+            code, text = post(url + "/score", score_body(images, prompts_sent, meta))
+            assert code == 422 and "\n" not in text.strip() and "'include'" in text and "image" in text, text
+            assert post(url + "/score", score_body(images, prompts))[0] == 200  # the server keeps serving
+        remote = load_reward("remote:mini_geneval", url=url, **FAST)  # FAST retries twice: a retried 422 would be 3 calls
+        before = scorer.batches
+        with pytest.raises(FlowOPDError, match="HTTP 422.*image 1: no GenEval metadata: 'include' is missing") as err:
+            remote.score(images, prompts, [None, {"tag": "two_object"}])
+        assert "\n" not in str(err.value) and scorer.batches == before + 1
+        meta = [world.parse_prompt(p).metadata for p in prompts]
+        extra = [{**m, "unknown_key": [1, 2]} for m in meta]  # keys the reward does not read are ignored
+        assert torch.equal(remote.score(images, prompts, extra).raw, load_reward("mini_geneval").score(images, prompts, meta).raw)
+    finally:
+        server.should_exit = True
+
+
+def test_geneval_metadata_errors_name_the_image_and_the_key_in_process():
+    from flowopd.reward_models.geneval_mmdet import GenEvalMMDet
+
+    images, prompts = text_batch(2, task="compose")
+    good = {"include": [{"class": "square", "count": 1}]}
+    cases = [
+        (None, "no metadata, and 'a photo of a dog' is not a mini-world prompt .*'include'"),
+        ({"tag": "two_object"}, "no GenEval metadata: 'include' is missing; send a dict"),
+        ({"include": [{"count": 1}]}, "GenEval clause 0 of 'include' needs 'class' and 'count'"),
+        ({"include": [{"class": "square", "count": "two"}]}, "GenEval clause 0 of 'include': 'count' must be an integer >= 1, got 'two'"),
+        ({**good, "exclude": "circle"}, "GenEval metadata: 'exclude' must be a list of clauses"),
+    ]
+    for meta, needle in cases:
+        with pytest.raises(ValueError, match=f"^mini_geneval: image 1: {needle}") as err:
+            load_reward("mini_geneval").score(images, [prompts[0], "a photo of a dog"], [good, meta])
+        assert "\n" not in str(err.value)
+    with pytest.raises(ValueError, match="^mini_preference: image 0: GenEval clause 0 of 'include' needs 'class'"):
+        load_reward("mini_preference").score(images[:1], prompts[:1], [{"include": [{"color": "red"}]}])
+    geneval = GenEvalMMDet()  # the real reward's metadata is checked before its detector runs: no mmdet needed
+    geneval._loaded, geneval._detect = True, lambda images: pytest.fail("the detector ran on bad metadata")
+    with pytest.raises(ValueError, match="^geneval: image 0: no GenEval metadata: 'include' is missing"):
+        geneval.score(images[:1], prompts[:1], [{"tag": "single_object"}])
+
+
 # ------------------------------------------------------------------ token, version
 
 
@@ -247,7 +292,7 @@ class _Stub(http.server.BaseHTTPRequestHandler):
 
     def do_GET(self):
         health = {"protocol": "flowopd-reward/1", "name": "mini_ocr", "version": "1", "identity": "", "ready": True, "max_body_mb": 64}
-        self._answer(200, json.dumps(health).encode())
+        self._answer(200, json.dumps({**health, **getattr(self.server, "health", {})}).encode())
 
     def do_POST(self):
         n = len(json.loads(self.rfile.read(int(self.headers["Content-Length"])))["prompts"])
@@ -284,6 +329,63 @@ def test_a_misbehaving_server_is_retried_then_one_line(mode):
     finally:
         stub.shutdown()
         stub.server_close()
+
+
+def _stub(**health) -> tuple[str, http.server.ThreadingHTTPServer]:
+    stub = http.server.ThreadingHTTPServer(("127.0.0.1", 0), _Stub)
+    stub.mode, stub.calls, stub.bad, stub.health = "500", 0, 0, health
+    threading.Thread(target=stub.serve_forever, daemon=True).start()
+    return f"http://127.0.0.1:{stub.server_address[1]}", stub
+
+
+def test_a_dead_server_gets_work_again_only_once_its_health_probe_says_so(monkeypatch):
+    from flowopd.reward_models import remote as remote_module
+
+    monkeypatch.setattr(remote_module, "REVIVE_AFTER", 0.2)
+    (url_a, a), (url_b, b) = _stub(), _stub()
+    images, prompts = text_batch(4)
+    try:
+        remote = load_reward("remote:mini_ocr", url=f"{url_a},{url_b}", batch_size=1, concurrency=1, **FAST)
+        b.bad = 10**6  # b answers HTTP 500 until its retries run out: marked dead, a scores everything
+        assert remote.score(images, prompts).raw.tolist() == [0.5] * 4 and 1 in remote._dead
+        b.calls, b.bad, b.health = 0, 0, {"ready": False}  # it answers /score again, but its probe says it is loading
+        time.sleep(0.3)
+        assert len(remote.score(images, prompts)) == 4 and b.calls == 0 and 1 in remote._dead
+        b.health = {}  # ready: after REVIVE_AFTER its probe passes and it shares the work again
+        time.sleep(0.3)
+        assert len(remote.score(images, prompts)) == 4 and b.calls == 2 and 1 not in remote._dead
+        b.calls, b.bad = 0, 10**6
+        remote.score(images, prompts)  # down again, then back serving another identity: refused in one line, sent nothing
+        b.calls, b.bad, b.health = 0, 0, {"identity": "another-model"}
+        time.sleep(0.3)
+        with pytest.raises(FlowOPDError, match="came back serving mini_ocr version 1 \\('another-model'\\)") as err:
+            remote.score(images, prompts)
+        assert "\n" not in str(err.value) and b.calls == 0
+    finally:
+        for stub in (a, b):
+            stub.shutdown()
+            stub.server_close()
+
+
+def test_a_killed_server_restarted_on_its_port_gets_work_again(monkeypatch):
+    from flowopd.reward_models import remote as remote_module
+
+    monkeypatch.setattr(remote_module, "REVIVE_AFTER", 0.2)
+    (url_a, a), (url_b, b) = (serve_in_thread(ServeSettings("mini_ocr", port=0)) for _ in range(2))
+    images, prompts = text_batch(8, seed=6)
+    want = MiniOCR().score(images, prompts).raw
+    try:
+        remote = load_reward("remote:mini_ocr", url=f"{url_a},{url_b}", batch_size=2, concurrency=1, **FAST)
+        remote.load()
+        b.should_exit = True
+        b.thread.join(timeout=10)
+        assert torch.equal(remote.score(images, prompts).raw, want) and 1 in remote._dead  # a answered everything
+        _, b = serve_in_thread(ServeSettings("mini_ocr", port=int(url_b.rsplit(":", 1)[1])))
+        time.sleep(0.3)
+        assert torch.equal(remote.score(images, prompts).raw, want) and 1 not in remote._dead
+        assert b.config.app.state.scorer.batches > 0  # the restarted server took its share
+    finally:
+        a.should_exit = b.should_exit = True
 
 
 def _free_port() -> int:

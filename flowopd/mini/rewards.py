@@ -11,6 +11,7 @@ A prompt of the mini world is enough: metadata is parsed from it when not given.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -27,6 +28,20 @@ from flowopd.reward_models.registry import register_reward
 
 def _meta(prompt: str, meta: dict[str, Any] | None) -> dict[str, Any]:
     return dict(meta) if meta else world.parse_prompt(prompt).metadata
+
+
+def geneval_record(prompt: str, meta: dict[str, Any] | None) -> Mapping[str, Any]:
+    """An image's GenEval record: its metadata, else the one its mini-world prompt gives; a one-line ValueError naming
+    what to send when neither is usable (checked like the real GenEval's, so a bad clause is never scored silently)."""
+    if meta:
+        return geneval_rules.validate_metadata(meta)
+    try:
+        return geneval_rules.validate_metadata(world.parse_prompt(prompt).metadata)
+    except ValueError:
+        raise ValueError(
+            f"no metadata, and {prompt!r:.80} is not a mini-world prompt of objects to read it from; send metadata with a "
+            "non-empty 'include' list of {class, count} clauses, or a prompt like 'a photo of two red squares'"
+        ) from None
 
 
 def at_world_size(image: Any) -> np.ndarray:
@@ -55,9 +70,9 @@ class MiniGenEval(RewardModel):
             return False
 
     def _score(self, images, prompts, metadata):
+        metas = self._checked_metadata(list(zip(prompts, metadata)), lambda pair: geneval_record(*pair))
         raws, details = [], []
-        for img, prompt, meta in zip(images, prompts, metadata):
-            meta = _meta(prompt, meta)
+        for img, meta in zip(images, metas):
             dets = detect(at_world_size(img))
             by_class: dict[str, list[geneval_rules.DetectedObject]] = {}
             for d in dets:
@@ -101,14 +116,20 @@ class MiniPreference(RewardModel):
     version = "2"  # world v2: a weighted geometric mean, the preferred framing (flowopd.mini.judges)
     description = "mini world: preference judge in [0,1] (request match + composition; PickScore analogue)"
 
+    @staticmethod
+    def _request(prompt: str, meta: dict[str, Any] | None) -> Mapping[str, Any]:
+        """What the judge reads: the metadata (its GenEval clauses checked, where it has some), else the prompt's."""
+        if meta:
+            return geneval_rules.validate_metadata(meta) if "include" in meta else meta
+        try:
+            return world.parse_prompt(prompt).metadata
+        except ValueError:
+            return {}
+
     def _score(self, images, prompts, metadata):
+        metas = self._checked_metadata(list(zip(prompts, metadata)), lambda pair: self._request(*pair))
         raws, details = [], []
-        for img, prompt, meta in zip(images, prompts, metadata):
-            if not meta:
-                try:
-                    meta = world.parse_prompt(prompt).metadata
-                except ValueError:
-                    meta = {}
+        for img, meta in zip(images, metas):
             score, terms = preference_score(at_world_size(img), meta)
             raws.append(score)
             details.append({"terms": {k: round(v, 4) for k, v in terms.items()}})
