@@ -22,6 +22,7 @@ ENTRY_POINT_GROUP = "flowopd.reward_models"
 # name -> "module:Class"; imported on first use.
 BUILTIN: dict[str, str] = {
     "mini_geneval": "flowopd.mini.rewards:MiniGenEval",
+    "mini_geneval@strict": "flowopd.mini.rewards:MiniGenEvalStrict",
     "mini_ocr": "flowopd.mini.rewards:MiniOCR",
     "mini_preference": "flowopd.mini.rewards:MiniPreference",
     "mini_quality": "flowopd.mini.rewards:MiniQuality",

@@ -107,6 +107,16 @@ def test_missing_object_lowers_geneval_only():
     assert score(QUALITY, missing, rec)[0] > 4.9  # still a clean image
 
 
+def test_strict_geneval_scores_what_evaluation_counts():
+    """``mini_geneval@strict``: 1 where every clause holds, 0 where the partial credit gives 0.5 (one object of two)."""
+    strict = load_reward("mini_geneval@strict")
+    rec, scene = _two_object_scene()
+    full, missing = render_scene(scene), render_scene(Scene("black", scene.objects[:1]))
+    assert score(strict, full, rec)[0] == 1.0
+    raw, details = score(strict, missing, rec)
+    assert raw == 0.0 and not details["correct"] and score(GENEVAL, missing, rec)[0] == pytest.approx(0.5)
+
+
 def test_wrong_colour_lowers_only_the_colour_credit():
     rec = world.parse_prompt("a photo of a red triangle")
     right = render_scene(Scene("black", [("triangle", "red", (8, 8, 16, 16))]))

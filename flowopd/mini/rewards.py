@@ -90,6 +90,20 @@ class MiniGenEval(RewardModel):
         return raws, details
 
 
+@register_reward("mini_geneval@strict")
+class MiniGenEvalStrict(MiniGenEval):
+    """``mini_geneval`` with the strict rule as its raw score (1 when every clause holds, else 0): what evaluation reports,
+    as a training reward (the partial credit rewards one object of two right)."""
+
+    name = "mini_geneval@strict"
+    version = "1-strict"
+    description = "mini world: mini_geneval with the strict rule as the score (0 or 1; what evaluation reports)"
+
+    def _score(self, images, prompts, metadata):
+        raws, details = super()._score(images, prompts, metadata)
+        return [float(d["correct"]) for d in details], details
+
+
 @register_reward("mini_ocr")
 class MiniOCR(RewardModel):
     version = "1"
