@@ -88,6 +88,8 @@ def answer_spellings(question: str, answer: str) -> tuple[str, ...]:
 
 def check_geneval2_record(record: Mapping[str, Any]) -> None:
     """Refuse a GenEval2 line (or image metadata) Soft-TIFA cannot score, with a ``ValueError`` saying what to fix."""
+    if not isinstance(record, Mapping):
+        raise ValueError(f"the record is {type(record).__name__}, not a dict; {RECORD_FORMAT}")
     pairs, skills = record.get("vqa_list"), record.get("skills")
     if not isinstance(pairs, list) or not pairs:
         raise ValueError(f'no "vqa_list" (a non-empty list of [question, answer] pairs); {RECORD_FORMAT}')

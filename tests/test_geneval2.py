@@ -19,6 +19,7 @@ from flowopd.reward_models import get_reward_class, load_reward
 from flowopd.reward_models.geneval2 import (
     GenEval2SoftTIFA,
     answer_spellings,
+    check_geneval2_record,
     first_token_ids,
     geometric_mean,
     served_first_token,
@@ -326,6 +327,12 @@ def test_metadata_without_questions_is_refused(qwen_folder, processor_without_to
     assert not reward.applies_to("a cat", {"tag": "single_object"}) and reward.applies_to("a cat", QUESTIONS[0])
     with pytest.raises(ValueError, match=r"geneval2_soft_tifa: image 0: no \"vqa_list\""):
         reward.score(image, ["a cat"], [{"skills": []}])
+
+
+def test_a_record_that_is_not_a_dict_is_refused_in_one_line():
+    for record in (None, ["a cat"], "a cat"):
+        with pytest.raises(ValueError, match=r"^the record is \w+, not a dict; "):
+            check_geneval2_record(record)
 
 
 @pytest.mark.skipif(importlib.util.find_spec("torchvision") is not None, reason="torchvision is installed here")

@@ -223,6 +223,12 @@ def test_geneval_metadata_errors_name_the_image_and_the_key_in_process():
         assert "\n" not in str(err.value)
     with pytest.raises(ValueError, match="^mini_preference: image 0: GenEval clause 0 of 'include' needs 'class'"):
         load_reward("mini_preference").score(images[:1], prompts[:1], [{"include": [{"color": "red"}]}])
+    for meta, needle in [
+        ({"color": ["red"]}, "'color' is \\['red'\\]; send a string"),
+        ({"size": "huge"}, "'size' is 'huge'; send one of"),
+    ]:
+        with pytest.raises(ValueError, match=f"^mini_preference: image 0: metadata {needle}"):
+            load_reward("mini_preference").score(images[:1], prompts[:1], [meta])
     geneval = GenEvalMMDet()  # the real reward's metadata is checked before its detector runs: no mmdet needed
     geneval._loaded, geneval._detect = True, lambda images: pytest.fail("the detector ran on bad metadata")
     with pytest.raises(ValueError, match="^geneval: image 0: no GenEval metadata: 'include' is missing"):

@@ -134,7 +134,14 @@ class MiniPreference(RewardModel):
     def _request(prompt: str, meta: dict[str, Any] | None) -> Mapping[str, Any]:
         """What the judge reads: the metadata (its GenEval clauses checked, where it has some), else the prompt's."""
         if meta:
-            return geneval_rules.validate_metadata(meta) if "include" in meta else meta
+            if "include" in meta:
+                return geneval_rules.validate_metadata(meta)
+            for key in ("color", "shape", "background"):
+                if meta.get(key) is not None and not isinstance(meta[key], str):
+                    raise ValueError(f'metadata {key!r} is {meta[key]!r}; send a string such as "red" (or leave it out)')
+            if meta.get("size") and (not isinstance(meta["size"], str) or meta["size"] not in world.PREFERRED_SIDE):
+                raise ValueError(f"metadata 'size' is {meta['size']!r}; send one of {sorted(world.PREFERRED_SIDE)} (or leave it out)")
+            return meta
         try:
             return world.parse_prompt(prompt).metadata
         except ValueError:
