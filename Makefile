@@ -17,7 +17,7 @@ $(STAMP): pyproject.toml constraints.txt
 
 install: $(STAMP)
 
-# the main job: distil the four shipped mini teachers into one student (Flow-OPD, 3.5 min on 2 cores; the whole demo ~7 min from a
+# the main job: distil the four shipped mini teachers into one student (Flow-OPD, 3.8 min on 2 cores; the whole demo ~6 min from a
 # fresh clone), evaluate student and base on every suite they can run (`flowopd eval --suite all`), and the leaderboard report
 # (Markdown and a self-contained HTML page) with the student compared to the base image by image
 demo: $(STAMP)
