@@ -10,6 +10,7 @@ paired). Step 0 is the run's base model. Exports and evaluations are kept under
     python tests/bench/learning_curve.py runs/teacher-compose runs/teacher-text --limit 24 --out docs/figures/teachers.png
 
 Prints one line per point; writes the PNG (matplotlib, from the dev extra) and the points as JSON beside it.
+``--keep EARLIER.json`` plots an earlier figure's curves again beside the new ones (runs no longer on disk).
 """
 
 from __future__ import annotations
@@ -94,8 +95,12 @@ def main() -> None:
     parser.add_argument("--limit", type=int, default=24, help="held-out prompts per task (compose: per tag)")
     parser.add_argument("--every", type=int, default=1, help="evaluate the checkpoints of every N-th step (and the last)")
     parser.add_argument("--out", type=Path, default=Path("docs/figures/learning-curves.png"))
+    parser.add_argument("--keep", type=Path, help="an earlier points JSON: its curves are plotted again, except those of a run given here")
     args = parser.parse_args()
     curves = [curve(run, args.limit, args.every) for run in args.runs]
+    if args.keep:
+        names = {c["run"] for c in curves}
+        curves = [c for c in json.loads(args.keep.read_text()) if c["run"] not in names] + curves
     plot(curves, args.out)
     args.out.with_suffix(".json").write_text(json.dumps(curves, indent=1) + "\n")
     print(f"wrote {args.out} and {args.out.with_suffix('.json')}")
