@@ -60,7 +60,16 @@ class FakeChatServer:
             def log_message(self, *args):  # keep pytest output clean
                 pass
 
+            def _leave(self) -> None:
+                """This request stops counting as in flight: before its answer is written, so a client that sends
+                its next request as soon as it reads the answer never finds this one still counted."""
+                if getattr(self, "_counted", False):
+                    self._counted = False
+                    with fake.lock:
+                        fake.in_flight -= 1
+
             def _json(self, status: int, obj) -> None:
+                self._leave()
                 body = json.dumps(obj).encode()
                 self.send_response(status)
                 self.send_header("Content-Type", "application/json")
@@ -96,14 +105,14 @@ class FakeChatServer:
                     fake.requests.append({"marker": marker, "payload": payload, "headers": dict(self.headers)})
                     fake.in_flight += 1
                     fake.max_in_flight = max(fake.max_in_flight, fake.in_flight)
+                    self._counted = True
                 try:
                     script = fake.scripts.get(marker, [("reply", "Final Score: 3")])
                     self._act(script[min(attempt, len(script) - 1)], payload)
                 except OSError:  # the client gave up (timeout) and closed the socket
                     pass
                 finally:
-                    with fake.lock:
-                        fake.in_flight -= 1
+                    self._leave()
 
             def _act(self, action: tuple, payload: dict) -> None:
                 kind = action[0]
@@ -358,10 +367,11 @@ def test_concurrency_reaches_and_never_exceeds_the_limit(server):
     n, limit = 12, 4
     for i in range(n):
         server.script(f"c{i}", ("sleep", 0.1, ("reply", f"Final Score: {1 + i % 5}")))
-    scores = _make(UnifiedReward, server, model="m", concurrency=limit, timeout=2.0).score(
+    scores = _make(UnifiedReward, server, model="m", concurrency=limit, timeout=10.0).score(
         _images(n)[1], [f"p case:c{i}" for i in range(n)]
     )
     assert scores.raw.tolist() == [float(1 + i % 5) for i in range(n)]  # results in request order
+    assert all(server.counts[f"c{i}"] == 1 for i in range(n))  # no retry: an abandoned request would still count
     assert server.max_in_flight == limit
 
 
