@@ -134,14 +134,12 @@ class MiniPreference(RewardModel):
     def _request(prompt: str, meta: dict[str, Any] | None) -> Mapping[str, Any]:
         """What the judge reads: the metadata (its GenEval clauses checked, where it has some), else the prompt's."""
         if meta:
-            if "include" in meta:
-                return geneval_rules.validate_metadata(meta)
-            for key in ("color", "shape", "background"):
+            for key in ("color", "shape", "background"):  # read with or without GenEval clauses (judges.preference_request)
                 if meta.get(key) is not None and not isinstance(meta[key], str):
                     raise ValueError(f'metadata {key!r} is {meta[key]!r}; send a string such as "red" (or leave it out)')
             if meta.get("size") and (not isinstance(meta["size"], str) or meta["size"] not in world.PREFERRED_SIDE):
                 raise ValueError(f"metadata 'size' is {meta['size']!r}; send one of {sorted(world.PREFERRED_SIDE)} (or leave it out)")
-            return meta
+            return geneval_rules.validate_metadata(meta) if "include" in meta else meta
         try:
             return world.parse_prompt(prompt).metadata
         except ValueError:
